@@ -1,0 +1,161 @@
+//! The authentication exchange with a client, after its StartupMessage and
+//! before AuthenticationOk.
+//!
+//! An unknown user goes through the same exchange as a known one, against
+//! a decoy secret, and fails with the same message: no user enumeration.
+
+use bytes::Buf;
+
+use super::scram::{ScramError, ScramSecret, ServerExchange, MECHANISM};
+use super::{md5_response, Secret};
+use crate::config::AuthType;
+use crate::error::{Error, Result};
+use crate::protocol::{fields, write};
+use crate::stream::Conn;
+
+/// Password messages are small; anything bigger is an attack or a bug.
+const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+
+/// What a successful login proved, usable to log in to PostgreSQL.
+#[derive(Debug, Default)]
+pub struct Proof {
+    /// The password itself, when the client sent it in clear.
+    pub cleartext: Option<String>,
+}
+
+/// Runs the exchange `auth_type` asks for. `secret` is `None` for a user
+/// pgdyno does not know.
+pub async fn authenticate(
+    conn: &mut Conn,
+    auth_type: AuthType,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<Proof> {
+    let failed = || Error::AuthFailed {
+        user: user.to_owned(),
+    };
+    match auth_type {
+        AuthType::Trust => Ok(Proof::default()),
+        AuthType::Plain => {
+            let password = cleartext(conn).await?;
+            match secret {
+                Some(s) if s.verify_password(user, &password) => Ok(Proof {
+                    cleartext: Some(password),
+                }),
+                _ => Err(failed()),
+            }
+        }
+        AuthType::Md5 => match secret {
+            Some(Secret::Scram(s)) => scram(conn, s).await.map(|()| Proof::default()),
+            Some(s) => md5(conn, s.md5(user).as_deref())
+                .await
+                .map(|()| Proof::default()),
+            None => md5(conn, None).await.map(|()| Proof::default()),
+        },
+        AuthType::ScramSha256 => match secret.map(|s| s.scram()) {
+            Some(Some(s)) => scram(conn, s).await.map(|()| Proof::default()),
+            // md5-hashed secrets cannot serve SCRAM (PostgreSQL agrees).
+            Some(None) => {
+                tracing::warn!(
+                    user,
+                    "auth_type scram-sha-256 cannot use this user's md5 secret"
+                );
+                scram(conn, &ScramSecret::decoy(user))
+                    .await
+                    .map(|()| Proof::default())
+            }
+            None => scram(conn, &ScramSecret::decoy(user))
+                .await
+                .map(|()| Proof::default()),
+        }
+        .map_err(|e| match e {
+            Error::ClientProtocol(_) | Error::ClientIo(_) | Error::ClientGone => e,
+            _ => failed(),
+        }),
+    }
+    .map_err(|e| match e {
+        Error::AuthFailed { .. } => failed(),
+        other => other,
+    })
+}
+
+/// Reads the client's next message, which must be a PasswordMessage ('p').
+async fn password_message(conn: &mut Conn) -> Result<bytes::BytesMut> {
+    conn.flush().await.map_err(Error::ClientIo)?;
+    let msg = conn
+        .read_message(MAX_AUTH_MESSAGE)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::ClientGone,
+            std::io::ErrorKind::InvalidData => Error::ClientProtocol(e.to_string()),
+            _ => Error::ClientIo(e),
+        })?;
+    if msg.tag != b'p' {
+        return Err(Error::ClientProtocol(format!(
+            "expected password response, got message type {:?}",
+            msg.tag as char
+        )));
+    }
+    Ok(msg.body)
+}
+
+async fn cleartext(conn: &mut Conn) -> Result<String> {
+    write::authentication_cleartext(&mut conn.wbuf);
+    let body = password_message(conn).await?;
+    let (password, _) = fields::cstr(&body)
+        .ok_or_else(|| Error::ClientProtocol("invalid password packet".into()))?;
+    String::from_utf8(password.to_vec())
+        .map_err(|_| Error::ClientProtocol("password is not UTF-8".into()))
+}
+
+async fn md5(conn: &mut Conn, secret: Option<&str>) -> Result<()> {
+    let salt: [u8; 4] = rand::random();
+    write::authentication_md5(&mut conn.wbuf, salt);
+    let body = password_message(conn).await?;
+    let (response, _) = fields::cstr(&body)
+        .ok_or_else(|| Error::ClientProtocol("invalid password packet".into()))?;
+    match secret {
+        Some(secret)
+            if super::constant_time_eq(response, md5_response(secret, salt).as_bytes()) =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::AuthFailed {
+            user: String::new(),
+        }),
+    }
+}
+
+async fn scram(conn: &mut Conn, secret: &ScramSecret) -> Result<()> {
+    let malformed = |what: &str| Error::ClientProtocol(format!("malformed SCRAM message: {what}"));
+    write::authentication_sasl(&mut conn.wbuf, &[MECHANISM]);
+    let mut body = password_message(conn).await?;
+    // SASLInitialResponse: mechanism, Int32 length, client-first-message.
+    let (mechanism, rest) = fields::cstr(&body).ok_or_else(|| malformed("no mechanism"))?;
+    if mechanism != MECHANISM.as_bytes() {
+        return Err(Error::ClientProtocol(
+            "client selected an invalid SASL authentication mechanism".into(),
+        ));
+    }
+    let skip = mechanism.len() + 1;
+    if rest.len() < 4 {
+        return Err(malformed("truncated initial response"));
+    }
+    body.advance(skip);
+    let len = body.get_i32();
+    if len < 0 || len as usize != body.len() {
+        return Err(malformed("bad initial response length"));
+    }
+    let scram_err = |e: ScramError| match e {
+        ScramError::Malformed(what) => malformed(what),
+        ScramError::WrongProof => Error::AuthFailed {
+            user: String::new(),
+        },
+    };
+    let (exchange, server_first) = ServerExchange::start(&body, secret).map_err(scram_err)?;
+    write::authentication_sasl_continue(&mut conn.wbuf, server_first.as_bytes());
+    let body = password_message(conn).await?;
+    let (server_final, _client_key) = exchange.finish(&body, secret).map_err(scram_err)?;
+    write::authentication_sasl_final(&mut conn.wbuf, server_final.as_bytes());
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL speaks it: the stored
+//! secret, and the server side of the exchange that authenticates clients.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+pub const MECHANISM: &str = "SCRAM-SHA-256";
+const NONCE_LEN: usize = 18;
+const DEFAULT_ITERATIONS: u32 = 4096;
+
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramSecret {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any size");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// SASLprep where it applies, as PostgreSQL does; else the raw bytes.
+fn normalize(password: &str) -> Vec<u8> {
+    match stringprep::saslprep(password) {
+        Ok(p) => p.into_owned().into_bytes(),
+        Err(_) => password.as_bytes().to_vec(),
+    }
+}
+
+/// PBKDF2-HMAC-SHA-256 with one block: SaltedPassword.
+fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let password = normalize(password);
+    let mut prev = hmac(&password, &[salt, &[0, 0, 0, 1]]);
+    let mut out = prev;
+    for _ in 1..iterations {
+        prev = hmac(&password, &[&prev]);
+        for (o, p) in out.iter_mut().zip(prev) {
+            *o ^= p;
+        }
+    }
+    out
+}
+
+impl ScramSecret {
+    pub fn parse(text: &str) -> Option<ScramSecret> {
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (iter_salt, keys) = rest.split_once('$')?;
+        let (iterations, salt) = iter_salt.split_once(':')?;
+        let (stored, server) = keys.split_once(':')?;
+        Some(ScramSecret {
+            iterations: iterations.parse().ok().filter(|&i| i > 0)?,
+            salt: B64.decode(salt).ok()?,
+            stored_key: B64.decode(stored).ok()?.try_into().ok()?,
+            server_key: B64.decode(server).ok()?.try_into().ok()?,
+        })
+    }
+
+    /// Derives a secret with a fresh random salt (once per password: it is
+    /// thousands of HMACs).
+    pub fn from_password(password: &str) -> ScramSecret {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        Self::with_salt(password, &salt, DEFAULT_ITERATIONS)
+    }
+
+    pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
+        let salted = salted_password(password, salt, iterations);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        ScramSecret {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: sha256(&client_key),
+            server_key: hmac(&salted, &[b"Server Key"]),
+        }
+    }
+
+    /// Whether `password` is the one this secret was made from.
+    pub fn verify_password(&self, password: &str) -> bool {
+        Self::with_salt(password, &self.salt, self.iterations).stored_key == self.stored_key
+    }
+
+    /// A secret that no password matches, the same for a given user every
+    /// time, so an unknown user is indistinguishable from a wrong password.
+    pub fn decoy(user: &str) -> ScramSecret {
+        let salt = sha256(format!("pgdyno-decoy-{user}").as_bytes());
+        ScramSecret {
+            iterations: DEFAULT_ITERATIONS,
+            salt: salt[..16].to_vec(),
+            stored_key: sha256(&salt),
+            server_key: salt,
+        }
+    }
+}
+
+/// Why an exchange failed: the client sent something malformed, or the
+/// proof did not match.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScramError {
+    Malformed(&'static str),
+    WrongProof,
+}
+
+/// The server's state between its first and final messages.
+pub struct ServerExchange {
+    client_first_bare: String,
+    server_first: String,
+    gs2_header: String,
+    nonce: String,
+}
+
+impl ServerExchange {
+    /// Takes client-first-message; returns the state and server-first-message.
+    pub fn start(client_first: &[u8], secret: &ScramSecret) -> Result<(Self, String), ScramError> {
+        let text =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        // gs2-header: "n,," or "y,," (no channel binding); "p=..." needs TLS.
+        let (gs2_header, bare) = match text.as_bytes().first() {
+            Some(b'n') | Some(b'y') => {
+                let mut parts = text.splitn(3, ',');
+                let (flag, authzid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let bare = parts
+                    .next()
+                    .ok_or(ScramError::Malformed("missing client-first-message-bare"))?;
+                if !authzid.is_empty() {
+                    return Err(ScramError::Malformed(
+                        "authorization identity is not supported",
+                    ));
+                }
+                (format!("{flag},,"), bare)
+            }
+            Some(b'p') => {
+                return Err(ScramError::Malformed(
+                    "channel binding is not supported on this connection",
+                ))
+            }
+            _ => return Err(ScramError::Malformed("invalid GS2 header")),
+        };
+        let client_nonce = bare
+            .split(',')
+            .find_map(|attr| attr.strip_prefix("r="))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
+            .ok_or(ScramError::Malformed("missing or invalid client nonce"))?;
+        let mut raw = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut raw);
+        let nonce = format!("{client_nonce}{}", B64.encode(raw));
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&secret.salt),
+            secret.iterations
+        );
+        Ok((
+            ServerExchange {
+                client_first_bare: bare.to_owned(),
+                server_first: server_first.clone(),
+                gs2_header,
+                nonce,
+            },
+            server_first,
+        ))
+    }
+
+    /// Takes client-final-message; on success returns server-final-message
+    /// and the ClientKey the client proved it has.
+    pub fn finish(
+        self,
+        client_final: &[u8],
+        secret: &ScramSecret,
+    ) -> Result<(String, [u8; 32]), ScramError> {
+        let text =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (without_proof, proof) = text
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Malformed("missing proof"))?;
+        let mut attrs = without_proof.split(',');
+        let binding = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("c="))
+            .ok_or(ScramError::Malformed("missing channel binding"))?;
+        if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+            return Err(ScramError::Malformed("channel binding does not match"));
+        }
+        let nonce = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("r="))
+            .ok_or(ScramError::Malformed("missing nonce"))?;
+        if nonce != self.nonce {
+            return Err(ScramError::Malformed("nonce does not match"));
+        }
+        let proof: [u8; 32] = B64
+            .decode(proof)
+            .ok()
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ScramError::Malformed("invalid proof"))?;
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
+        let signature = hmac(&secret.stored_key, &[auth_message.as_bytes()]);
+        let mut client_key = proof;
+        for (k, s) in client_key.iter_mut().zip(signature) {
+            *k ^= s;
+        }
+        if sha256(&client_key) != secret.stored_key {
+            return Err(ScramError::WrongProof);
+        }
+        let server_signature = hmac(&secret.server_key, &[auth_message.as_bytes()]);
+        Ok((format!("v={}", B64.encode(server_signature)), client_key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    #[test]
+    fn parses_postgres_secrets() {
+        let text = postgres_protocol::password::scram_sha_256(b"pencil");
+        let secret = ScramSecret::parse(&text).unwrap();
+        assert!(secret.verify_password("pencil"));
+        assert!(!secret.verify_password("pencils"));
+        assert!(ScramSecret::parse("SCRAM-SHA-256$x:AAAA$AAAA:AAAA").is_none());
+        assert!(ScramSecret::parse("md5abc").is_none());
+    }
+
+    fn exchange(client_password: &str, secret: &ScramSecret) -> Result<(), ScramError> {
+        let mut client =
+            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
+        let (server, server_first) = ServerExchange::start(client.message(), secret)?;
+        client.update(server_first.as_bytes()).unwrap();
+        let (server_final, _key) = server.finish(client.message(), secret)?;
+        client
+            .finish(server_final.as_bytes())
+            .expect("client accepts our server signature");
+        Ok(())
+    }
+
+    #[test]
+    fn authenticates_a_real_client() {
+        let secret = ScramSecret::from_password("s3cret");
+        assert_eq!(exchange("s3cret", &secret), Ok(()));
+        assert_eq!(exchange("wrong", &secret), Err(ScramError::WrongProof));
+        assert_eq!(
+            exchange("s3cret", &ScramSecret::decoy("bob")),
+            Err(ScramError::WrongProof)
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_messages() {
+        let secret = ScramSecret::from_password("x");
+        assert!(ServerExchange::start(b"garbage", &secret).is_err());
+        assert!(ServerExchange::start(b"n,,n=,r=", &secret).is_err());
+        assert!(ServerExchange::start(b"n,a=bob,n=,r=abc", &secret).is_err());
+        let (server, _) = ServerExchange::start(b"n,,n=,r=abc", &secret).unwrap();
+        assert!(server.finish(b"c=biws,r=abc,p=AAAA", &secret).is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! One connection to PostgreSQL: connect, log in, and what the login told
+//! us (ParameterStatus values, BackendKeyData).
+//!
+//! What a backend is used for is the pool's and the relay's business.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::auth;
+use crate::config::{Host, Upstream};
+use crate::error::{Error, Result};
+use crate::protocol::fields;
+use crate::stream::{Conn, Stream};
+
+/// Messages during login are small; a huge one means we are not talking to
+/// PostgreSQL.
+const MAX_LOGIN_MESSAGE: usize = 1024 * 1024;
+
+/// Everything needed to open a backend for one pool.
+#[derive(Debug)]
+pub struct Target {
+    pub upstream: Upstream,
+    /// The PostgreSQL role to log in as.
+    pub user: String,
+    pub dbname: String,
+    pub credential: Credential,
+}
+
+/// How pgdyno proves itself to PostgreSQL.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    None,
+    Password(String),
+    /// `md5` + md5hex(password + user): enough for md5 logins.
+    Md5(String),
+}
+
+/// A live, logged-in PostgreSQL connection.
+pub struct Backend {
+    pub conn: Conn,
+    pub id: u64,
+    /// ParameterStatus values from login, updated as the relay sees more.
+    pub params: Vec<(String, String)>,
+    pub process_id: i32,
+    pub secret_key: i32,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub target: Arc<Target>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Backend {
+    /// Connects and logs in, all within `timeout`.
+    pub async fn connect(target: Arc<Target>, timeout: Duration) -> Result<Backend> {
+        let login = async {
+            let stream = open_raw(&target.upstream).await?;
+            login(Conn::new(stream), target.clone()).await
+        };
+        match tokio::time::timeout(timeout, login).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::BackendConnect(format!(
+                "timed out after {timeout:?} (server_connect_timeout)"
+            ))),
+        }
+    }
+
+    /// Whether the idle socket has something to say: PostgreSQL sent an
+    /// error (it is shutting down) or closed it. Such a backend is useless.
+    /// Costs no system call: it reads the reactor's readiness state.
+    pub fn has_pending_input(&self) -> bool {
+        if !self.conn.rbuf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let ready = match &self.conn.stream {
+            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
+            Stream::Unix(s) => s.poll_read_ready(&mut cx),
+        };
+        matches!(ready, Poll::Ready(_))
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Records a ParameterStatus value.
+pub fn set_param(params: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match params.iter_mut().find(|(k, _)| k == name) {
+        Some(slot) => slot.1 = value.to_owned(),
+        None => params.push((name.to_owned(), value.to_owned())),
+    }
+}
+
+/// Opens a socket to PostgreSQL, without logging in (for logins and cancels).
+pub async fn open_raw(upstream: &Upstream) -> Result<Stream> {
+    let connect_err =
+        |e: std::io::Error| Error::BackendConnect(format!("{}: {e}", upstream.redacted()));
+    match &upstream.host {
+        Host::Tcp(host) => {
+            let stream = TcpStream::connect((host.as_str(), upstream.port))
+                .await
+                .map_err(connect_err)?;
+            Stream::tcp(stream).map_err(connect_err)
+        }
+        Host::Unix(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{}", upstream.port));
+            Ok(Stream::Unix(
+                UnixStream::connect(path).await.map_err(connect_err)?,
+            ))
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::BackendGone,
+        std::io::ErrorKind::InvalidData => Error::BackendProtocol(e.to_string()),
+        _ => Error::BackendIo(e),
+    }
+}
+
+async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
+    let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.dbname)];
+    for key in ["options", "application_name"] {
+        if let Some(v) = target.upstream.param(key) {
+            params.push((key, v));
+        }
+    }
+    frontend::startup_message(params, &mut conn.wbuf).map_err(Error::BackendIo)?;
+    conn.flush().await.map_err(io_err)?;
+    let mut scram: Option<ScramSha256> = None;
+    let mut backend = Backend {
+        conn,
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        params: Vec::new(),
+        process_id: 0,
+        secret_key: 0,
+        created: Instant::now(),
+        last_used: Instant::now(),
+        target: target.clone(),
+    };
+    loop {
+        let msg = backend
+            .conn
+            .read_message(MAX_LOGIN_MESSAGE)
+            .await
+            .map_err(io_err)?;
+        let mut body = msg.body;
+        match msg.tag {
+            b'R' => {
+                if body.len() < 4 {
+                    return Err(Error::BackendProtocol(
+                        "short authentication request".into(),
+                    ));
+                }
+                let code = body.get_i32();
+                authenticate(&mut backend.conn, &target, code, &body, &mut scram).await?;
+            }
+            b'S' => {
+                if let Some((k, v)) = fields::parameter_status(&body) {
+                    set_param(&mut backend.params, k, v);
+                }
+            }
+            b'K' if body.len() == 8 => {
+                backend.process_id = body.get_i32();
+                backend.secret_key = body.get_i32();
+            }
+            b'Z' => return Ok(backend),
+            b'E' => {
+                return Err(Error::BackendRejected {
+                    code: fields::error_field(&body, b'C')
+                        .unwrap_or("08006")
+                        .to_owned(),
+                    message: fields::error_field(&body, b'M')
+                        .unwrap_or("login failed")
+                        .to_owned(),
+                })
+            }
+            // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+            _ => {}
+        }
+    }
+}
+
+async fn authenticate(
+    conn: &mut Conn,
+    target: &Target,
+    code: i32,
+    body: &BytesMut,
+    scram: &mut Option<ScramSha256>,
+) -> Result<()> {
+    let no_password = || {
+        Error::BackendConnect(format!(
+            "server asked for a password for user \"{}\" and pgdyno has none usable for this method",
+            target.user
+        ))
+    };
+    let password = match &target.credential {
+        Credential::Password(p) => Some(p.as_str()),
+        _ => None,
+    };
+    match code {
+        0 => return Ok(()),
+        3 => {
+            let p = password.ok_or_else(no_password)?;
+            frontend::password_message(p.as_bytes(), &mut conn.wbuf).map_err(Error::BackendIo)?;
+        }
+        5 => {
+            let salt: [u8; 4] = body
+                .get(..4)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| Error::BackendProtocol("short md5 request".into()))?;
+            let secret = match &target.credential {
+                Credential::Password(p) => auth::md5_secret(p, &target.user),
+                Credential::Md5(m) => m.clone(),
+                Credential::None => return Err(no_password()),
+            };
+            let response = auth::md5_response(&secret, salt);
+            frontend::password_message(response.as_bytes(), &mut conn.wbuf)
+                .map_err(Error::BackendIo)?;
+        }
+        10 => {
+            let offers_scram = body[..]
+                .split(|&b| b == 0)
+                .any(|m| m == auth::scram::MECHANISM.as_bytes());
+            if !offers_scram {
+                return Err(Error::BackendConnect(
+                    "server offers no SASL mechanism pgdyno supports".into(),
+                ));
+            }
+            let p = password.ok_or_else(no_password)?;
+            let exchange = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+            frontend::sasl_initial_response(
+                auth::scram::MECHANISM,
+                exchange.message(),
+                &mut conn.wbuf,
+            )
+            .map_err(Error::BackendIo)?;
+            *scram = Some(exchange);
+        }
+        11 => {
+            let exchange = scram
+                .as_mut()
+                .ok_or_else(|| Error::BackendProtocol("unexpected SASL continue".into()))?;
+            exchange
+                .update(body)
+                .map_err(|e| Error::BackendProtocol(format!("SCRAM: {e}")))?;
+            frontend::sasl_response(exchange.message(), &mut conn.wbuf)
+                .map_err(Error::BackendIo)?;
+        }
+        12 => {
+            let exchange = scram
+                .as_mut()
+                .ok_or_else(|| Error::BackendProtocol("unexpected SASL final".into()))?;
+            exchange
+                .finish(body)
+                .map_err(|e| Error::BackendProtocol(format!("SCRAM server signature: {e}")))?;
+            return Ok(());
+        }
+        other => {
+            return Err(Error::BackendConnect(format!(
+                "server asked for an authentication method pgdyno does not support ({other})"
+            )))
+        }
+    }
+    conn.flush().await.map_err(io_err)
+}
+
+impl Backend {
+    /// Runs a query with the simple protocol and discards its results: for
+    /// `server_reset_query` and checks, never for client traffic.
+    pub async fn simple_query(&mut self, query: &str) -> Result<()> {
+        frontend::query(query, &mut self.conn.wbuf).map_err(Error::BackendIo)?;
+        self.conn.flush().await.map_err(io_err)?;
+        let mut failure = None;
+        loop {
+            let msg = self
+                .conn
+                .read_message(MAX_LOGIN_MESSAGE)
+                .await
+                .map_err(io_err)?;
+            match msg.tag {
+                b'E' => {
+                    failure = Some(Error::BackendRejected {
+                        code: fields::error_field(&msg.body, b'C')
+                            .unwrap_or("XX000")
+                            .to_owned(),
+                        message: fields::error_field(&msg.body, b'M')
+                            .unwrap_or("query failed")
+                            .to_owned(),
+                    })
+                }
+                b'S' => {
+                    if let Some((k, v)) = fields::parameter_status(&msg.body) {
+                        set_param(&mut self.params, k, v);
+                    }
+                }
+                b'Z' => {
+                    let idle = msg.body.first() == Some(&b'I');
+                    return match failure {
+                        Some(e) => Err(e),
+                        None if idle => Ok(()),
+                        None => Err(Error::BackendProtocol(
+                            "backend not idle after query".into(),
+                        )),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! One client's life: startup packet, authentication, the welcome, then
+//! idle <-> bound to a backend until it leaves.
+//!
+//! The byte pumping while bound is [`crate::relay`]'s; lending backends is
+//! [`crate::pool`]'s. This file decides when to borrow and what to return.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use crate::auth::client::authenticate;
+use crate::config::{DatabaseConfig, PoolMode};
+use crate::error::{Error, Result, Side};
+use crate::pool::Pool;
+use crate::pooler::Pooler;
+use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::write::{self, Severity};
+use crate::protocol::TransactionStatus;
+use crate::relay::{Outcome, Relay};
+use crate::stream::{Conn, Stream};
+
+/// Parameters PgBouncer tracks per client; accepted at startup.
+pub const TRACKED_PARAMETERS: &[&str] = &[
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "standard_conforming_strings",
+    "application_name",
+    "intervalstyle",
+];
+
+/// What a client asked for in its StartupMessage.
+#[derive(Debug, Default)]
+pub struct Startup {
+    pub user: String,
+    pub database: String,
+    /// Tracked session parameters, from the packet and `options=-c k=v`.
+    pub params: Vec<(String, String)>,
+    /// `_pq_.` protocol options we do not know (all of them).
+    pub unknown_protocol_options: Vec<String>,
+    pub minor: u16,
+}
+
+/// Serves one accepted connection to its end. Never panics on input; every
+/// failure ends in an ErrorResponse where the socket still works.
+pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
+    let mut conn = Conn::new(stream);
+    let span = tracing::info_span!("client", peer = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
+    async {
+        if let Err(e) = run(&pooler, &mut conn).await {
+            report(&mut conn, &e).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn report(conn: &mut Conn, e: &Error) {
+    match (e.side(), e) {
+        (_, Error::ClientGone | Error::ClientIo(_)) => {
+            tracing::debug!(error = %e, "client connection ended")
+        }
+        (_, Error::AuthFailed { .. }) => tracing::warn!(error = %e, "login failed"),
+        (Side::Client, _) => tracing::info!(error = %e, sqlstate = e.sqlstate(), "client error"),
+        (Side::Pooler, _) => tracing::warn!(error = %e, sqlstate = e.sqlstate(), "client refused"),
+        (Side::Backend, _) => tracing::warn!(error = %e, sqlstate = e.sqlstate(), "backend error"),
+    }
+    if e.client_reachable() {
+        conn.wbuf.clear();
+        write::error_response(
+            &mut conn.wbuf,
+            Severity::Fatal,
+            e.sqlstate(),
+            &e.client_message(),
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.flush()).await;
+    }
+}
+
+/// Decrements the client count when a counted client ends.
+struct Counted<'a>(&'a Pooler);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
+    let config = &pooler.config;
+    let login_deadline = tokio::time::Instant::now() + config.client_login_timeout;
+    let packet = tokio::time::timeout_at(login_deadline, read_startup(conn))
+        .await
+        .map_err(|_| Error::LoginTimeout)??;
+    let startup = match packet {
+        StartupPacket::Cancel {
+            process_id,
+            secret_key,
+        } => {
+            pooler.cancels.cancel(process_id, secret_key).await;
+            return Ok(());
+        }
+        StartupPacket::Startup { minor, params } => {
+            parse_startup(minor, params, &config.ignore_startup_parameters)?
+        }
+        StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+            return Err(Error::ClientProtocol(
+                "unexpected second encryption request".into(),
+            ))
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("user", startup.user.as_str());
+    span.record("database", startup.database.as_str());
+
+    if pooler.clients.fetch_add(1, Ordering::Relaxed) >= config.max_client_conn {
+        pooler.clients.fetch_sub(1, Ordering::Relaxed);
+        return Err(Error::TooManyClients);
+    }
+    let _counted = Counted(pooler);
+
+    let db = config
+        .database(&startup.database)
+        .ok_or_else(|| Error::NoSuchDatabase(startup.database.clone()))?;
+    let secret = pooler.users.get(&startup.user);
+    let proof = tokio::time::timeout_at(
+        login_deadline,
+        authenticate(conn, config.auth_type, &startup.user, secret.as_deref()),
+    )
+    .await
+    .map_err(|_| Error::LoginTimeout)??;
+    if let Some(forced) = &db.upstream.user {
+        if secret.is_none()
+            && forced != &startup.user
+            && config.auth_type != crate::config::AuthType::Trust
+        {
+            return Err(Error::AuthFailed {
+                user: startup.user.clone(),
+            });
+        }
+    }
+    let pool = pooler.pool(db, &startup.user, &proof);
+    welcome(conn, pooler, &pool, &startup).await?;
+    if config.log_connections {
+        tracing::info!("login");
+    }
+    let cancel = pooler.cancels.register();
+    write::backend_key_data(
+        &mut conn.wbuf,
+        cancel.slot.process_id,
+        cancel.slot.secret_key,
+    );
+    write::ready_for_query(&mut conn.wbuf, TransactionStatus::Idle);
+    conn.flush().await.map_err(Error::ClientIo)?;
+
+    let result = serve_queries(conn, pooler, &pool, db, &cancel.slot).await;
+    if config.log_disconnections {
+        tracing::info!("disconnect");
+    }
+    result
+}
+
+/// Reads the startup packet, answering SSLRequest/GSSENCRequest with 'N'
+/// (no TLS yet) and reading the packet that follows.
+async fn read_startup(conn: &mut Conn) -> Result<StartupPacket> {
+    let mut encryption_asked = false;
+    loop {
+        while conn.rbuf.len() < 4 {
+            fill(conn).await?;
+        }
+        let len = startup::packet_len(&conn.rbuf)
+            .expect("four bytes are there")
+            .map_err(|e| Error::ClientProtocol(e.to_string()))?;
+        while conn.rbuf.len() < len {
+            fill(conn).await?;
+        }
+        let packet = conn.rbuf.split_to(len);
+        let parsed = startup::parse(&packet).map_err(|e| Error::ClientProtocol(e.to_string()))?;
+        match parsed {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if !encryption_asked => {
+                encryption_asked = true;
+                if !conn.rbuf.is_empty() {
+                    return Err(Error::ClientProtocol(
+                        "received unencrypted data after SSL request".into(),
+                    ));
+                }
+                conn.wbuf.extend_from_slice(b"N");
+                conn.flush().await.map_err(Error::ClientIo)?;
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+async fn fill(conn: &mut Conn) -> Result<()> {
+    match conn.fill().await {
+        Ok(0) => Err(Error::ClientGone),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::ClientIo(e)),
+    }
+}
+
+/// Sorts the startup parameters: user and database, tracked session
+/// parameters (also from `options`), ignored ones, and the rest refused.
+pub fn parse_startup(
+    minor: u16,
+    params: Vec<(String, String)>,
+    ignore: &[String],
+) -> Result<Startup> {
+    let mut s = Startup {
+        minor,
+        ..Default::default()
+    };
+    let track = |s: &mut Startup, key: &str, value: String| -> Result<()> {
+        let lower = key.to_ascii_lowercase();
+        if TRACKED_PARAMETERS.contains(&lower.as_str()) {
+            s.params.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
+            s.params.push((key.to_owned(), value));
+            Ok(())
+        } else if ignore.iter().any(|i| i.eq_ignore_ascii_case(key)) {
+            Ok(())
+        } else {
+            Err(Error::UnsupportedStartupParameter(key.to_owned()))
+        }
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "user" => s.user = value,
+            "database" => s.database = value,
+            "options" => {
+                for (k, v) in parse_options(&value)? {
+                    track(&mut s, &k, v)?;
+                }
+            }
+            k if k.starts_with("_pq_.") => s.unknown_protocol_options.push(key),
+            _ => track(&mut s, &key, value)?,
+        }
+    }
+    if s.user.is_empty() {
+        return Err(Error::AuthUnsupported(
+            "no PostgreSQL user name specified in startup packet".into(),
+        ));
+    }
+    if s.database.is_empty() {
+        s.database = s.user.clone();
+    }
+    Ok(s)
+}
+
+/// `-c key=value` and `--key=value` settings from the `options` parameter
+/// (backslash escapes a space, as in libpq).
+fn parse_options(options: &str) -> Result<Vec<(String, String)>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let bad = || Error::UnsupportedStartupParameter(format!("options={options}"));
+    let mut out = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let setting = if w == "-c" {
+            words.next().ok_or_else(bad)?
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest.to_owned()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest.to_owned()
+        } else {
+            return Err(bad());
+        };
+        let (k, v) = setting.split_once('=').ok_or_else(bad)?;
+        out.push((k.replace('-', "_"), v.to_owned()));
+    }
+    Ok(out)
+}
+
+/// AuthenticationOk and ParameterStatus, after a successful login.
+async fn welcome(conn: &mut Conn, pooler: &Pooler, pool: &Pool, startup: &Startup) -> Result<()> {
+    let params = pool.server_params().await?;
+    if startup.minor > 0 || !startup.unknown_protocol_options.is_empty() {
+        let unknown: Vec<&str> = startup
+            .unknown_protocol_options
+            .iter()
+            .map(String::as_str)
+            .collect();
+        write::negotiate_protocol_version(&mut conn.wbuf, crate::protocol::PROTOCOL_V3, &unknown);
+    }
+    let _ = pooler;
+    write::authentication_ok(&mut conn.wbuf);
+    let app_name = startup
+        .params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    for (name, value) in params.iter() {
+        let value = if name == "application_name" {
+            app_name
+        } else {
+            value
+        };
+        write::parameter_status(&mut conn.wbuf, name, value);
+    }
+    Ok(())
+}
+
+/// Idle <-> bound, until the client leaves.
+async fn serve_queries(
+    conn: &mut Conn,
+    pooler: &Pooler,
+    pool: &Pool,
+    db: &DatabaseConfig,
+    cancel: &crate::cancel::CancelSlot,
+) -> Result<()> {
+    let max_packet = pooler.config.max_packet_size;
+    let transaction_mode = db.pool_mode == PoolMode::Transaction;
+    loop {
+        if !next_message(conn).await? {
+            return Ok(());
+        }
+        let mut backend = pool.checkout().await?;
+        cancel.bind(&backend);
+        let result = Relay::new(conn, &mut backend, max_packet, transaction_mode)
+            .run()
+            .await;
+        cancel.unbind();
+        match result {
+            Ok(Outcome::Released) => pool.release(backend, true),
+            Ok(Outcome::ClientLeft { clean }) => {
+                let reusable = clean
+                    && (transaction_mode
+                        || reset(&mut backend, &pooler.config.server_reset_query).await);
+                pool.release(backend, reusable);
+                return Ok(());
+            }
+            Err(e) => {
+                pool.release(backend, false);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Waits, unbound, until the client has sent a message header. `false`
+/// when it sent Terminate or closed the connection.
+async fn next_message(conn: &mut Conn) -> Result<bool> {
+    while conn.rbuf.len() < 5 {
+        match conn.fill().await {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(e) => return Err(Error::ClientIo(e)),
+        }
+    }
+    Ok(conn.rbuf[0] != b'X')
+}
+
+/// Runs `server_reset_query` on a session-mode backend before reuse.
+async fn reset(backend: &mut crate::backend::Backend, query: &str) -> bool {
+    if query.is_empty() {
+        return true;
+    }
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        backend.simple_query(query),
+    )
+    .await
+    {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "server_reset_query failed; closing the backend");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn startup_parameters_are_sorted() {
+        let ignore = vec!["extra_float_digits".to_string()];
+        let s = parse_startup(
+            0,
+            params(&[
+                ("user", "u"),
+                ("extra_float_digits", "3"),
+                (
+                    "options",
+                    "-c TimeZone=UTC --DateStyle=ISO -capplication_name=x\\ y",
+                ),
+                ("_pq_.foo", "1"),
+            ]),
+            &ignore,
+        )
+        .unwrap();
+        assert_eq!(s.database, "u");
+        assert_eq!(
+            s.params,
+            params(&[
+                ("TimeZone", "UTC"),
+                ("DateStyle", "ISO"),
+                ("application_name", "x y")
+            ])
+        );
+        assert_eq!(s.unknown_protocol_options, vec!["_pq_.foo".to_string()]);
+        let e =
+            parse_startup(0, params(&[("user", "u"), ("search_path", "x")]), &ignore).unwrap_err();
+        assert_eq!(e.to_string(), "unsupported startup parameter: search_path");
+        assert!(parse_startup(0, params(&[("database", "d")]), &ignore).is_err());
+        assert!(parse_startup(0, params(&[("user", "u"), ("options", "-x")]), &ignore).is_err());
+    }
+}

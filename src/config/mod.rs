@@ -1,0 +1,309 @@
+//! Settings from the TOML file, `PGDYNO_*` env vars and `--flags` (flags win
+//! over env, env over the file) turned into one validated [`Config`].
+//!
+//! No globals: the `Config` is built once, wrapped in an `Arc` and passed
+//! down. A bad value stops startup with an error naming the key and where
+//! the value came from.
+
+mod settings;
+mod url;
+mod value;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use settings::{Setting, SETTINGS};
+pub use url::{Host, Upstream};
+use value::{Origin, Raw};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    Trust,
+    Plain,
+    Md5,
+    ScramSha256,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub unix_socket_dir: Option<PathBuf>,
+    pub pool_mode: PoolMode,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
+    pub max_client_conn: usize,
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
+    /// `None` waits forever.
+    pub query_wait_timeout: Option<Duration>,
+    pub client_login_timeout: Duration,
+    pub server_connect_timeout: Duration,
+    pub server_idle_timeout: Option<Duration>,
+    pub server_lifetime: Option<Duration>,
+    pub server_reset_query: String,
+    pub auth_type: AuthType,
+    pub auth_file: Option<PathBuf>,
+    pub ignore_startup_parameters: Vec<String>,
+    pub max_packet_size: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    pub databases: Vec<DatabaseConfig>,
+}
+
+/// One database clients can pick by name, and its pool settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub name: String,
+    pub upstream: Upstream,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub pool_mode: PoolMode,
+    pub max_db_connections: usize,
+}
+
+/// Where settings come from, gathered by `main`.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    /// `(name, value)` from `--name value`, dashes already turned into underscores.
+    pub flags: Vec<(String, String)>,
+    /// The process environment (all of it; only `PGDYNO_*` and `DATABASE_URL` are read).
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut raw = Raw::default();
+        let mut file_databases = None;
+        let file = sources
+            .file
+            .clone()
+            .or_else(|| env_var(&sources.env, "PGDYNO_CONFIG").map(PathBuf::from));
+        if let Some(path) = &file {
+            file_databases = raw.add_file(path)?;
+        }
+        for (name, value) in &sources.env {
+            if let Some(key) = name.strip_prefix("PGDYNO_") {
+                if key == "CONFIG" {
+                    continue;
+                }
+                raw.add_string(&key.to_ascii_lowercase(), value, Origin::Env(name.clone()))?;
+            }
+        }
+        for (name, value) in &sources.flags {
+            raw.add_string(name, value, Origin::Flag(name.replace('_', "-")))?;
+        }
+        let mut config = Config::from_raw(&raw)?;
+        config.databases = databases(
+            &raw,
+            &config,
+            file_databases,
+            env_var(&sources.env, "DATABASE_URL"),
+        )?;
+        Ok(config)
+    }
+
+    fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {
+        Ok(Config {
+            listen: raw.parse("listen")?,
+            unix_socket_dir: raw.path("unix_socket_dir")?,
+            pool_mode: raw.parse("pool_mode")?,
+            default_pool_size: raw.parse("default_pool_size")?,
+            min_pool_size: raw.parse("min_pool_size")?,
+            reserve_pool_size: raw.parse("reserve_pool_size")?,
+            reserve_pool_timeout: raw.duration("reserve_pool_timeout")?,
+            max_client_conn: raw.parse("max_client_conn")?,
+            max_db_connections: raw.parse("max_db_connections")?,
+            max_user_connections: raw.parse("max_user_connections")?,
+            query_wait_timeout: nonzero(raw.duration("query_wait_timeout")?),
+            client_login_timeout: raw.duration("client_login_timeout")?,
+            server_connect_timeout: raw.duration("server_connect_timeout")?,
+            server_idle_timeout: nonzero(raw.duration("server_idle_timeout")?),
+            server_lifetime: nonzero(raw.duration("server_lifetime")?),
+            server_reset_query: raw.string("server_reset_query")?,
+            auth_type: raw.parse("auth_type")?,
+            auth_file: raw.path("auth_file")?,
+            ignore_startup_parameters: raw.list("ignore_startup_parameters")?,
+            max_packet_size: raw.parse("max_packet_size")?,
+            log_format: raw.parse("log_format")?,
+            log_level: raw.string("log_level")?,
+            log_connections: raw.parse("log_connections")?,
+            log_disconnections: raw.parse("log_disconnections")?,
+            databases: Vec::new(),
+        })
+        .and_then(Config::validate)
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        if self.default_pool_size == 0 {
+            return Err(ConfigError(
+                "invalid value for default_pool_size: must be at least 1".into(),
+            ));
+        }
+        if self.max_packet_size < 1024 {
+            return Err(ConfigError(
+                "invalid value for max_packet_size: must be at least 1024".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+fn env_var<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// The databases: the `[databases]` table of the file, plus `upstream`, or
+/// else `DATABASE_URL`.
+fn databases(
+    raw: &Raw,
+    config: &Config,
+    file_databases: Option<toml::Table>,
+    database_url: Option<&str>,
+) -> Result<Vec<DatabaseConfig>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, value) in file_databases.unwrap_or_default() {
+        out.push(database_entry(&name, &value, config)?);
+    }
+    let upstream = raw.string("upstream")?;
+    let (key, url) = if !upstream.is_empty() {
+        ("upstream", Some(upstream.as_str()))
+    } else {
+        ("DATABASE_URL", database_url.filter(|_| out.is_empty()))
+    };
+    if let Some(url) = url {
+        let upstream =
+            url::parse(url).map_err(|e| ConfigError(format!("invalid value for {key}: {e}")))?;
+        let name = upstream
+            .dbname
+            .clone()
+            .or_else(|| upstream.user.clone())
+            .ok_or_else(|| ConfigError(format!("invalid value for {key}: no database name")))?;
+        if out.iter().any(|d: &DatabaseConfig| d.name == name) {
+            return Err(ConfigError(format!(
+                "invalid value for {key}: database \"{name}\" is also in [databases]"
+            )));
+        }
+        out.push(DatabaseConfig::with_defaults(name, upstream, config));
+    }
+    if out.is_empty() {
+        return Err(ConfigError(
+            "missing setting upstream: give --upstream postgres://user:password@host:port/dbname, \
+             a [databases] table in the config file, or DATABASE_URL"
+                .into(),
+        ));
+    }
+    Ok(out)
+}
+
+impl DatabaseConfig {
+    fn with_defaults(name: String, upstream: Upstream, config: &Config) -> Self {
+        DatabaseConfig {
+            name,
+            upstream,
+            pool_size: config.default_pool_size,
+            min_pool_size: config.min_pool_size,
+            reserve_pool_size: config.reserve_pool_size,
+            pool_mode: config.pool_mode,
+            max_db_connections: config.max_db_connections,
+        }
+    }
+}
+
+fn database_entry(
+    name: &str,
+    value: &toml::Value,
+    config: &Config,
+) -> Result<DatabaseConfig, ConfigError> {
+    let err = |what: String| ConfigError(format!("invalid value for databases.{name}: {what}"));
+    let (url, table) = match value {
+        toml::Value::String(url) => (url.clone(), toml::Table::new()),
+        toml::Value::Table(t) => {
+            let mut t = t.clone();
+            match t.remove("url") {
+                Some(toml::Value::String(url)) => (url, t),
+                _ => return Err(err("a table needs url = \"postgres://...\"".into())),
+            }
+        }
+        _ => return Err(err("expected a URL string or a table with url".into())),
+    };
+    let upstream = url::parse(&url).map_err(err)?;
+    let mut db = DatabaseConfig::with_defaults(name.to_owned(), upstream, config);
+    if db.upstream.dbname.is_none() {
+        db.upstream.dbname = Some(name.to_owned());
+    }
+    let mut raw = Raw::default();
+    for (key, value) in table {
+        let key = settings::canonical(&key).to_owned();
+        raw.add_value(&key, value, Origin::File(format!("databases.{name}")))?;
+    }
+    for key in raw.keys() {
+        match key.as_str() {
+            "default_pool_size" => db.pool_size = raw.parse(&key)?,
+            "min_pool_size" => db.min_pool_size = raw.parse(&key)?,
+            "reserve_pool_size" => db.reserve_pool_size = raw.parse(&key)?,
+            "pool_mode" => db.pool_mode = raw.parse(&key)?,
+            "max_db_connections" => db.max_db_connections = raw.parse(&key)?,
+            other => {
+                return Err(err(format!(
+                    "unknown key \"{other}\" (use url, pool_size, min_pool_size, \
+                     reserve_pool_size, pool_mode, max_db_connections)"
+                )))
+            }
+        }
+    }
+    if db.pool_size == 0 {
+        return Err(err("pool_size must be at least 1".into()));
+    }
+    Ok(db)
+}
+
+/// Reads a config file's text, for reload and startup alike.
+pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))
+}
+
+/// Settings values as they were given, for `SHOW CONFIG` and `--help`.
+pub fn defaults() -> BTreeMap<&'static str, &'static str> {
+    SETTINGS.iter().map(|s| (s.name, s.default)).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,104 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn flags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    env(pairs)
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("pgdyno-config-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn database_url_is_the_default_upstream() {
+    let c = Config::load(&Sources {
+        env: env(&[("DATABASE_URL", "postgres://u:p@db.example:5433/d1")]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.databases.len(), 1);
+    assert_eq!(c.databases[0].name, "d1");
+    assert_eq!(c.databases[0].upstream.port, 5433);
+    assert_eq!(c.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.default_pool_size, 20);
+    assert_eq!(c.query_wait_timeout, Some(Duration::from_secs(120)));
+}
+
+#[test]
+fn flags_beat_env_beat_file() {
+    let path = temp_file(
+        "precedence.toml",
+        "default_pool_size = 3\nmax_client_conn = 7\nquery_wait_timeout = 2.5\n\
+         [databases]\na = \"postgres://u:p@h/a\"\nb = { url = \"postgres://u:p@h/real\", pool_size = 2, pool_mode = \"session\" }\n",
+    );
+    let c = Config::load(&Sources {
+        file: Some(path.clone()),
+        env: env(&[
+            ("PGDYNO_MAX_CLIENT_CONN", "8"),
+            ("PGDYNO_DEFAULT_POOL_SIZE", "4"),
+        ]),
+        flags: flags(&[("pool_size", "5")]),
+    })
+    .unwrap();
+    std::fs::remove_file(path).unwrap();
+    assert_eq!(c.default_pool_size, 5);
+    assert_eq!(c.max_client_conn, 8);
+    assert_eq!(c.query_wait_timeout, Some(Duration::from_millis(2500)));
+    let b = c.database("b").unwrap();
+    assert_eq!((b.pool_size, b.pool_mode), (2, PoolMode::Session));
+    assert_eq!(b.upstream.dbname.as_deref(), Some("real"));
+    assert_eq!(c.database("a").unwrap().pool_size, 5);
+}
+
+#[test]
+fn errors_name_the_key() {
+    let e = Config::load(&Sources {
+        flags: flags(&[("upstream", "postgres://u@h/d"), ("pool_size", "many")]),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.0.contains("default_pool_size") && e.0.contains("--pool-size"),
+        "{e}"
+    );
+    let e = Config::load(&Sources {
+        flags: flags(&[("upstream", "postgres://u@h/d"), ("no_such_thing", "1")]),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.0.contains("no_such_thing"), "{e}");
+    let e = Config::load(&Sources::default()).unwrap_err();
+    assert!(e.0.contains("upstream"), "{e}");
+    let e = Config::load(&Sources {
+        env: env(&[
+            ("PGDYNO_QUERY_WAIT_TIMEOUT", "soon"),
+            ("DATABASE_URL", "postgres://h/d"),
+        ]),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.0.contains("PGDYNO_QUERY_WAIT_TIMEOUT"), "{e}");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(
+        value::parse_duration("500ms").unwrap(),
+        Duration::from_millis(500)
+    );
+    assert_eq!(
+        value::parse_duration("2min").unwrap(),
+        Duration::from_secs(120)
+    );
+    assert_eq!(value::parse_duration("0").unwrap(), Duration::ZERO);
+    assert!(value::parse_duration("-1").is_err());
+    assert!(value::parse_duration("5 parsecs").is_err());
+}

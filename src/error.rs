@@ -1,0 +1,109 @@
+//! pgdyno's error type: what went wrong, who caused it, and the SQLSTATE a
+//! client is told.
+
+use std::io;
+
+/// Who failed: decides logging level and whether a backend may be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The application connection (bad input, went away).
+    Client,
+    /// The PostgreSQL connection (refused, died, rejected our login).
+    Backend,
+    /// pgdyno's own limits and state (pool timeouts, shutdown).
+    Pooler,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("client connection: {0}")]
+    ClientIo(#[source] io::Error),
+    #[error("client closed the connection")]
+    ClientGone,
+    #[error("{0}")]
+    ClientProtocol(String),
+    #[error("password authentication failed for user \"{user}\"")]
+    AuthFailed { user: String },
+    #[error("{0}")]
+    AuthUnsupported(String),
+    #[error("no such database: {0}")]
+    NoSuchDatabase(String),
+    #[error("unsupported startup parameter: {0}")]
+    UnsupportedStartupParameter(String),
+    #[error("no more connections allowed (max_client_conn)")]
+    TooManyClients,
+    #[error("query_wait_timeout")]
+    QueryWaitTimeout,
+    #[error("client_login_timeout")]
+    LoginTimeout,
+    #[error("pooler is shutting down")]
+    ShuttingDown,
+    #[error("backend connection: {0}")]
+    BackendIo(#[source] io::Error),
+    #[error("could not connect to server: {0}")]
+    BackendConnect(String),
+    #[error("server closed the connection unexpectedly")]
+    BackendGone,
+    #[error("{0}")]
+    BackendProtocol(String),
+    /// PostgreSQL refused our login; its own SQLSTATE and message.
+    #[error("server login failed: {message}")]
+    BackendRejected { code: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The SQLSTATE a client receives for this error.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            Error::ClientIo(_) | Error::ClientGone => "08006",
+            Error::ClientProtocol(_) => "08P01",
+            Error::AuthFailed { .. } => "28P01",
+            Error::AuthUnsupported(_) => "28000",
+            Error::NoSuchDatabase(_) => "3D000",
+            Error::UnsupportedStartupParameter(_) => "08P01",
+            Error::TooManyClients => "53300",
+            Error::QueryWaitTimeout | Error::LoginTimeout => "08P01",
+            Error::ShuttingDown => "57P01",
+            Error::BackendIo(_) | Error::BackendGone | Error::BackendConnect(_) => "08006",
+            Error::BackendProtocol(_) => "08P01",
+            Error::BackendRejected { code, .. } => code,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            Error::ClientIo(_)
+            | Error::ClientGone
+            | Error::ClientProtocol(_)
+            | Error::AuthFailed { .. }
+            | Error::AuthUnsupported(_)
+            | Error::NoSuchDatabase(_)
+            | Error::UnsupportedStartupParameter(_)
+            | Error::LoginTimeout => Side::Client,
+            Error::TooManyClients | Error::QueryWaitTimeout | Error::ShuttingDown => Side::Pooler,
+            Error::BackendIo(_)
+            | Error::BackendConnect(_)
+            | Error::BackendGone
+            | Error::BackendProtocol(_)
+            | Error::BackendRejected { .. } => Side::Backend,
+        }
+    }
+
+    /// Whether the client connection can still carry an ErrorResponse.
+    pub fn client_reachable(&self) -> bool {
+        !matches!(self, Error::ClientIo(_) | Error::ClientGone)
+    }
+
+    /// The message text a client sees.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::BackendRejected { message, .. } => message.clone(),
+            Error::BackendIo(_) | Error::BackendGone => {
+                "server conn crashed? server closed the connection unexpectedly".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! pgdyno: a connection-pooling PostgreSQL proxy.
+//!
+//! Data flow: a client connects to a [`listener`]; its task
+//! ([`client`]) reads the startup packet ([`protocol`]), authenticates it
+//! ([`auth`]) and finds its [`pool`] in the [`pooler`]. For each
+//! transaction (transaction mode) or for the whole session (session mode)
+//! it borrows a [`backend`] and the [`relay`] pumps bytes both ways until
+//! the backend can go back. [`cancel`] routes CancelRequests to whichever
+//! backend a client is using at that moment.
+//!
+//! ```text
+//! client socket -> listener -> client -> pool.checkout() -> relay <-> backend socket
+//!                                    <- pool.release() <-
+//! ```
+//!
+//! [`config`] turns the TOML file, env vars and flags into one `Config`;
+//! [`error`] says which side failed and which SQLSTATE the client sees.
+
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod pool;
+pub mod pooler;
+pub mod protocol;
+pub mod relay;
+pub mod stream;

@@ -1,0 +1,111 @@
+//! Accepting clients on TCP and on a Unix socket, one task per client, and
+//! stopping: stop accepting, then wait for clients to finish.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::client;
+use crate::pooler::Pooler;
+use crate::stream::Stream;
+
+/// Sockets beyond `max_client_conn` still accepted, so that cancel requests
+/// and the over-limit error itself can get through; past this, connections
+/// are closed at once.
+const ACCEPT_HEADROOM: usize = 1000;
+
+/// Bound listening sockets, ready to serve.
+pub struct Listeners {
+    tcp: TcpListener,
+    unix: Option<(UnixListener, std::path::PathBuf)>,
+}
+
+impl Listeners {
+    pub async fn bind(pooler: &Pooler) -> std::io::Result<Listeners> {
+        let config = &pooler.config;
+        let tcp = TcpListener::bind(config.listen).await?;
+        let unix = match &config.unix_socket_dir {
+            None => None,
+            Some(dir) => {
+                let port = tcp.local_addr()?.port();
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                // A socket file left by a previous run that nobody listens on.
+                if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+                    std::fs::remove_file(&path)?;
+                }
+                Some((UnixListener::bind(&path)?, path))
+            }
+        };
+        Ok(Listeners { tcp, unix })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Serves until `shutdown` turns true, then waits up to `grace` for
+    /// connected clients to leave.
+    pub async fn serve(
+        self,
+        pooler: Arc<Pooler>,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        let mut tasks = JoinSet::new();
+        let limit = pooler.config.max_client_conn + ACCEPT_HEADROOM;
+        loop {
+            let accepted = tokio::select! {
+                r = self.tcp.accept() => r.map(|(s, peer)| (Stream::tcp(s), peer.to_string())),
+                r = accept_unix(&self.unix) => r.map(|s| (Ok(Stream::Unix(s)), "unix".to_owned())),
+                _ = shutdown.wait_for(|&stop| stop) => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            match accepted {
+                Ok((Ok(stream), peer)) => {
+                    if tasks.len() >= limit {
+                        tracing::warn!(peer, "too many connections, closing at once");
+                        continue;
+                    }
+                    tasks.spawn(client::serve(pooler.clone(), stream, peer));
+                }
+                Ok((Err(e), peer)) => tracing::debug!(peer, error = %e, "socket setup failed"),
+                Err(e) => {
+                    // EMFILE and the like: back off rather than spin.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(self.tcp);
+        if let Some((listener, path)) = self.unix {
+            drop(listener);
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!(
+            clients = pooler.clients.load(Ordering::Relaxed),
+            "stopped accepting; waiting for clients to finish"
+        );
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = tasks.len(),
+                "grace period over; closing remaining clients"
+            );
+            tasks.abort_all();
+        }
+    }
+}
+
+async fn accept_unix(
+    unix: &Option<(UnixListener, std::path::PathBuf)>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some((l, _)) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,143 @@
+//! The `pgdyno` command: read settings, start logging, serve until a signal.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pgdyno::config::{Config, LogFormat, Sources, SETTINGS};
+use pgdyno::listener::Listeners;
+use pgdyno::pooler::Pooler;
+use tokio::signal::unix::{signal, SignalKind};
+
+const USAGE: &str = "\
+pgdyno: a connection-pooling PostgreSQL proxy
+
+Usage:
+  pgdyno [--config FILE] [--SETTING VALUE]...
+
+  pgdyno --listen 127.0.0.1:6432 --upstream postgres://user:pass@host:5432/db \\
+         --pool-mode transaction --pool-size 20 --max-client-conn 1000
+
+Every setting can be given in the TOML file (key = value), as an env var
+(PGDYNO_KEY) or as a flag (--key, dashes for underscores); flags win over env,
+env over the file. With no upstream and no [databases], DATABASE_URL is used.
+
+Settings (default):";
+
+fn main() -> anyhow::Result<()> {
+    let sources = parse_args(std::env::args().skip(1))?;
+    let config = match Config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgdyno: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// `--key value`, `--key=value`, and `--switch` alone (meaning true).
+fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Sources> {
+    let mut sources = Sources {
+        env: std::env::vars().collect(),
+        ..Default::default()
+    };
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let Some(flag) = arg.strip_prefix("--") else {
+            bail!("unexpected argument \"{arg}\" (see pgdyno --help)");
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+            None => (flag.to_owned(), None),
+        };
+        match name.as_str() {
+            "help" => {
+                println!("{USAGE}");
+                for s in SETTINGS {
+                    println!(
+                        "  --{:<28} {} ({})",
+                        s.name.replace('_', "-"),
+                        s.help,
+                        s.default
+                    );
+                }
+                std::process::exit(0);
+            }
+            "version" => {
+                println!("pgdyno {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => match args.peek() {
+                Some(next) if !next.starts_with("--") => args.next().unwrap_or_default(),
+                _ => "true".to_owned(),
+            },
+        };
+        let key = name.replace('-', "_");
+        if key == "config" {
+            sources.file = Some(PathBuf::from(value));
+        } else {
+            sources.flags.push((key, value));
+        }
+    }
+    Ok(sources)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let pooler = match Pooler::new(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pgdyno: {e}");
+            std::process::exit(2);
+        }
+    };
+    let listeners = Listeners::bind(&pooler)
+        .await
+        .with_context(|| format!("cannot listen on {}", pooler.config.listen))?;
+    tracing::info!(
+        listen = %listeners.local_addr()?,
+        databases = ?pooler.config.databases.iter().map(|d| format!("{} -> {}", d.name, d.upstream.redacted())).collect::<Vec<_>>(),
+        "pgdyno listening"
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = tokio::spawn(listeners.serve(pooler.clone(), stopped, Duration::from_secs(25)));
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing transactions, then exiting"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing transactions, then exiting"),
+    }
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = server => {}
+        _ = term.recv() => tracing::warn!("second signal: exiting now"),
+        _ = int.recv() => tracing::warn!("second signal: exiting now"),
+    }
+    Ok(())
+}

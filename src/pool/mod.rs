@@ -1,0 +1,371 @@
+//! Pools of backends, one per (database, user): bounded by `pool_size`,
+//! a FIFO queue of waiting clients, idle and lifetime limits, and the
+//! reserve pool.
+//!
+//! The pool only lends backends. What runs on them is the relay's
+//! business; whether one comes back clean is the relay's call too (it
+//! passes `reusable` to [`Pool::release`]).
+//!
+//! Locking: one short critical section per checkout and release. A pool's
+//! lock is never held across an await, nor while a [`Limit`] lock is taken
+//! in [`Limit::release`].
+
+mod limit;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::backend::{Backend, Target};
+use crate::config::PoolMode;
+use crate::error::{Error, Result};
+pub use limit::Limit;
+
+/// The sizes and times a pool works by.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_size: usize,
+    pub reserve_size: usize,
+    pub reserve_timeout: Duration,
+    pub query_wait_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub lifetime: Option<Duration>,
+}
+
+pub struct Pool {
+    pub database: String,
+    pub user: String,
+    pub target: Arc<Target>,
+    pub settings: PoolSettings,
+    /// `max_db_connections`, `max_user_connections`.
+    limits: Vec<Arc<Limit>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Most recently used at the back (LIFO reuse keeps few backends warm).
+    idle: VecDeque<Backend>,
+    /// Backends that exist or are being opened, idle or lent.
+    open: usize,
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+    /// ParameterStatus values of the newest login, for client logins.
+    server_params: Option<Arc<Vec<(String, String)>>>,
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// What a waiting client is handed.
+enum Grant {
+    Backend(Backend),
+    /// Permission to open a new backend, already counted in `open`.
+    Slot,
+}
+
+impl Pool {
+    pub fn new(
+        database: String,
+        user: String,
+        target: Arc<Target>,
+        settings: PoolSettings,
+        limits: Vec<Arc<Limit>>,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            database,
+            user,
+            target,
+            settings,
+            limits,
+            state: Mutex::default(),
+        });
+        for limit in &pool.limits {
+            limit.join(Arc::downgrade(&pool));
+        }
+        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// Lends a backend, opening one if the pool has room, else waiting in
+    /// line up to `query_wait_timeout`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a grant that arrives after the future is dropped goes to
+    /// the next waiter (the send fails and `hand_over` moves on).
+    pub async fn checkout(&self) -> Result<Backend> {
+        let started = Instant::now();
+        let rx = {
+            let mut s = self.state.lock().unwrap();
+            match self.take_or_reserve(&mut s, self.settings.size) {
+                Some(grant) => Ok(grant),
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    let id = s.next_waiter;
+                    s.next_waiter += 1;
+                    s.waiters.push_back(Waiter { id, tx });
+                    Err((id, rx))
+                }
+            }
+        };
+        let grant = match rx {
+            Ok(grant) => grant,
+            Err((id, rx)) => {
+                if self.limits.iter().any(|l| l.evict_idle(self)) {
+                    self.grant_slots();
+                }
+                self.wait(id, rx, started).await?
+            }
+        };
+        self.use_grant(grant).await
+    }
+
+    async fn wait(
+        &self,
+        id: u64,
+        mut rx: oneshot::Receiver<Grant>,
+        started: Instant,
+    ) -> Result<Grant> {
+        let deadline = self.settings.query_wait_timeout.map(|t| started + t);
+        let mut reserve_at =
+            (self.settings.reserve_size > 0).then(|| started + self.settings.reserve_timeout);
+        loop {
+            let wake = match (deadline, reserve_at) {
+                (Some(d), Some(r)) => Some(d.min(r)),
+                (d, r) => d.or(r),
+            };
+            let received = match wake {
+                None => (&mut rx).await.ok(),
+                Some(at) => match tokio::time::timeout_at(at.into(), &mut rx).await {
+                    Ok(r) => r.ok(),
+                    Err(_) => None,
+                },
+            };
+            if let Some(grant) = received {
+                return Ok(grant);
+            }
+            let now = Instant::now();
+            let mut s = self.state.lock().unwrap();
+            // The grant may have been sent just as the timer fired.
+            if let Ok(grant) = rx.try_recv() {
+                return Ok(grant);
+            }
+            if reserve_at.is_some_and(|r| now >= r) {
+                reserve_at = None;
+                let max = self.settings.size + self.settings.reserve_size;
+                if let Some(grant) = self.take_or_reserve(&mut s, max) {
+                    s.waiters.retain(|w| w.id != id);
+                    tracing::info!(database = %self.database, user = %self.user, "using the reserve pool");
+                    return Ok(grant);
+                }
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                s.waiters.retain(|w| w.id != id);
+                return Err(Error::QueryWaitTimeout);
+            }
+        }
+    }
+
+    /// An idle healthy backend, or a slot to open one if `open < max` and
+    /// the shared limits allow.
+    fn take_or_reserve(&self, s: &mut State, max: usize) -> Option<Grant> {
+        while let Some(backend) = s.idle.pop_back() {
+            if backend.has_pending_input() {
+                // PostgreSQL closed it or is shutting down: never lend it.
+                self.forget(s, backend);
+                continue;
+            }
+            return Some(Grant::Backend(backend));
+        }
+        if s.open < max && self.acquire_limits() {
+            s.open += 1;
+            return Some(Grant::Slot);
+        }
+        None
+    }
+
+    fn acquire_limits(&self) -> bool {
+        for (i, limit) in self.limits.iter().enumerate() {
+            if !limit.try_acquire() {
+                self.limits[..i].iter().for_each(|l| l.release_count_only());
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn use_grant(&self, grant: Grant) -> Result<Backend> {
+        match grant {
+            Grant::Backend(b) => Ok(b),
+            Grant::Slot => {
+                match Backend::connect(self.target.clone(), self.settings.connect_timeout).await {
+                    Ok(b) => {
+                        self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
+                        Ok(b)
+                    }
+                    Err(e) => {
+                        tracing::warn!(database = %self.database, user = %self.user, error = %e, "backend connect failed");
+                        self.free_slot();
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a backend back. `reusable` is the relay's word that it is idle
+    /// and clean; otherwise it is closed.
+    pub fn release(&self, mut backend: Backend, reusable: bool) {
+        let expired = self
+            .settings
+            .lifetime
+            .is_some_and(|l| backend.created.elapsed() >= l);
+        if !reusable || expired || !backend.conn.rbuf.is_empty() {
+            drop(backend);
+            self.free_slot();
+            return;
+        }
+        backend.last_used = Instant::now();
+        let mut s = self.state.lock().unwrap();
+        let mut grant = Grant::Backend(backend);
+        while let Some(w) = s.waiters.pop_front() {
+            match w.tx.send(grant) {
+                Ok(()) => return,
+                Err(g) => grant = g,
+            }
+        }
+        if let Grant::Backend(b) = grant {
+            s.idle.push_back(b);
+        }
+    }
+
+    /// A backend is gone: its slot may go to a waiter.
+    fn free_slot(&self) {
+        self.state.lock().unwrap().open -= 1;
+        for limit in &self.limits {
+            limit.release();
+        }
+        self.grant_slots();
+    }
+
+    /// Lets waiters open backends while there is room. Returns whether any
+    /// waiter was served.
+    pub(crate) fn grant_slots(&self) -> bool {
+        let mut s = self.state.lock().unwrap();
+        let mut served = false;
+        while !s.waiters.is_empty() && s.open < self.settings.size {
+            if !self.acquire_limits() {
+                break;
+            }
+            s.open += 1;
+            let mut sent = false;
+            while let Some(w) = s.waiters.pop_front() {
+                if w.tx.send(Grant::Slot).is_ok() {
+                    sent = true;
+                    break;
+                }
+            }
+            if !sent {
+                s.open -= 1;
+                self.limits.iter().for_each(|l| l.release_count_only());
+                break;
+            }
+            served = true;
+        }
+        served
+    }
+
+    /// Drops a backend taken out of the idle list (state lock held).
+    fn forget(&self, s: &mut State, backend: Backend) {
+        drop(backend);
+        s.open -= 1;
+        self.limits.iter().for_each(|l| l.release_count_only());
+    }
+
+    /// Closes one idle backend, for a [`Limit`] another pool waits on.
+    pub(crate) fn close_one_idle(&self) -> bool {
+        let mut s = self.state.lock().unwrap();
+        match s.idle.pop_front() {
+            Some(b) => {
+                self.forget(&mut s, b);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// ParameterStatus values to tell a logging-in client, opening a
+    /// backend first if the pool has never had one.
+    pub async fn server_params(&self) -> Result<Arc<Vec<(String, String)>>> {
+        if let Some(p) = self.state.lock().unwrap().server_params.clone() {
+            return Ok(p);
+        }
+        let backend = self.checkout().await?;
+        let params = Arc::new(backend.params.clone());
+        self.release(backend, true);
+        Ok(params)
+    }
+
+    /// Counts for tests and the admin console: (open, idle, waiting).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let s = self.state.lock().unwrap();
+        (s.open, s.idle.len(), s.waiters.len())
+    }
+
+    /// Closes idle backends past `server_idle_timeout` (keeping
+    /// `min_pool_size`) or `server_lifetime`; returns how many to open to
+    /// reach `min_pool_size`.
+    fn sweep(&self) -> usize {
+        let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        let mut i = 0;
+        while i < s.idle.len() {
+            let b = &s.idle[i];
+            let idle_too_long = self
+                .settings
+                .idle_timeout
+                .is_some_and(|t| now - b.last_used >= t && s.open > self.settings.min_size);
+            let too_old = self.settings.lifetime.is_some_and(|l| now - b.created >= l);
+            if idle_too_long || too_old || b.has_pending_input() {
+                let b = s.idle.remove(i).expect("index checked");
+                self.forget(&mut s, b);
+            } else {
+                i += 1;
+            }
+        }
+        let missing = self.settings.min_size.saturating_sub(s.open);
+        let mut granted = 0;
+        for _ in 0..missing {
+            if !self.acquire_limits() {
+                break;
+            }
+            s.open += 1;
+            granted += 1;
+        }
+        granted
+    }
+}
+
+/// Background upkeep of one pool, until the pool is dropped.
+async fn maintain(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.grant_slots();
+        for _ in 0..pool.sweep() {
+            match pool.use_grant(Grant::Slot).await {
+                Ok(b) => pool.release(b, true),
+                Err(_) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! What all clients share: the configuration, the users, the pools by
+//! (database, user), the cancel keys and the client count. Built once in
+//! `main` (or a test) and passed down as an `Arc`; there are no globals.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::auth::client::Proof;
+use crate::auth::{Secret, Users};
+use crate::backend::{Credential, Target};
+use crate::cancel::Cancels;
+use crate::config::{Config, ConfigError, DatabaseConfig};
+use crate::pool::{Limit, Pool, PoolSettings};
+
+pub struct Pooler {
+    pub config: Arc<Config>,
+    pub users: Users,
+    pub cancels: Arc<Cancels>,
+    /// Clients past login, counted against `max_client_conn`.
+    pub clients: AtomicUsize,
+    pools: DashMap<(String, String), Arc<Pool>>,
+    db_limits: HashMap<String, Arc<Limit>>,
+    user_limits: DashMap<String, Arc<Limit>>,
+}
+
+impl Pooler {
+    pub fn new(config: Config) -> Result<Arc<Pooler>, ConfigError> {
+        let users = Users::load(&config)?;
+        let db_limits = config
+            .databases
+            .iter()
+            .map(|d| (d.name.clone(), Arc::new(Limit::new(d.max_db_connections))))
+            .collect();
+        Ok(Arc::new(Pooler {
+            config: Arc::new(config),
+            users,
+            cancels: Arc::default(),
+            clients: AtomicUsize::new(0),
+            pools: DashMap::new(),
+            db_limits,
+            user_limits: DashMap::new(),
+        }))
+    }
+
+    /// The pool for a logged-in client, created on first use.
+    pub fn pool(&self, db: &DatabaseConfig, client_user: &str, proof: &Proof) -> Arc<Pool> {
+        // A user in the upstream URL is the one every backend logs in as.
+        let user = db.upstream.user.as_deref().unwrap_or(client_user);
+        let key = (db.name.clone(), user.to_owned());
+        if let Some(pool) = self.pools.get(&key) {
+            return pool.clone();
+        }
+        self.pools
+            .entry(key)
+            .or_insert_with(|| {
+                let target = Arc::new(Target {
+                    upstream: db.upstream.clone(),
+                    user: user.to_owned(),
+                    dbname: db
+                        .upstream
+                        .dbname
+                        .clone()
+                        .unwrap_or_else(|| db.name.clone()),
+                    credential: self.credential(db, user, proof),
+                });
+                let mut limits = vec![self.db_limits[&db.name].clone()];
+                if self.config.max_user_connections > 0 {
+                    let limit = self
+                        .user_limits
+                        .entry(user.to_owned())
+                        .or_insert_with(|| Arc::new(Limit::new(self.config.max_user_connections)));
+                    limits.push(limit.clone());
+                }
+                Pool::new(
+                    db.name.clone(),
+                    user.to_owned(),
+                    target,
+                    self.settings(db),
+                    limits,
+                )
+            })
+            .clone()
+    }
+
+    fn settings(&self, db: &DatabaseConfig) -> PoolSettings {
+        let c = &self.config;
+        PoolSettings {
+            mode: db.pool_mode,
+            size: db.pool_size,
+            min_size: db.min_pool_size,
+            reserve_size: db.reserve_pool_size,
+            reserve_timeout: c.reserve_pool_timeout,
+            query_wait_timeout: c.query_wait_timeout,
+            connect_timeout: c.server_connect_timeout,
+            idle_timeout: c.server_idle_timeout,
+            lifetime: c.server_lifetime,
+        }
+    }
+
+    /// How backends of this pool prove themselves to PostgreSQL: the URL's
+    /// password, else the user's stored password or md5 secret, else the
+    /// password the client typed (plain auth).
+    fn credential(&self, db: &DatabaseConfig, user: &str, proof: &Proof) -> Credential {
+        if db.upstream.user.is_some() {
+            if let Some(p) = &db.upstream.password {
+                return Credential::Password(p.clone());
+            }
+        }
+        match self.users.get(user).as_deref() {
+            Some(Secret::Plain { password, .. }) => Credential::Password(password.clone()),
+            Some(Secret::Md5(m)) => Credential::Md5(m.clone()),
+            _ => match &proof.cleartext {
+                Some(p) => Credential::Password(p.clone()),
+                None => Credential::None,
+            },
+        }
+    }
+}
