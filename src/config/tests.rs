@@ -102,3 +102,15 @@ fn durations() {
     assert!(value::parse_duration("-1").is_err());
     assert!(value::parse_duration("5 parsecs").is_err());
 }
+
+#[test]
+fn readme_documents_every_setting() {
+    let readme = include_str!("../../README.md");
+    for s in SETTINGS {
+        assert!(
+            readme.contains(&format!("| `{}` |", s.name)),
+            "README's settings table lacks {}",
+            s.name
+        );
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# pgdyno in front of a throwaway PostgreSQL, with a short pgbench load through it.
+#
+# Starts PostgreSQL (initdb into a temp dir, 127.0.0.1, a free port; as the
+# `nobody` user when run as root), builds and starts pgdyno in front of it in
+# transaction mode with a pool of 5, runs pgbench with 20 clients through it,
+# and then keeps serving until Ctrl-C so you can connect yourself (the psql
+# line is printed). `--once` exits after the load instead.
+#
+# Needs: cargo, and PostgreSQL's server binaries (Debian: apt-get install postgresql).
+set -euo pipefail
+
+ONCE=0
+[[ ${1:-} == --once ]] && ONCE=1
+cd "$(dirname "$0")/.."
+
+find_pg_bin() {
+  if command -v initdb >/dev/null 2>&1; then
+    dirname "$(command -v initdb)"
+    return
+  fi
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -n $dir ]] || { echo "quickstart: PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
+  echo "$dir"
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+PG_BIN=$(find_pg_bin)
+TMP=$(mktemp -d /tmp/pgdyno-quickstart.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -f $TMP/data/postmaster.pid ]] && kill -INT "$(head -1 "$TMP/data/postmaster.pid")" 2>/dev/null || true
+  sleep 1
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u nobody -- "$@"; else "$@"; fi; }
+PG_PORT=$(free_port)
+PGDYNO_PORT=$(free_port)
+PASSWORD=quickstart-secret
+mkdir "$TMP/data"
+echo "$PASSWORD" >"$TMP/pwfile"
+[[ $(id -u) == 0 ]] && chown -R nobody "$TMP"
+
+echo "==> starting PostgreSQL on 127.0.0.1:$PG_PORT"
+as_pg "$PG_BIN/initdb" -D "$TMP/data" -U app --auth=scram-sha-256 --pwfile="$TMP/pwfile" >"$TMP/initdb.log"
+as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -l "$TMP/postgres.log" -w -o \
+  "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $TMP -c fsync=off -c max_connections=50" start >/dev/null
+
+echo "==> building pgdyno"
+cargo build --release --quiet
+UPSTREAM="postgres://app:$PASSWORD@127.0.0.1:$PG_PORT/postgres"
+echo "==> starting pgdyno on 127.0.0.1:$PGDYNO_PORT (transaction mode, pool of 5)"
+target/release/pgdyno --listen "127.0.0.1:$PGDYNO_PORT" --upstream "$UPSTREAM" \
+  --pool-mode transaction --pool-size 5 --max-client-conn 200 2>"$TMP/pgdyno.log" &
+PIDS+=($!)
+for _ in $(seq 50); do
+  (echo >"/dev/tcp/127.0.0.1/$PGDYNO_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+
+export PGPASSWORD=$PASSWORD
+echo "==> pgbench: 20 clients for 5 s through pgdyno's 5 backends"
+"$PG_BIN/pgbench" -i -s 1 -q -h 127.0.0.1 -p "$PGDYNO_PORT" -U app postgres 2>&1 | tail -1
+"$PG_BIN/pgbench" -c 20 -j 2 -T 5 -h 127.0.0.1 -p "$PGDYNO_PORT" -U app postgres 2>&1 |
+  grep -E "number of (transactions actually processed|failed)|tps"
+echo "==> PostgreSQL saw these connections from pgdyno:"
+"$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U app postgres -tAc \
+  "select count(*) || ' backends' from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
+
+if [[ $ONCE == 1 ]]; then
+  exit 0
+fi
+echo
+echo "pgdyno is serving. Connect with:"
+echo "  PGPASSWORD=$PASSWORD psql -h 127.0.0.1 -p $PGDYNO_PORT -U app postgres"
+echo "Ctrl-C stops pgdyno and PostgreSQL. pgdyno's log: $TMP/pgdyno.log"
+wait "${PIDS[0]}"
