@@ -13,7 +13,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::auth;
+use crate::auth::{self, scram::KeyExchange, scram::ScramKeys};
 use crate::config::{Host, Upstream};
 use crate::error::{Error, Result};
 use crate::protocol::fields;
@@ -40,6 +40,9 @@ pub enum Credential {
     Password(String),
     /// `md5` + md5hex(password + user): enough for md5 logins.
     Md5(String),
+    /// A ClientKey from a client's SCRAM login: enough for SCRAM logins to a
+    /// server that stores the same secret.
+    ScramKeys(ScramKeys),
 }
 
 /// A live, logged-in PostgreSQL connection.
@@ -140,7 +143,7 @@ async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
     }
     frontend::startup_message(params, &mut conn.wbuf).map_err(Error::BackendIo)?;
     conn.flush().await.map_err(io_err)?;
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Scram> = None;
     let mut backend = Backend {
         conn,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -194,12 +197,18 @@ async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
     }
 }
 
+/// The SCRAM exchange under way with PostgreSQL.
+enum Scram {
+    Password(ScramSha256),
+    Keys(KeyExchange),
+}
+
 async fn authenticate(
     conn: &mut Conn,
     target: &Target,
     code: i32,
     body: &BytesMut,
-    scram: &mut Option<ScramSha256>,
+    scram: &mut Option<Scram>,
 ) -> Result<()> {
     let no_password = || {
         Error::BackendConnect(format!(
@@ -225,7 +234,7 @@ async fn authenticate(
             let secret = match &target.credential {
                 Credential::Password(p) => auth::md5_secret(p, &target.user),
                 Credential::Md5(m) => m.clone(),
-                Credential::None => return Err(no_password()),
+                Credential::None | Credential::ScramKeys(_) => return Err(no_password()),
             };
             let response = auth::md5_response(&secret, salt);
             frontend::password_message(response.as_bytes(), &mut conn.wbuf)
@@ -240,33 +249,51 @@ async fn authenticate(
                     "server offers no SASL mechanism pgdyno supports".into(),
                 ));
             }
-            let p = password.ok_or_else(no_password)?;
-            let exchange = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
-            frontend::sasl_initial_response(
-                auth::scram::MECHANISM,
-                exchange.message(),
-                &mut conn.wbuf,
-            )
-            .map_err(Error::BackendIo)?;
+            let (exchange, first) = match &target.credential {
+                Credential::Password(p) => {
+                    let e = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+                    let first = e.message().to_vec();
+                    (Scram::Password(e), first)
+                }
+                Credential::ScramKeys(keys) => {
+                    let (e, first) = KeyExchange::start(keys.clone());
+                    (Scram::Keys(e), first.into_bytes())
+                }
+                _ => return Err(no_password()),
+            };
+            frontend::sasl_initial_response(auth::scram::MECHANISM, &first, &mut conn.wbuf)
+                .map_err(Error::BackendIo)?;
             *scram = Some(exchange);
         }
         11 => {
             let exchange = scram
                 .as_mut()
                 .ok_or_else(|| Error::BackendProtocol("unexpected SASL continue".into()))?;
-            exchange
-                .update(body)
-                .map_err(|e| Error::BackendProtocol(format!("SCRAM: {e}")))?;
-            frontend::sasl_response(exchange.message(), &mut conn.wbuf)
-                .map_err(Error::BackendIo)?;
+            let message = match exchange {
+                Scram::Password(e) => e
+                    .update(body)
+                    .map(|()| e.message().to_vec())
+                    .map_err(|e| Error::BackendProtocol(format!("SCRAM: {e}")))?,
+                Scram::Keys(e) => e
+                    .update(body)
+                    .map(String::into_bytes)
+                    .map_err(|e| Error::BackendConnect(format!("SCRAM: {e:?}")))?,
+            };
+            frontend::sasl_response(&message, &mut conn.wbuf).map_err(Error::BackendIo)?;
         }
         12 => {
             let exchange = scram
                 .as_mut()
                 .ok_or_else(|| Error::BackendProtocol("unexpected SASL final".into()))?;
-            exchange
-                .finish(body)
-                .map_err(|e| Error::BackendProtocol(format!("SCRAM server signature: {e}")))?;
+            let verified = match exchange {
+                Scram::Password(e) => e.finish(body).is_ok(),
+                Scram::Keys(e) => e.finish(body).is_ok(),
+            };
+            if !verified {
+                return Err(Error::BackendProtocol(
+                    "invalid SCRAM server signature".into(),
+                ));
+            }
             return Ok(());
         }
         other => {

@@ -102,7 +102,8 @@ impl Pooler {
 
     /// How backends of this pool prove themselves to PostgreSQL: the URL's
     /// password, else the user's stored password or md5 secret, else the
-    /// password the client typed (plain auth).
+    /// password the client typed (plain auth) or the ClientKey its SCRAM
+    /// login proved (SCRAM pass-through, as PgBouncer does).
     fn credential(&self, db: &DatabaseConfig, user: &str, proof: &Proof) -> Credential {
         if db.upstream.user.is_some() {
             if let Some(p) = &db.upstream.password {
@@ -112,9 +113,10 @@ impl Pooler {
         match self.users.get(user).as_deref() {
             Some(Secret::Plain { password, .. }) => Credential::Password(password.clone()),
             Some(Secret::Md5(m)) => Credential::Md5(m.clone()),
-            _ => match &proof.cleartext {
-                Some(p) => Credential::Password(p.clone()),
-                None => Credential::None,
+            _ => match (&proof.cleartext, &proof.scram) {
+                (Some(p), _) => Credential::Password(p.clone()),
+                (None, Some(keys)) => Credential::ScramKeys(keys.clone()),
+                (None, None) => Credential::None,
             },
         }
     }

@@ -6,7 +6,7 @@
 
 use bytes::Buf;
 
-use super::scram::{ScramError, ScramSecret, ServerExchange, MECHANISM};
+use super::scram::{ScramError, ScramKeys, ScramSecret, ServerExchange, MECHANISM};
 use super::{md5_response, Secret};
 use crate::config::AuthType;
 use crate::error::{Error, Result};
@@ -21,6 +21,8 @@ const MAX_AUTH_MESSAGE: usize = 16 * 1024;
 pub struct Proof {
     /// The password itself, when the client sent it in clear.
     pub cleartext: Option<String>,
+    /// The ClientKey a SCRAM login proved, with the secret it matched.
+    pub scram: Option<ScramKeys>,
 }
 
 /// Runs the exchange `auth_type` asks for. `secret` is `None` for a user
@@ -31,9 +33,22 @@ pub async fn authenticate(
     user: &str,
     secret: Option<&Secret>,
 ) -> Result<Proof> {
-    let failed = || Error::AuthFailed {
-        user: user.to_owned(),
-    };
+    exchange(conn, auth_type, user, secret)
+        .await
+        .map_err(|e| match e {
+            Error::AuthFailed { .. } => Error::AuthFailed {
+                user: user.to_owned(),
+            },
+            other => other,
+        })
+}
+
+async fn exchange(
+    conn: &mut Conn,
+    auth_type: AuthType,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<Proof> {
     match auth_type {
         AuthType::Trust => Ok(Proof::default()),
         AuthType::Plain => {
@@ -41,42 +56,31 @@ pub async fn authenticate(
             match secret {
                 Some(s) if s.verify_password(user, &password) => Ok(Proof {
                     cleartext: Some(password),
+                    scram: None,
                 }),
-                _ => Err(failed()),
+                _ => Err(Error::AuthFailed {
+                    user: String::new(),
+                }),
             }
         }
         AuthType::Md5 => match secret {
-            Some(Secret::Scram(s)) => scram(conn, s).await.map(|()| Proof::default()),
-            Some(s) => md5(conn, s.md5(user).as_deref())
-                .await
-                .map(|()| Proof::default()),
-            None => md5(conn, None).await.map(|()| Proof::default()),
+            Some(Secret::Scram(s)) => scram(conn, s).await,
+            Some(s) => md5(conn, s.md5(user).as_deref()).await,
+            None => md5(conn, None).await,
         },
         AuthType::ScramSha256 => match secret.map(|s| s.scram()) {
-            Some(Some(s)) => scram(conn, s).await.map(|()| Proof::default()),
+            Some(Some(s)) => scram(conn, s).await,
             // md5-hashed secrets cannot serve SCRAM (PostgreSQL agrees).
             Some(None) => {
                 tracing::warn!(
                     user,
                     "auth_type scram-sha-256 cannot use this user's md5 secret"
                 );
-                scram(conn, &ScramSecret::decoy(user))
-                    .await
-                    .map(|()| Proof::default())
+                scram(conn, &ScramSecret::decoy(user)).await
             }
-            None => scram(conn, &ScramSecret::decoy(user))
-                .await
-                .map(|()| Proof::default()),
-        }
-        .map_err(|e| match e {
-            Error::ClientProtocol(_) | Error::ClientIo(_) | Error::ClientGone => e,
-            _ => failed(),
-        }),
+            None => scram(conn, &ScramSecret::decoy(user)).await,
+        },
     }
-    .map_err(|e| match e {
-        Error::AuthFailed { .. } => failed(),
-        other => other,
-    })
 }
 
 /// Reads the client's next message, which must be a PasswordMessage ('p').
@@ -108,7 +112,7 @@ async fn cleartext(conn: &mut Conn) -> Result<String> {
         .map_err(|_| Error::ClientProtocol("password is not UTF-8".into()))
 }
 
-async fn md5(conn: &mut Conn, secret: Option<&str>) -> Result<()> {
+async fn md5(conn: &mut Conn, secret: Option<&str>) -> Result<Proof> {
     let salt: [u8; 4] = rand::random();
     write::authentication_md5(&mut conn.wbuf, salt);
     let body = password_message(conn).await?;
@@ -118,7 +122,7 @@ async fn md5(conn: &mut Conn, secret: Option<&str>) -> Result<()> {
         Some(secret)
             if super::constant_time_eq(response, md5_response(secret, salt).as_bytes()) =>
         {
-            Ok(())
+            Ok(Proof::default())
         }
         _ => Err(Error::AuthFailed {
             user: String::new(),
@@ -126,7 +130,7 @@ async fn md5(conn: &mut Conn, secret: Option<&str>) -> Result<()> {
     }
 }
 
-async fn scram(conn: &mut Conn, secret: &ScramSecret) -> Result<()> {
+async fn scram(conn: &mut Conn, secret: &ScramSecret) -> Result<Proof> {
     let malformed = |what: &str| Error::ClientProtocol(format!("malformed SCRAM message: {what}"));
     write::authentication_sasl(&mut conn.wbuf, &[MECHANISM]);
     let mut body = password_message(conn).await?;
@@ -155,7 +159,13 @@ async fn scram(conn: &mut Conn, secret: &ScramSecret) -> Result<()> {
     let (exchange, server_first) = ServerExchange::start(&body, secret).map_err(scram_err)?;
     write::authentication_sasl_continue(&mut conn.wbuf, server_first.as_bytes());
     let body = password_message(conn).await?;
-    let (server_final, _client_key) = exchange.finish(&body, secret).map_err(scram_err)?;
+    let (server_final, client_key) = exchange.finish(&body, secret).map_err(scram_err)?;
     write::authentication_sasl_final(&mut conn.wbuf, server_final.as_bytes());
-    Ok(())
+    Ok(Proof {
+        cleartext: None,
+        scram: Some(ScramKeys {
+            client_key,
+            secret: secret.clone(),
+        }),
+    })
 }

@@ -221,6 +221,95 @@ impl ServerExchange {
     }
 }
 
+/// What a client's successful SCRAM login leaves us: its ClientKey and the
+/// secret it was checked against. With these pgdyno can log in to a
+/// PostgreSQL that stores the same secret, without ever knowing the password.
+#[derive(Debug, Clone)]
+pub struct ScramKeys {
+    pub client_key: [u8; 32],
+    pub secret: ScramSecret,
+}
+
+/// The client side of SCRAM, proving a ClientKey instead of a password.
+pub struct KeyExchange {
+    keys: ScramKeys,
+    client_first_bare: String,
+    nonce: String,
+    auth_message: String,
+}
+
+impl KeyExchange {
+    /// Returns the exchange and client-first-message.
+    pub fn start(keys: ScramKeys) -> (KeyExchange, String) {
+        let mut raw = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut raw);
+        let nonce = B64.encode(raw);
+        let client_first_bare = format!("n=,r={nonce}");
+        let message = format!("n,,{client_first_bare}");
+        let exchange = KeyExchange {
+            keys,
+            client_first_bare,
+            nonce,
+            auth_message: String::new(),
+        };
+        (exchange, message)
+    }
+
+    /// Takes server-first-message; returns client-final-message.
+    pub fn update(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let text =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let mut nonce = None;
+        let mut salt = None;
+        let mut iterations = None;
+        for attr in text.split(',') {
+            match attr.split_once('=') {
+                Some(("r", v)) => nonce = Some(v),
+                Some(("s", v)) => salt = B64.decode(v).ok(),
+                Some(("i", v)) => iterations = v.parse::<u32>().ok(),
+                _ => {}
+            }
+        }
+        let nonce = nonce
+            .filter(|n| n.starts_with(&self.nonce) && n.len() > self.nonce.len())
+            .ok_or(ScramError::Malformed("server nonce does not extend ours"))?;
+        if salt.as_deref() != Some(&self.keys.secret.salt[..])
+            || iterations != Some(self.keys.secret.iterations)
+        {
+            return Err(ScramError::Malformed(
+                "the server's SCRAM secret differs from the one in auth_file",
+            ));
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        self.auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
+        let signature = hmac(
+            &self.keys.secret.stored_key,
+            &[self.auth_message.as_bytes()],
+        );
+        let mut proof = self.keys.client_key;
+        for (p, s) in proof.iter_mut().zip(signature) {
+            *p ^= s;
+        }
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks server-final-message.
+    pub fn finish(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let expected = hmac(
+            &self.keys.secret.server_key,
+            &[self.auth_message.as_bytes()],
+        );
+        let given = std::str::from_utf8(server_final)
+            .ok()
+            .and_then(|t| t.strip_prefix("v="))
+            .and_then(|v| B64.decode(v).ok());
+        match given {
+            Some(g) if super::constant_time_eq(&g, &expected) => Ok(()),
+            _ => Err(ScramError::WrongProof),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +346,27 @@ mod tests {
             exchange("s3cret", &ScramSecret::decoy("bob")),
             Err(ScramError::WrongProof)
         );
+    }
+
+    #[test]
+    fn key_exchange_logs_in_without_the_password() {
+        let secret = ScramSecret::from_password("hunter2");
+        // A client logs in to us; we keep its ClientKey.
+        let mut client = ScramSha256::new(b"hunter2", ChannelBinding::unsupported());
+        let (server, first) = ServerExchange::start(client.message(), &secret).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let (_, client_key) = server.finish(client.message(), &secret).unwrap();
+        // We log in to a server holding the same secret with that key.
+        let keys = ScramKeys {
+            client_key,
+            secret: secret.clone(),
+        };
+        let (mut ours, message) = KeyExchange::start(keys);
+        let (server, first) = ServerExchange::start(message.as_bytes(), &secret).unwrap();
+        let last = ours.update(first.as_bytes()).unwrap();
+        let (server_final, _) = server.finish(last.as_bytes(), &secret).unwrap();
+        assert_eq!(ours.finish(server_final.as_bytes()), Ok(()));
+        assert!(ours.finish(b"v=AAAA").is_err());
     }
 
     #[test]
