@@ -16,6 +16,7 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::auth::{self, scram::KeyExchange, scram::ScramKeys};
 use crate::config::{Host, Upstream};
 use crate::error::{Error, Result};
+use crate::prepared::BackendStatements;
 use crate::protocol::fields;
 use crate::stream::{Conn, Stream};
 
@@ -51,6 +52,8 @@ pub struct Backend {
     pub id: u64,
     /// ParameterStatus values from login, updated as the relay sees more.
     pub params: Vec<(String, String)>,
+    /// Named statements pgdyno prepared here (transaction mode).
+    pub statements: BackendStatements,
     pub process_id: i32,
     pub secret_key: i32,
     pub created: Instant,
@@ -148,6 +151,7 @@ async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
         conn,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         params: Vec::new(),
+        statements: BackendStatements::default(),
         process_id: 0,
         secret_key: 0,
         created: Instant::now(),

@@ -10,25 +10,16 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::auth::client::authenticate;
-use crate::config::{DatabaseConfig, PoolMode};
+use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::error::{Error, Result, Side};
 use crate::pool::Pool;
 use crate::pooler::Pooler;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::write::{self, Severity};
 use crate::protocol::TransactionStatus;
-use crate::relay::{Outcome, Relay};
+use crate::relay::{Outcome, Relay, RelaySettings};
+use crate::session::{self, Session};
 use crate::stream::{Conn, Stream};
-
-/// Parameters PgBouncer tracks per client; accepted at startup.
-pub const TRACKED_PARAMETERS: &[&str] = &[
-    "client_encoding",
-    "datestyle",
-    "timezone",
-    "standard_conforming_strings",
-    "application_name",
-    "intervalstyle",
-];
 
 /// What a client asked for in its StartupMessage.
 #[derive(Debug, Default)]
@@ -101,9 +92,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
             pooler.cancels.cancel(process_id, secret_key).await;
             return Ok(());
         }
-        StartupPacket::Startup { minor, params } => {
-            parse_startup(minor, params, &config.ignore_startup_parameters)?
-        }
+        StartupPacket::Startup { minor, params } => parse_startup(minor, params, config)?,
         StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
             return Err(Error::ClientProtocol(
                 "unexpected second encryption request".into(),
@@ -141,7 +130,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
         }
     }
     let pool = pooler.pool(db, &startup.user, &proof);
-    welcome(conn, pooler, &pool, &startup).await?;
+    let mut session = welcome(conn, config, &pool, &startup).await?;
     if config.log_connections {
         tracing::info!("login");
     }
@@ -154,7 +143,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
     write::ready_for_query(&mut conn.wbuf, TransactionStatus::Idle);
     conn.flush().await.map_err(Error::ClientIo)?;
 
-    let result = serve_queries(conn, pooler, &pool, db, &cancel.slot).await;
+    let result = serve_queries(conn, &mut session, pooler, &pool, db, &cancel.slot).await;
     if config.log_disconnections {
         tracing::info!("disconnect");
     }
@@ -206,17 +195,18 @@ async fn fill(conn: &mut Conn) -> Result<()> {
 pub fn parse_startup(
     minor: u16,
     params: Vec<(String, String)>,
-    ignore: &[String],
+    config: &Config,
 ) -> Result<Startup> {
     let mut s = Startup {
         minor,
         ..Default::default()
     };
+    let ignore = &config.ignore_startup_parameters;
     let track = |s: &mut Startup, key: &str, value: String| -> Result<()> {
-        let lower = key.to_ascii_lowercase();
-        if TRACKED_PARAMETERS.contains(&lower.as_str()) {
-            s.params.retain(|(k, _)| !k.eq_ignore_ascii_case(key));
-            s.params.push((key.to_owned(), value));
+        if session::is_tracked(key, &config.track_extra_parameters) {
+            let key = session::canonical(key);
+            s.params.retain(|(k, _)| *k != key);
+            s.params.push((key, value));
             Ok(())
         } else if ignore.iter().any(|i| i.eq_ignore_ascii_case(key)) {
             Ok(())
@@ -287,9 +277,16 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// AuthenticationOk and ParameterStatus, after a successful login.
-async fn welcome(conn: &mut Conn, pooler: &Pooler, pool: &Pool, startup: &Startup) -> Result<()> {
-    let params = pool.server_params().await?;
+/// AuthenticationOk and ParameterStatus, after a successful login. The
+/// client's session parameters start as the server's, overridden by what
+/// its startup packet asked for.
+async fn welcome(
+    conn: &mut Conn,
+    config: &Config,
+    pool: &Pool,
+    startup: &Startup,
+) -> Result<Session> {
+    let server = pool.server_params().await?;
     if startup.minor > 0 || !startup.unknown_protocol_options.is_empty() {
         let unknown: Vec<&str> = startup
             .unknown_protocol_options
@@ -298,42 +295,52 @@ async fn welcome(conn: &mut Conn, pooler: &Pooler, pool: &Pool, startup: &Startu
             .collect();
         write::negotiate_protocol_version(&mut conn.wbuf, crate::protocol::PROTOCOL_V3, &unknown);
     }
-    let _ = pooler;
     write::authentication_ok(&mut conn.wbuf);
-    let app_name = startup
-        .params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("application_name"))
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    for (name, value) in params.iter() {
-        let value = if name == "application_name" {
-            app_name
-        } else {
-            value
-        };
+    let mut session = Session::default();
+    for (name, value) in server.iter() {
+        if session::is_tracked(name, &config.track_extra_parameters) {
+            session.set_param(name, value);
+        }
+    }
+    for (name, value) in &startup.params {
+        session.set_param(name, value);
+    }
+    for (name, value) in server.iter() {
+        let value = session.param(name).unwrap_or(value);
         write::parameter_status(&mut conn.wbuf, name, value);
     }
-    Ok(())
+    for (name, value) in &session.params {
+        if !server.iter().any(|(k, _)| k == name) {
+            write::parameter_status(&mut conn.wbuf, name, value);
+        }
+    }
+    Ok(session)
 }
 
 /// Idle <-> bound, until the client leaves.
 async fn serve_queries(
     conn: &mut Conn,
+    session: &mut Session,
     pooler: &Pooler,
     pool: &Pool,
     db: &DatabaseConfig,
     cancel: &crate::cancel::CancelSlot,
 ) -> Result<()> {
-    let max_packet = pooler.config.max_packet_size;
+    let config = &pooler.config;
     let transaction_mode = db.pool_mode == PoolMode::Transaction;
+    let settings = RelaySettings {
+        max_packet: config.max_packet_size,
+        transaction_mode,
+        max_prepared: config.max_prepared_statements,
+        extra_tracked: &config.track_extra_parameters,
+    };
     loop {
         if !next_message(conn).await? {
             return Ok(());
         }
         let mut backend = pool.checkout().await?;
         cancel.bind(&backend);
-        let result = Relay::new(conn, &mut backend, max_packet, transaction_mode)
+        let result = Relay::new(conn, &mut backend, session, settings)
             .run()
             .await;
         cancel.unbind();
@@ -341,8 +348,7 @@ async fn serve_queries(
             Ok(Outcome::Released) => pool.release(backend, true),
             Ok(Outcome::ClientLeft { clean }) => {
                 let reusable = clean
-                    && (transaction_mode
-                        || reset(&mut backend, &pooler.config.server_reset_query).await);
+                    && (transaction_mode || reset(&mut backend, &config.server_reset_query).await);
                 pool.release(backend, reusable);
                 return Ok(());
             }
@@ -400,7 +406,11 @@ mod tests {
 
     #[test]
     fn startup_parameters_are_sorted() {
-        let ignore = vec!["extra_float_digits".to_string()];
+        let config = Config::load(&crate::config::Sources {
+            flags: params(&[("upstream", "postgres://u@h/d")]),
+            ..Default::default()
+        })
+        .unwrap();
         let s = parse_startup(
             0,
             params(&[
@@ -412,7 +422,7 @@ mod tests {
                 ),
                 ("_pq_.foo", "1"),
             ]),
-            &ignore,
+            &config,
         )
         .unwrap();
         assert_eq!(s.database, "u");
@@ -426,9 +436,9 @@ mod tests {
         );
         assert_eq!(s.unknown_protocol_options, vec!["_pq_.foo".to_string()]);
         let e =
-            parse_startup(0, params(&[("user", "u"), ("search_path", "x")]), &ignore).unwrap_err();
+            parse_startup(0, params(&[("user", "u"), ("search_path", "x")]), &config).unwrap_err();
         assert_eq!(e.to_string(), "unsupported startup parameter: search_path");
-        assert!(parse_startup(0, params(&[("database", "d")]), &ignore).is_err());
-        assert!(parse_startup(0, params(&[("user", "u"), ("options", "-x")]), &ignore).is_err());
+        assert!(parse_startup(0, params(&[("database", "d")]), &config).is_err());
+        assert!(parse_startup(0, params(&[("user", "u"), ("options", "-x")]), &config).is_err());
     }
 }

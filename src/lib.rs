@@ -5,7 +5,8 @@
 //! ([`auth`]) and finds its [`pool`] in the [`pooler`]. For each
 //! transaction (transaction mode) or for the whole session (session mode)
 //! it borrows a [`backend`] and the [`relay`] pumps bytes both ways until
-//! the backend can go back. [`cancel`] routes CancelRequests to whichever
+//! the backend can go back, keeping each client's [`session`] (parameters,
+//! [`prepared`] statements) its own. [`cancel`] routes CancelRequests to whichever
 //! backend a client is using at that moment.
 //!
 //! ```text
@@ -25,6 +26,8 @@ pub mod error;
 pub mod listener;
 pub mod pool;
 pub mod pooler;
+pub mod prepared;
 pub mod protocol;
 pub mod relay;
+pub mod session;
 pub mod stream;

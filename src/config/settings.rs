@@ -18,112 +18,35 @@ const fn s(name: &'static str, default: &'static str, help: &'static str) -> Set
     }
 }
 
+#[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
     s("listen", "127.0.0.1:6432", "TCP address clients connect to"),
-    s(
-        "unix_socket_dir",
-        "",
-        "directory for a Unix socket .s.PGSQL.<port> (empty: none)",
-    ),
-    s(
-        "upstream",
-        "",
-        "PostgreSQL URL of the one database (default: $DATABASE_URL)",
-    ),
+    s("unix_socket_dir", "", "directory for a Unix socket .s.PGSQL.<port> (empty: none)"),
+    s("upstream", "", "PostgreSQL URL of the one database (default: $DATABASE_URL)"),
     s("pool_mode", "transaction", "session or transaction"),
-    s(
-        "default_pool_size",
-        "20",
-        "backends per (database, user) pool",
-    ),
+    s("default_pool_size", "20", "backends per (database, user) pool"),
     s("min_pool_size", "0", "backends kept open even when idle"),
-    s(
-        "reserve_pool_size",
-        "0",
-        "extra backends for clients that waited reserve_pool_timeout",
-    ),
-    s(
-        "reserve_pool_timeout",
-        "5",
-        "seconds a client waits before the reserve pool is used",
-    ),
-    s(
-        "max_client_conn",
-        "100",
-        "client connections accepted in all",
-    ),
-    s(
-        "max_db_connections",
-        "0",
-        "backends per database across users (0: no limit)",
-    ),
-    s(
-        "max_user_connections",
-        "0",
-        "backends per user across databases (0: no limit)",
-    ),
-    s(
-        "query_wait_timeout",
-        "120",
-        "seconds a client may wait for a backend (0: forever)",
-    ),
-    s(
-        "client_login_timeout",
-        "60",
-        "seconds a client has to log in",
-    ),
-    s(
-        "server_connect_timeout",
-        "15",
-        "seconds to connect and log in to PostgreSQL",
-    ),
-    s(
-        "server_idle_timeout",
-        "600",
-        "seconds an idle backend is kept (0: forever)",
-    ),
-    s(
-        "server_lifetime",
-        "3600",
-        "seconds after which a released backend is closed (0: never)",
-    ),
-    s(
-        "server_reset_query",
-        "DISCARD ALL",
-        "run on a backend when a session-mode client leaves",
-    ),
-    s(
-        "auth_type",
-        "scram-sha-256",
-        "client authentication: scram-sha-256, md5, plain or trust",
-    ),
-    s(
-        "auth_file",
-        "",
-        "PgBouncer userlist.txt: \"user\" \"password, md5... or SCRAM-SHA-256$...\"",
-    ),
-    s(
-        "ignore_startup_parameters",
-        "extra_float_digits",
-        "startup parameters accepted and ignored (comma list)",
-    ),
-    s(
-        "max_packet_size",
-        "1073741823",
-        "largest message a client may send, in bytes",
-    ),
+    s("reserve_pool_size", "0", "extra backends for clients that waited reserve_pool_timeout"),
+    s("reserve_pool_timeout", "5", "seconds a client waits before the reserve pool is used"),
+    s("max_client_conn", "100", "client connections accepted in all"),
+    s("max_db_connections", "0", "backends per database across users (0: no limit)"),
+    s("max_user_connections", "0", "backends per user across databases (0: no limit)"),
+    s("query_wait_timeout", "120", "seconds a client may wait for a backend (0: forever)"),
+    s("client_login_timeout", "60", "seconds a client has to log in"),
+    s("server_connect_timeout", "15", "seconds to connect and log in to PostgreSQL"),
+    s("server_idle_timeout", "600", "seconds an idle backend is kept (0: forever)"),
+    s("server_lifetime", "3600", "seconds after which a released backend is closed (0: never)"),
+    s("server_reset_query", "DISCARD ALL", "run on a backend when a session-mode client leaves"),
+    s("auth_type", "scram-sha-256", "client authentication: scram-sha-256, md5, plain or trust"),
+    s("auth_file", "", "PgBouncer userlist.txt: \"user\" \"password, md5... or SCRAM-SHA-256$...\""),
+    s("ignore_startup_parameters", "extra_float_digits", "startup parameters accepted and ignored (comma list)"),
+    s("max_prepared_statements", "200", "named prepared statements kept per backend in transaction mode (0: pass names through)"),
+    s("track_extra_parameters", "IntervalStyle", "session parameters kept per client besides PgBouncer's five (comma list)"),
+    s("max_packet_size", "1073741823", "largest message a client may send, in bytes"),
     s("log_format", "text", "text or json"),
-    s(
-        "log_level",
-        "info",
-        "error, warn, info, debug or trace (or a tracing filter)",
-    ),
+    s("log_level", "info", "error, warn, info, debug or trace (or a tracing filter)"),
     s("log_connections", "true", "log each client login"),
-    s(
-        "log_disconnections",
-        "true",
-        "log each client disconnection",
-    ),
+    s("log_disconnections", "true", "log each client disconnection"),
 ];
 
 pub fn find(name: &str) -> Option<&'static Setting> {

@@ -64,7 +64,9 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
 }
 
-/// What a waiting client is handed.
+/// What a waiting client is handed. (Moved once per hand-over; boxing the
+/// backend would cost an allocation instead.)
+#[allow(clippy::large_enum_variant)]
 enum Grant {
     Backend(Backend),
     /// Permission to open a new backend, already counted in `open`.

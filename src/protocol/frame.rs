@@ -1,21 +1,24 @@
-//! Message boundaries in a read buffer, found without parsing bodies.
+//! Message boundaries in a read buffer, found without parsing bodies, and
+//! the copying of messages into an output buffer as a visitor decides.
 //!
 //! Every tagged message is `tag: u8, len: i32 (includes itself), body`. The
-//! relay reads bytes into one `BytesMut` per socket and asks a [`Scanner`]
-//! how many bytes at the front are ready to forward. Only the messages a
-//! caller asks to see whole (ReadyForQuery, Parse, ...) are held until they
-//! are complete; all others are forwarded as their bytes arrive, so a 1 GB
-//! DataRow or CopyData needs no 1 GB buffer.
+//! relay reads bytes into one `BytesMut` per socket; a [`Scanner`] moves
+//! whole messages from it to the other side's output buffer, asking a
+//! [`Visit`]or what to do with each. Only messages a visitor asks to see
+//! whole (ReadyForQuery, Parse, ...) wait until complete; all others are
+//! passed on as their bytes arrive, so a 1 GB DataRow or CopyData needs no
+//! 1 GB buffer.
+
+use bytes::{Buf, BytesMut};
 
 /// What to do with a message that has been seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Forward it and keep scanning.
+    /// Copy it to the output as it is.
     Forward,
-    /// Forward it, then stop scanning: the caller acts on what it saw.
-    ForwardThenStop,
-    /// Do not forward it; stop scanning before it. The message stays at the
-    /// front of the unscanned bytes for the caller to take.
+    /// Skip it: the visitor wrote whatever replaces it (possibly nothing).
+    Drop,
+    /// Leave it, and everything after it, in the input; stop.
     Hold,
 }
 
@@ -26,25 +29,23 @@ pub struct BadLength {
     pub len: i64,
 }
 
-/// The per-direction scanning state over a buffer that the caller owns.
-///
-/// Invariant: `ready <= buf.len()`; bytes `buf[..ready]` are whole messages
-/// or the start of a streamed one, all already shown to the visitor.
+/// The per-direction state: where a streamed message stands.
 #[derive(Debug, Default)]
 pub struct Scanner {
-    ready: usize,
-    /// Body bytes of the current streamed message that have not arrived yet.
+    /// Body bytes of a message being passed through that have not arrived.
     streaming: usize,
-    stopped: bool,
+    /// Whether those bytes are copied (Forward) or skipped (Drop).
+    streaming_copies: bool,
 }
 
 /// The visitor a [`Scanner`] reports messages to.
 pub trait Visit {
-    /// Whether a message with this tag must be held until complete and shown
-    /// with its body. Otherwise it is shown at its header with an empty body
-    /// and streamed.
+    /// Whether a message with this tag must be whole before it is visited.
+    /// Otherwise it is visited at its header, with an empty body, and may
+    /// only be forwarded or dropped.
     fn wants_body(&self, tag: u8) -> bool;
-    fn visit(&mut self, tag: u8, body: &[u8]) -> Step;
+    /// Decides about one message; may append replacement bytes to `out`.
+    fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step;
 }
 
 /// Reads a message header: tag and the length field, if five bytes are there.
@@ -57,50 +58,34 @@ pub fn header(buf: &[u8]) -> Option<(u8, i32)> {
 }
 
 impl Scanner {
-    /// Bytes at the front of the buffer ready to be forwarded.
-    pub fn ready(&self) -> usize {
-        self.ready
-    }
-
-    /// Whether the visitor asked to stop (see [`Step`]); cleared by [`Scanner::resume`].
-    pub fn stopped(&self) -> bool {
-        self.stopped
-    }
-
-    pub fn resume(&mut self) {
-        self.stopped = false;
-    }
-
     /// Whether the scanner is between messages (nothing streamed half-way).
     pub fn at_boundary(&self) -> bool {
         self.streaming == 0
     }
 
-    /// The caller removed `n` bytes from the front of the buffer (sent them).
-    pub fn consumed(&mut self, n: usize) {
-        debug_assert!(n <= self.ready);
-        self.ready -= n;
-    }
-
-    /// Scans new bytes. Returns how many more bytes the buffer must hold for
-    /// a held message to complete (0 when nothing is waiting on a body).
-    pub fn scan(
+    /// Moves what it can from `input` to `out`. Returns how many more bytes
+    /// `input` must receive for a held-whole message to complete (0 when
+    /// nothing waits on a body). Stops early when the visitor says Hold.
+    pub fn translate(
         &mut self,
-        buf: &[u8],
+        input: &mut BytesMut,
+        out: &mut BytesMut,
         max_len: usize,
         visitor: &mut impl Visit,
     ) -> Result<usize, BadLength> {
-        while !self.stopped {
+        loop {
             if self.streaming > 0 {
-                let take = self.streaming.min(buf.len() - self.ready);
-                self.ready += take;
+                let take = self.streaming.min(input.len());
+                if self.streaming_copies {
+                    out.extend_from_slice(&input[..take]);
+                }
+                input.advance(take);
                 self.streaming -= take;
                 if self.streaming > 0 {
                     return Ok(0);
                 }
             }
-            let rest = &buf[self.ready..];
-            let Some((tag, len)) = header(rest) else {
+            let Some((tag, len)) = header(input) else {
                 return Ok(0);
             };
             if len < 4 || len as usize > max_len {
@@ -110,29 +95,26 @@ impl Scanner {
                 });
             }
             let total = 1 + len as usize;
-            let step = if visitor.wants_body(tag) {
-                if rest.len() < total {
-                    return Ok(total - rest.len());
+            if visitor.wants_body(tag) {
+                if input.len() < total {
+                    return Ok(total - input.len());
                 }
-                let step = visitor.visit(tag, &rest[5..total]);
-                if step != Step::Hold {
-                    self.ready += total;
+                match visitor.visit(tag, &input[5..total], out) {
+                    Step::Forward => out.extend_from_slice(&input[..total]),
+                    Step::Drop => {}
+                    Step::Hold => return Ok(0),
                 }
-                step
+                input.advance(total);
             } else {
-                let step = visitor.visit(tag, &[]);
-                if step != Step::Hold {
-                    let take = total.min(rest.len());
-                    self.ready += take;
-                    self.streaming = total - take;
+                let step = visitor.visit(tag, &[], out);
+                if step == Step::Hold {
+                    return Ok(0);
                 }
-                step
-            };
-            if step != Step::Forward {
-                self.stopped = true;
+                // Pass on (or skip) the header now and the body as it comes.
+                self.streaming = total;
+                self.streaming_copies = step == Step::Forward;
             }
         }
-        Ok(0)
     }
 }
 
@@ -142,17 +124,21 @@ mod tests {
 
     struct Tags {
         seen: Vec<(u8, Vec<u8>)>,
-        stop_on: u8,
+        drop: u8,
+        hold: u8,
     }
 
     impl Visit for Tags {
         fn wants_body(&self, tag: u8) -> bool {
             tag == b'Z'
         }
-        fn visit(&mut self, tag: u8, body: &[u8]) -> Step {
+        fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {
             self.seen.push((tag, body.to_vec()));
-            if tag == self.stop_on {
-                Step::ForwardThenStop
+            if tag == self.hold {
+                Step::Hold
+            } else if tag == self.drop {
+                out.extend_from_slice(b"!");
+                Step::Drop
             } else {
                 Step::Forward
             }
@@ -166,62 +152,73 @@ mod tests {
         v
     }
 
+    fn tags() -> Tags {
+        Tags {
+            seen: vec![],
+            drop: 0,
+            hold: 0,
+        }
+    }
+
     #[test]
     fn streams_large_bodies_and_holds_wanted_ones() {
-        let mut buf = msg(b'D', &[7; 100]);
-        buf.extend(msg(b'Z', b"I"));
+        let mut all = msg(b'D', &[7; 100]);
+        all.extend(msg(b'Z', b"I"));
         let mut s = Scanner::default();
+        let mut v = tags();
+        let mut out = BytesMut::new();
+        // Only part of the DataRow has arrived: it is passed on already.
+        let mut input = BytesMut::from(&all[..50]);
+        assert_eq!(s.translate(&mut input, &mut out, 1000, &mut v).unwrap(), 0);
+        assert_eq!(out.len(), 50);
+        assert!(input.is_empty());
+        assert!(!s.at_boundary());
+        // The rest of it, and ReadyForQuery's header: 1 byte missing.
+        input.extend_from_slice(&all[50..110]);
+        assert_eq!(s.translate(&mut input, &mut out, 1000, &mut v).unwrap(), 1);
+        assert_eq!(out.len(), 105);
+        assert!(s.at_boundary());
+        input.extend_from_slice(&all[110..]);
+        assert_eq!(s.translate(&mut input, &mut out, 1000, &mut v).unwrap(), 0);
+        assert_eq!(&out[..], &all[..]);
+        assert_eq!(v.seen, vec![(b'D', vec![]), (b'Z', b"I".to_vec())]);
+    }
+
+    #[test]
+    fn drops_and_holds() {
+        let mut all = msg(b'D', &[1; 10]);
+        all.extend(msg(b'C', b"x\0"));
+        all.extend(msg(b'X', b""));
+        all.extend(msg(b'Q', b"q\0"));
         let mut v = Tags {
             seen: vec![],
-            stop_on: b'Z',
+            drop: b'D',
+            hold: b'X',
         };
-        // Only part of the DataRow has arrived: it is forwardable already.
-        assert_eq!(s.scan(&buf[..50], 1000, &mut v).unwrap(), 0);
-        assert_eq!(s.ready(), 50);
-        assert!(!s.at_boundary());
-        // The rest of it plus three bytes of ReadyForQuery.
-        assert_eq!(s.scan(&buf[..108], 1000, &mut v).unwrap(), 0);
-        assert_eq!(s.ready(), 105);
-        assert!(s.at_boundary());
-        assert_eq!(s.scan(&buf[..109], 1000, &mut v).unwrap(), 0);
-        assert_eq!(s.scan(&buf[..110], 1000, &mut v).unwrap(), 1);
-        assert_eq!(s.scan(&buf, 1000, &mut v).unwrap(), 0);
-        assert_eq!(s.ready(), buf.len());
-        assert!(s.stopped());
-        assert_eq!(v.seen, vec![(b'D', vec![]), (b'Z', b"I".to_vec())]);
+        let mut out = BytesMut::new();
+        let mut input = BytesMut::from(&all[..]);
+        Scanner::default()
+            .translate(&mut input, &mut out, 1000, &mut v)
+            .unwrap();
+        let mut expected = b"!".to_vec();
+        expected.extend(msg(b'C', b"x\0"));
+        assert_eq!(&out[..], &expected[..]);
+        assert_eq!(input[0], b'X');
     }
 
     #[test]
     fn rejects_bad_lengths() {
         let mut s = Scanner::default();
-        let mut v = Tags {
-            seen: vec![],
-            stop_on: 0,
-        };
-        let bad = [b'Q', 0, 0, 0, 3];
-        assert!(s.scan(&bad, 1000, &mut v).is_err());
-        let huge = [b'Q', 0x7f, 0, 0, 0];
+        let mut out = BytesMut::new();
+        let mut bad = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
+        assert!(s.translate(&mut bad, &mut out, 1000, &mut tags()).is_err());
+        let mut huge = BytesMut::from(&[b'Q', 0x7f, 0, 0, 0][..]);
         assert_eq!(
-            s.scan(&huge, 1000, &mut v),
+            s.translate(&mut huge, &mut out, 1000, &mut tags()),
             Err(BadLength {
                 tag: b'Q',
                 len: 0x7f00_0000
             })
         );
-    }
-
-    #[test]
-    fn consumed_keeps_positions() {
-        let mut buf = msg(b'C', b"SELECT 1\0");
-        buf.extend(msg(b'Z', b"I"));
-        let mut s = Scanner::default();
-        let mut v = Tags {
-            seen: vec![],
-            stop_on: 0,
-        };
-        s.scan(&buf, 1000, &mut v).unwrap();
-        assert_eq!(s.ready(), buf.len());
-        s.consumed(buf.len());
-        assert_eq!(s.ready(), 0);
     }
 }

@@ -1,0 +1,278 @@
+//! One bound stretch of a client's life: its messages go to the backend,
+//! the backend's replies come back, until the backend may be released.
+//!
+//! Both directions are pumped at once from one task (no channel, no second
+//! task): bytes are read into each socket's read buffer, a [`Scanner`]
+//! finds message boundaries and copies messages to the other socket's write
+//! buffer as [`requests`] and [`responses`] decide, and each write buffer
+//! goes out in one system call. Most messages are copied unparsed;
+//! [`pipeline`] keeps count of what the backend still owes.
+//!
+//! A transaction-mode backend goes back to the pool when it owes nothing,
+//! nothing extended waits for a Sync, its last ReadyForQuery said idle, and
+//! no byte is left half-way in either direction.
+
+mod pipeline;
+mod requests;
+mod responses;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::protocol::frame::Scanner;
+use crate::protocol::TransactionStatus;
+use crate::session::Session;
+use crate::stream::{Conn, READ_BUF};
+use pipeline::{Kind, Pipeline};
+use requests::FromClient;
+use responses::FromBackend;
+
+/// How far a direction reads ahead of what the other side has taken.
+const MAX_BUFFERED: usize = 64 * 1024;
+
+/// How a bound stretch ended (errors aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend is idle and owes the client nothing: release it.
+    Released,
+    /// The client sent Terminate or closed its socket. `clean` says whether
+    /// the backend was idle with nothing outstanding at that moment.
+    ClientLeft { clean: bool },
+}
+
+/// Settings the relay works by.
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings<'a> {
+    pub max_packet: usize,
+    /// Transaction mode: release at the first clean point, rename statements.
+    pub transaction_mode: bool,
+    pub max_prepared: usize,
+    pub extra_tracked: &'a [String],
+}
+
+pub struct Relay<'a> {
+    client: &'a mut Conn,
+    backend: &'a mut Backend,
+    session: &'a mut Session,
+    settings: RelaySettings<'a>,
+    pipeline: Pipeline,
+    from_client: Scanner,
+    from_backend: Scanner,
+    /// Bytes a read buffer must hold for a whole-held message to complete.
+    client_need: usize,
+    backend_need: usize,
+    client_done: bool,
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(
+        client: &'a mut Conn,
+        backend: &'a mut Backend,
+        session: &'a mut Session,
+        settings: RelaySettings<'a>,
+    ) -> Self {
+        Relay {
+            client,
+            backend,
+            session,
+            settings,
+            pipeline: Pipeline::default(),
+            from_client: Scanner::default(),
+            from_backend: Scanner::default(),
+            client_need: 0,
+            backend_need: 0,
+            client_done: false,
+        }
+    }
+
+    /// The transaction status the backend last reported.
+    pub fn status(&self) -> TransactionStatus {
+        self.pipeline.status
+    }
+
+    /// Pumps both directions until the backend may be released or the
+    /// client leaves.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a dropped relay leaves the backend in an unknown
+    /// state; the caller must then close it.
+    pub async fn run(&mut self) -> Result<Outcome> {
+        // Make the backend's session parameters the client's first.
+        if self
+            .session
+            .sync_query(&self.backend.params, &mut self.backend.conn.wbuf)
+        {
+            self.pipeline.expect(Kind::Query, true, None);
+        }
+        // The client's buffer already holds its first message.
+        self.translate_client()?;
+        poll_fn(|cx| self.poll_run(cx)).await
+    }
+
+    fn translate_client(&mut self) -> Result<()> {
+        let mut visitor = FromClient {
+            pipeline: &mut self.pipeline,
+            session: self.session,
+            statements: &mut self.backend.statements,
+            to_client: &mut self.client.wbuf,
+            max_prepared: if self.settings.transaction_mode {
+                self.settings.max_prepared
+            } else {
+                0
+            },
+            terminated: false,
+        };
+        self.client_need = self
+            .from_client
+            .translate(
+                &mut self.client.rbuf,
+                &mut self.backend.conn.wbuf,
+                self.settings.max_packet,
+                &mut visitor,
+            )
+            .map_err(|bad| {
+                Error::ClientProtocol(format!(
+                    "invalid message length {} for message type {:?} (max_packet_size)",
+                    bad.len, bad.tag as char
+                ))
+            })?;
+        if visitor.terminated {
+            self.client_done = true;
+        }
+        Ok(())
+    }
+
+    fn translate_backend(&mut self) -> Result<()> {
+        let Backend {
+            conn,
+            params,
+            statements,
+            ..
+        } = &mut *self.backend;
+        let mut visitor = FromBackend {
+            pipeline: &mut self.pipeline,
+            session: self.session,
+            params,
+            statements,
+            extra_tracked: self.settings.extra_tracked,
+            transaction_mode: self.settings.transaction_mode,
+        };
+        self.backend_need = self
+            .from_backend
+            .translate(
+                &mut conn.rbuf,
+                &mut self.client.wbuf,
+                usize::MAX / 2,
+                &mut visitor,
+            )
+            .map_err(|bad| Error::BackendProtocol(format!("invalid message length {}", bad.len)))?;
+        Ok(())
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
+        loop {
+            let mut progress = false;
+
+            // Client -> backend.
+            if !self.backend.conn.wbuf.is_empty() {
+                match Pin::new(&mut self.backend.conn.stream)
+                    .poll_write(cx, &self.backend.conn.wbuf)
+                {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
+                    Poll::Ready(Ok(n)) => {
+                        self.backend.conn.wbuf.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::BackendIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+            let room = self.client.rbuf.len() < MAX_BUFFERED.max(self.client_need)
+                && self.backend.conn.wbuf.len() < MAX_BUFFERED;
+            if !self.client_done && room {
+                reserve(&mut self.client.rbuf, self.client_need);
+                match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.translate_client()?;
+                        progress = true;
+                    }
+                    // End of stream or a broken socket: the client is gone.
+                    Poll::Ready(_) => {
+                        self.client_done = true;
+                        progress = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.client_done && self.backend.conn.wbuf.is_empty() {
+                return Poll::Ready(Ok(Outcome::ClientLeft {
+                    clean: self.is_clean(),
+                }));
+            }
+
+            // Backend -> client.
+            if !self.client.wbuf.is_empty() {
+                match Pin::new(&mut self.client.stream).poll_write(cx, &self.client.wbuf) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.client.wbuf.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(_) => {
+                        // The client is gone; what it was owed no longer matters.
+                        self.client.wbuf.clear();
+                        return Poll::Ready(Ok(Outcome::ClientLeft { clean: false }));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let room = self.backend.conn.rbuf.len() < MAX_BUFFERED.max(self.backend_need)
+                && self.client.wbuf.len() < MAX_BUFFERED;
+            if room {
+                reserve(&mut self.backend.conn.rbuf, self.backend_need);
+                match poll_read_buf(
+                    Pin::new(&mut self.backend.conn.stream),
+                    cx,
+                    &mut self.backend.conn.rbuf,
+                ) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
+                    Poll::Ready(Ok(_)) => {
+                        self.translate_backend()?;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::BackendIo(e))),
+                    Poll::Pending => {}
+                }
+            }
+
+            if self.settings.transaction_mode && self.is_clean() && self.client.wbuf.is_empty() {
+                return Poll::Ready(Ok(Outcome::Released));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// The backend owes nothing and no byte is half-way in either direction.
+    fn is_clean(&self) -> bool {
+        self.pipeline.idle()
+            && self.from_client.at_boundary()
+            && self.from_backend.at_boundary()
+            && self.backend.conn.wbuf.is_empty()
+            && self.backend.conn.rbuf.is_empty()
+    }
+}
+
+/// Makes room for a read, and for a whole-held message of `need` more bytes.
+fn reserve(buf: &mut BytesMut, need: usize) {
+    if buf.capacity() - buf.len() < need.max(1024) {
+        buf.reserve(need.max(READ_BUF));
+    }
+}

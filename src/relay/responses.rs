@@ -1,0 +1,108 @@
+//! Backend messages on their way to the client.
+//!
+//! Replies to requests pgdyno injected (the `SET`s that sync session
+//! parameters, Parses of statements the backend lacked, Closes of evicted
+//! ones) are hidden; everything else passes as it is. ParameterStatus keeps
+//! both the backend's and the client's view of its parameters current.
+
+use bytes::BytesMut;
+
+use super::pipeline::{Kind, Pipeline};
+use crate::backend;
+use crate::prepared::BackendStatements;
+use crate::protocol::frame::{Step, Visit};
+use crate::protocol::{fields, TransactionStatus};
+use crate::session::{self, Session};
+
+pub struct FromBackend<'a> {
+    pub pipeline: &'a mut Pipeline,
+    pub session: &'a mut Session,
+    pub params: &'a mut Vec<(String, String)>,
+    pub statements: &'a mut BackendStatements,
+    pub extra_tracked: &'a [String],
+    pub transaction_mode: bool,
+}
+
+impl Visit for FromBackend<'_> {
+    /// Everything but the bulk (DataRow, CopyData, notices) is small and
+    /// held whole: a message that closes a reply is written here, followed
+    /// by any local replies it makes due.
+    fn wants_body(&self, tag: u8) -> bool {
+        !matches!(tag, b'D' | b'd' | b'N' | b'A')
+    }
+
+    fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {
+        let head = self.pipeline.head();
+        let hidden = head.is_some_and(|(_, hidden)| hidden);
+        match tag {
+            b'S' => {
+                if let Some((name, value)) = fields::parameter_status(body) {
+                    backend::set_param(self.params, name, value);
+                    if !hidden && session::is_tracked(name, self.extra_tracked) {
+                        self.session.set_param(name, value);
+                    }
+                }
+            }
+            b'Z' => {
+                if let Some(status) = body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
+                    self.pipeline.status = status;
+                }
+            }
+            b'G' => self.pipeline.copy_in = true,
+            b'C' => self.command_complete(body),
+            b'E' => {
+                if let Some((kind, _)) = head {
+                    if !matches!(kind, Kind::Query | Kind::Sync) {
+                        self.pipeline.fail_until_sync(self.session, self.statements);
+                        // A failed injected Parse is the client's error too:
+                        // the statement it asked for cannot be prepared.
+                        return Step::Forward;
+                    }
+                }
+                if hidden {
+                    tracing::warn!(
+                        "a parameter SET pgdyno sent failed; the client keeps its own view"
+                    );
+                }
+            }
+            _ => {}
+        }
+        if !hidden {
+            if !self.pipeline.closes_head(tag) {
+                return Step::Forward;
+            }
+            copy_message(out, tag, body);
+        }
+        self.pipeline.close_head_if(tag, out);
+        Step::Drop
+    }
+}
+
+fn copy_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.reserve(5 + body.len());
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+}
+
+impl FromBackend<'_> {
+    /// Commands whose effects pgdyno must know of.
+    fn command_complete(&mut self, body: &[u8]) {
+        let tag = fields::cstr(body).map(|(t, _)| t).unwrap_or_default();
+        match tag {
+            b"DEALLOCATE ALL" | b"DISCARD ALL" => {
+                self.statements.clear();
+                self.session.statements.clear();
+            }
+            b"LISTEN" if self.transaction_mode => {
+                tracing::warn!(
+                    "LISTEN in transaction mode: notifications will not reach this client reliably"
+                )
+            }
+            b"PREPARE" if self.transaction_mode => {
+                tracing::warn!("SQL PREPARE in transaction mode: the statement stays on one backend; use protocol-level prepared statements")
+            }
+            _ => {}
+        }
+    }
+}
