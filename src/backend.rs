@@ -14,6 +14,7 @@ use postgres_protocol::message::frontend;
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::{self, scram::KeyExchange, scram::ScramKeys};
+use crate::cancel::CancelGate;
 use crate::config::{Host, Upstream};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
@@ -56,6 +57,8 @@ pub struct Backend {
     pub statements: BackendStatements,
     pub process_id: i32,
     pub secret_key: i32,
+    /// Cancels forwarded to this backend and not yet done.
+    pub cancel_gate: Arc<CancelGate>,
     pub created: Instant,
     pub last_used: Instant,
     pub target: Arc<Target>,
@@ -154,6 +157,7 @@ async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
         statements: BackendStatements::default(),
         process_id: 0,
         secret_key: 0,
+        cancel_gate: Arc::default(),
         created: Instant::now(),
         last_used: Instant::now(),
         target: target.clone(),

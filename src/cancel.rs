@@ -2,14 +2,49 @@
 //! BackendKeyData; a CancelRequest with that key is sent on, with the real
 //! key, to the backend serving that client at that moment, if any.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use crate::backend::{Backend, Target};
+
+/// How long a cancel may take before pgdyno stops waiting for it.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cancels under way against one backend. A backend with a cancel in
+/// flight is not lent to anyone else until the cancel is done, so a late
+/// cancel cannot hit the next client's query.
+#[derive(Debug, Default)]
+pub struct CancelGate {
+    in_flight: AtomicUsize,
+    done: Notify,
+}
+
+impl CancelGate {
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits until no cancel is in flight; false if that took too long.
+    pub async fn wait(&self) -> bool {
+        let idle = async {
+            loop {
+                let notified = self.done.notified();
+                if !self.busy() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(CANCEL_TIMEOUT * 2, idle).await.is_ok()
+    }
+}
 
 /// The backend a client is bound to right now.
 #[derive(Clone)]
@@ -17,6 +52,7 @@ struct Bound {
     target: Arc<Target>,
     process_id: i32,
     secret_key: i32,
+    gate: Arc<CancelGate>,
 }
 
 /// One client's cancel key and its current backend.
@@ -32,6 +68,7 @@ impl CancelSlot {
             target: backend.target.clone(),
             process_id: backend.process_id,
             secret_key: backend.secret_key,
+            gate: backend.cancel_gate.clone(),
         });
     }
 
@@ -80,7 +117,13 @@ impl Cancels {
                     &secret_key.to_be_bytes(),
                 ) =>
             {
-                slot.bound.lock().unwrap().clone()
+                // Counted under the lock: the client's unbind and release
+                // then see it.
+                let bound = slot.bound.lock().unwrap();
+                if let Some(b) = &*bound {
+                    b.gate.in_flight.fetch_add(1, Ordering::AcqRel);
+                }
+                bound.clone()
             }
             _ => None,
         };
@@ -88,9 +131,13 @@ impl Cancels {
             tracing::debug!(process_id, "cancel request for no running query");
             return;
         };
-        if let Err(e) = forward(&bound).await {
-            tracing::warn!(error = %e, "could not forward cancel request");
+        match tokio::time::timeout(CANCEL_TIMEOUT, forward(&bound)).await {
+            Ok(Ok(())) => tracing::debug!(backend_pid = bound.process_id, "cancel forwarded"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
+            Err(_) => tracing::warn!("cancel request timed out"),
         }
+        bound.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        bound.gate.done.notify_waiters();
     }
 }
 
@@ -101,7 +148,10 @@ async fn forward(bound: &Bound) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     frontend::cancel_request(bound.process_id, bound.secret_key, &mut buf);
     stream.write_all(&buf).await?;
-    stream.shutdown().await
+    // PostgreSQL closes the connection once it has signalled the backend.
+    let mut rest = [0u8; 64];
+    while stream.read(&mut rest).await? > 0 {}
+    Ok(())
 }
 
 /// Removes the client's key when the client ends.

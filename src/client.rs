@@ -322,7 +322,7 @@ async fn serve_queries(
     conn: &mut Conn,
     session: &mut Session,
     pooler: &Pooler,
-    pool: &Pool,
+    pool: &Arc<Pool>,
     db: &DatabaseConfig,
     cancel: &crate::cancel::CancelSlot,
 ) -> Result<()> {
@@ -345,19 +345,32 @@ async fn serve_queries(
             .await;
         cancel.unbind();
         match result {
-            Ok(Outcome::Released) => pool.release(backend, true),
+            Ok(Outcome::Released) => release(pool, backend, true),
             Ok(Outcome::ClientLeft { clean }) => {
                 let reusable = clean
                     && (transaction_mode || reset(&mut backend, &config.server_reset_query).await);
-                pool.release(backend, reusable);
+                release(pool, backend, reusable);
                 return Ok(());
             }
             Err(e) => {
-                pool.release(backend, false);
+                release(pool, backend, false);
                 return Err(e);
             }
         }
     }
+}
+
+/// Gives a backend back, once no cancel aimed at this client's query is
+/// still on its way to it.
+fn release(pool: &Arc<Pool>, backend: crate::backend::Backend, reusable: bool) {
+    if !backend.cancel_gate.busy() {
+        return pool.release(backend, reusable);
+    }
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let settled = backend.cancel_gate.wait().await;
+        pool.release(backend, reusable && settled);
+    });
 }
 
 /// Waits, unbound, until the client has sent a message header. `false`
