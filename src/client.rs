@@ -119,16 +119,6 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
     )
     .await
     .map_err(|_| Error::LoginTimeout)??;
-    if let Some(forced) = &db.upstream.user {
-        if secret.is_none()
-            && forced != &startup.user
-            && config.auth_type != crate::config::AuthType::Trust
-        {
-            return Err(Error::AuthFailed {
-                user: startup.user.clone(),
-            });
-        }
-    }
     let pool = pooler.pool(db, &startup.user, &proof);
     let mut session = welcome(conn, config, &pool, &startup).await?;
     if config.log_connections {

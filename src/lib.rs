@@ -30,4 +30,5 @@ pub mod prepared;
 pub mod protocol;
 pub mod relay;
 pub mod session;
+pub mod shutdown;
 pub mod stream;

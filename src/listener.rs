@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::client;
@@ -47,21 +46,18 @@ impl Listeners {
         self.tcp.local_addr()
     }
 
-    /// Serves until `shutdown` turns true, then waits up to `grace` for
-    /// connected clients to leave.
-    pub async fn serve(
-        self,
-        pooler: Arc<Pooler>,
-        mut shutdown: watch::Receiver<bool>,
-        grace: Duration,
-    ) {
+    /// Serves until the pooler's shutdown drains, then waits for clients
+    /// to leave: they close themselves at their next idle moment, or at the
+    /// shutdown's close.
+    pub async fn serve(self, pooler: Arc<Pooler>) {
         let mut tasks = JoinSet::new();
         let limit = pooler.config.max_client_conn + ACCEPT_HEADROOM;
+        let shutdown = pooler.shutdown.clone();
         loop {
             let accepted = tokio::select! {
                 r = self.tcp.accept() => r.map(|(s, peer)| (Stream::tcp(s), peer.to_string())),
                 r = accept_unix(&self.unix) => r.map(|s| (Ok(Stream::Unix(s)), "unix".to_owned())),
-                _ = shutdown.wait_for(|&stop| stop) => break,
+                _ = shutdown.drain.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             };
             match accepted {
@@ -87,16 +83,20 @@ impl Listeners {
         }
         tracing::info!(
             clients = pooler.clients.load(Ordering::Relaxed),
-            "stopped accepting; waiting for clients to finish"
+            "stopped accepting; closing clients as their transactions end"
         );
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(
-                remaining = tasks.len(),
-                "grace period over; closing remaining clients"
-            );
-            tasks.abort_all();
+        let all_done = async { while tasks.join_next().await.is_some() {} };
+        let closed = async {
+            shutdown.close.cancelled().await;
+            // Give closed clients a moment to say goodbye.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        tokio::select! {
+            _ = all_done => tracing::info!("all clients gone"),
+            _ = closed => {
+                tracing::warn!(remaining = tasks.len(), "closing remaining connections");
+                tasks.abort_all();
+            }
         }
     }
 }

@@ -92,6 +92,20 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Sources> {
     Ok(sources)
 }
 
+/// The first SIGTERM/SIGINT drains; a second one closes at once.
+fn stop_signal(shutdown: &pgdyno::shutdown::Shutdown, name: &str, timeout: Duration) {
+    if shutdown.drain.is_cancelled() {
+        tracing::warn!("second {name}: closing everything now");
+        shutdown.now();
+    } else {
+        tracing::info!(
+            ?timeout,
+            "{name}: no new clients; closing each client after its transaction"
+        );
+        shutdown.begin(timeout);
+    }
+}
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -125,19 +139,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         databases = ?pooler.config.databases.iter().map(|d| format!("{} -> {}", d.name, d.upstream.redacted())).collect::<Vec<_>>(),
         "pgdyno listening"
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = pooler.shutdown.clone();
+    let timeout = pooler.config.shutdown_timeout;
+    let mut server = tokio::spawn(listeners.serve(pooler.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let server = tokio::spawn(listeners.serve(pooler.clone(), stopped, Duration::from_secs(25)));
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing transactions, then exiting"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing transactions, then exiting"),
-    }
-    let _ = stop.send(true);
-    tokio::select! {
-        _ = server => {}
-        _ = term.recv() => tracing::warn!("second signal: exiting now"),
-        _ = int.recv() => tracing::warn!("second signal: exiting now"),
+    let mut quit = signal(SignalKind::quit())?;
+    loop {
+        tokio::select! {
+            _ = &mut server => break,
+            _ = term.recv() => stop_signal(&shutdown, "SIGTERM", timeout),
+            _ = int.recv() => stop_signal(&shutdown, "SIGINT", timeout),
+            _ = quit.recv() => {
+                tracing::warn!("SIGQUIT: closing everything now");
+                shutdown.now();
+            }
+        }
     }
     Ok(())
 }

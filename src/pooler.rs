@@ -14,11 +14,13 @@ use crate::backend::{Credential, Target};
 use crate::cancel::Cancels;
 use crate::config::{Config, ConfigError, DatabaseConfig};
 use crate::pool::{Limit, Pool, PoolSettings};
+use crate::shutdown::Shutdown;
 
 pub struct Pooler {
     pub config: Arc<Config>,
     pub users: Users,
     pub cancels: Arc<Cancels>,
+    pub shutdown: Shutdown,
     /// Clients past login, counted against `max_client_conn`.
     pub clients: AtomicUsize,
     pools: DashMap<(String, String), Arc<Pool>>,
@@ -38,6 +40,7 @@ impl Pooler {
             config: Arc::new(config),
             users,
             cancels: Arc::default(),
+            shutdown: Shutdown::default(),
             clients: AtomicUsize::new(0),
             pools: DashMap::new(),
             db_limits,

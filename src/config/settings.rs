@@ -36,6 +36,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_connect_timeout", "15", "seconds to connect and log in to PostgreSQL"),
     s("server_idle_timeout", "600", "seconds an idle backend is kept (0: forever)"),
     s("server_lifetime", "3600", "seconds after which a released backend is closed (0: never)"),
+    s("shutdown_timeout", "25", "seconds transactions get to finish after SIGTERM before clients are closed"),
     s("server_reset_query", "DISCARD ALL", "run on a backend when a session-mode client leaves"),
     s("auth_type", "scram-sha-256", "client authentication: scram-sha-256, md5, plain or trust"),
     s("auth_file", "", "PgBouncer userlist.txt: \"user\" \"password, md5... or SCRAM-SHA-256$...\""),
