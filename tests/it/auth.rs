@@ -1,0 +1,178 @@
+//! Logging in to pgdyno: the method it asks for under each auth_type, that
+//! a wrong password and an unknown user look alike (28P01), an unknown
+//! database (3D000), and users from an auth_file with plain, md5 and
+//! SCRAM secrets. The auth_file users also exist in PostgreSQL with the
+//! same secrets, so pgdyno may log in to PostgreSQL as them.
+
+use crate::harness::*;
+
+async fn pgdyno(extra: &[&str]) -> Pgdyno {
+    let url = Cluster::shared().url(APP_DB);
+    let mut args = vec!["--upstream", &url];
+    args.extend_from_slice(extra);
+    Pgdyno::start(&args).await
+}
+
+async fn login_error(pgdyno: &Pgdyno, db: &str, user: &str, password: &str) -> (String, String) {
+    let err = connect(&pgdyno.config_as(db, user, password))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{user}/{password} on {db} must be refused"));
+    let db_err = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no ErrorResponse for {user} on {db}: {err}"));
+    (db_err.code().code().to_owned(), db_err.message().to_owned())
+}
+
+async fn select_one_as(pgdyno: &Pgdyno, user: &str, password: &str) {
+    let client = connect(&pgdyno.config_as(APP_DB, user, password))
+        .await
+        .unwrap_or_else(|e| panic!("{user} cannot log in: {e} ({:?})", e.as_db_error()));
+    let row = client
+        .query_typed_one("SELECT 1", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{user}'s query: {e} ({:?})", e.as_db_error()));
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_are_refused_alike() {
+    within(60, async {
+        let pgdyno = pgdyno(&[]).await;
+        let (code, wrong_password) = login_error(&pgdyno, APP_DB, APP_USER, "not-the-secret").await;
+        assert_eq!(code, "28P01", "{wrong_password}");
+        let (code, unknown_user) = login_error(&pgdyno, APP_DB, "nosuchuser", "whatever").await;
+        assert_eq!(code, "28P01", "{unknown_user}");
+        // Nothing tells an attacker which user names exist.
+        assert_eq!(
+            wrong_password.replace(APP_USER, "USER"),
+            unknown_user.replace("nosuchuser", "USER")
+        );
+        select_one_as(&pgdyno, APP_USER, APP_PASSWORD).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unknown_database_is_3d000() {
+    within(60, async {
+        let pgdyno = pgdyno(&[]).await;
+        let (code, message) = login_error(&pgdyno, "nosuchdb", APP_USER, APP_PASSWORD).await;
+        assert_eq!(code, "3D000", "{message}");
+        select_one_as(&pgdyno, APP_USER, APP_PASSWORD).await;
+    })
+    .await
+}
+
+/// The authentication request pgdyno answers a startup packet with.
+async fn requested_method(pgdyno: &Pgdyno) -> i32 {
+    let mut raw = RawConn::connect(pgdyno.port()).await;
+    raw.start(&[("user", APP_USER), ("database", APP_DB)])
+        .await
+        .expect("startup accepted")
+}
+
+#[tokio::test]
+async fn auth_type_picks_the_login_method() {
+    within(90, async {
+        for (auth_type, method) in [
+            (None, AUTH_SASL),
+            (Some("scram-sha-256"), AUTH_SASL),
+            (Some("md5"), AUTH_MD5),
+            (Some("plain"), AUTH_CLEARTEXT),
+        ] {
+            let pgdyno = match auth_type {
+                Some(t) => pgdyno(&["--auth-type", t]).await,
+                None => pgdyno(&[]).await,
+            };
+            assert_eq!(
+                requested_method(&pgdyno).await,
+                method,
+                "auth_type {auth_type:?}"
+            );
+            // The whole login, by hand and by tokio-postgres.
+            let mut raw = RawConn::connect(pgdyno.port()).await;
+            raw.login(APP_USER, APP_PASSWORD, APP_DB)
+                .await
+                .unwrap_or_else(|e| panic!("raw login under auth_type {auth_type:?}: {e:?}"));
+            select_one_as(&pgdyno, APP_USER, APP_PASSWORD).await;
+            let (code, _) = login_error(&pgdyno, APP_DB, APP_USER, "wrong").await;
+            assert_eq!(
+                code, "28P01",
+                "wrong password under auth_type {auth_type:?}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn trust_asks_for_no_password() {
+    within(60, async {
+        let pgdyno = pgdyno(&["--auth-type", "trust"]).await;
+        assert_eq!(requested_method(&pgdyno).await, AUTH_OK);
+        let mut config = pgdyno.config(APP_DB);
+        config.password("");
+        let client = connect(&config)
+            .await
+            .expect("trust login without a password");
+        client.query_typed_one("SELECT 1", &[]).await.unwrap();
+    })
+    .await
+}
+
+/// Creates the auth_file users in PostgreSQL too: `alice_*` with a SCRAM
+/// password, `carol` with exactly the SCRAM secret pgdyno gets, and
+/// MD5_ROLE with an md5 password (pg_hba lets it log in with md5).
+async fn create_roles(scram_secret: &str) {
+    let admin = Cluster::shared().admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE alice_scram LOGIN PASSWORD 'alice-secret';
+             CREATE ROLE alice_md5 LOGIN PASSWORD 'alice-secret';
+             CREATE ROLE carol LOGIN PASSWORD '{scram_secret}';
+             SET password_encryption = 'md5';
+             CREATE ROLE {MD5_ROLE} LOGIN PASSWORD 'bob-secret';"
+        ))
+        .await
+        .expect("create auth_file roles");
+}
+
+#[tokio::test]
+async fn auth_file_users_with_plain_md5_and_scram_secrets() {
+    within(90, async {
+        let scram_secret = postgres_protocol::password::scram_sha_256(b"carol-secret");
+        create_roles(&scram_secret).await;
+        let md5_secret = postgres_protocol::password::md5(b"bob-secret", MD5_ROLE);
+        assert!(md5_secret.starts_with("md5") && md5_secret.len() == 35);
+        let dir = scratch_dir("authfile");
+        let userlist = dir.join("userlist.txt");
+        std::fs::write(
+            &userlist,
+            format!(
+                "\"alice_scram\" \"alice-secret\"\n\"alice_md5\" \"alice-secret\"\n\
+                 \"carol\" \"{scram_secret}\"\n\"{MD5_ROLE}\" \"{md5_secret}\"\n"
+            ),
+        )
+        .unwrap();
+        let userlist = userlist.to_str().unwrap();
+
+        // SCRAM with clients: plain and SCRAM secrets can serve it.
+        let scram = pgdyno(&["--auth-file", userlist]).await;
+        select_one_as(&scram, "alice_scram", "alice-secret").await;
+        select_one_as(&scram, "carol", "carol-secret").await;
+        let (code, _) = login_error(&scram, APP_DB, "carol", "alice-secret").await;
+        assert_eq!(code, "28P01");
+        let (code, _) = login_error(&scram, APP_DB, "alice_scram", "carol-secret").await;
+        assert_eq!(code, "28P01");
+
+        // md5 with clients: plain and md5 secrets can serve it.
+        let md5 = pgdyno(&["--auth-file", userlist, "--auth-type", "md5"]).await;
+        assert_eq!(requested_method(&md5).await, AUTH_MD5);
+        select_one_as(&md5, "alice_md5", "alice-secret").await;
+        select_one_as(&md5, MD5_ROLE, "bob-secret").await;
+        let (code, _) = login_error(&md5, APP_DB, MD5_ROLE, "alice-secret").await;
+        assert_eq!(code, "28P01");
+    })
+    .await
+}

@@ -1,0 +1,20 @@
+//! pgdyno's integration tests: one binary, run with `cargo test --test it`.
+//!
+//! Every test talks to a real PostgreSQL (started by the harness from the
+//! locally installed server binaries) through a real pgdyno process, and
+//! asserts what a user of pgdyno would notice. `smoke` checks the harness
+//! itself against PostgreSQL alone.
+
+mod harness;
+
+mod auth;
+mod bad_input;
+mod config;
+mod copy;
+mod limits;
+mod pgbench;
+mod pooling;
+mod queries;
+mod restart;
+mod smoke;
+mod transactions;
