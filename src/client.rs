@@ -40,6 +40,16 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
     let span = tracing::info_span!("client", peer = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async {
         if let Err(e) = run(&pooler, &mut conn).await {
+            if e.client_reachable() {
+                let class = e.sqlstate().get(..2).unwrap_or("XX").to_owned();
+                *pooler
+                    .stats
+                    .errors
+                    .lock()
+                    .unwrap()
+                    .entry(class)
+                    .or_default() += 1;
+            }
             report(&mut conn, &e).await;
         }
     }
@@ -66,6 +76,15 @@ async fn report(conn: &mut Conn, e: &Error) {
             &e.client_message(),
         );
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.flush()).await;
+    }
+}
+
+/// Decrements the pool's client count when the client ends.
+struct InPool<'a>(&'a Pool);
+
+impl Drop for InPool<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -105,6 +124,10 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
 
     if pooler.clients.fetch_add(1, Ordering::Relaxed) >= config.max_client_conn {
         pooler.clients.fetch_sub(1, Ordering::Relaxed);
+        pooler
+            .stats
+            .max_client_conn_refusals
+            .fetch_add(1, Ordering::Relaxed);
         return Err(Error::TooManyClients);
     }
     let _counted = Counted(pooler);
@@ -118,9 +141,17 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
         authenticate(conn, config.auth_type, &startup.user, secret.as_deref()),
     )
     .await
-    .map_err(|_| Error::LoginTimeout)??;
+    .map_err(|_| Error::LoginTimeout)?
+    .inspect_err(|e| {
+        if matches!(e, Error::AuthFailed { .. }) {
+            pooler.stats.login_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    })?;
     let pool = pooler.pool(db, &startup.user, &proof);
     let mut session = welcome(conn, config, &pool, &startup).await?;
+    pool.stats.logins.fetch_add(1, Ordering::Relaxed);
+    pool.clients.fetch_add(1, Ordering::Relaxed);
+    let _in_pool = InPool(&pool);
     if config.log_connections {
         tracing::info!("login");
     }
@@ -323,6 +354,7 @@ async fn serve_queries(
         transaction_mode,
         max_prepared: config.max_prepared_statements,
         extra_tracked: &config.track_extra_parameters,
+        stats: &pool.stats,
     };
     loop {
         if !next_message(conn).await? {

@@ -124,6 +124,10 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // The recorder must exist before pools register their histograms.
+    let metrics = config
+        .metrics_listen
+        .map(|addr| (addr, pgdyno::metrics::install()));
     let pooler = match Pooler::new(config) {
         Ok(p) => p,
         Err(e) => {
@@ -139,6 +143,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         databases = ?pooler.config.databases.iter().map(|d| format!("{} -> {}", d.name, d.upstream.redacted())).collect::<Vec<_>>(),
         "pgdyno listening"
     );
+    if let Some((addr, handle)) = metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+        tracing::info!(listen = %addr, "metrics and health endpoints listening");
+        tokio::spawn(pgdyno::metrics::serve(listener, pooler.clone(), handle));
+    }
     let shutdown = pooler.shutdown.clone();
     let timeout = pooler.config.shutdown_timeout;
     let mut server = tokio::spawn(listeners.serve(pooler.clone()));

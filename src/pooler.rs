@@ -15,6 +15,7 @@ use crate::cancel::Cancels;
 use crate::config::{Config, ConfigError, DatabaseConfig};
 use crate::pool::{Limit, Pool, PoolSettings};
 use crate::shutdown::Shutdown;
+use crate::stats::GlobalStats;
 
 pub struct Pooler {
     pub config: Arc<Config>,
@@ -23,6 +24,7 @@ pub struct Pooler {
     pub shutdown: Shutdown,
     /// Clients past login, counted against `max_client_conn`.
     pub clients: AtomicUsize,
+    pub stats: GlobalStats,
     pools: DashMap<(String, String), Arc<Pool>>,
     db_limits: HashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
@@ -42,6 +44,7 @@ impl Pooler {
             cancels: Arc::default(),
             shutdown: Shutdown::default(),
             clients: AtomicUsize::new(0),
+            stats: GlobalStats::default(),
             pools: DashMap::new(),
             db_limits,
             user_limits: DashMap::new(),
@@ -86,6 +89,13 @@ impl Pooler {
                 )
             })
             .clone()
+    }
+
+    /// Every pool, for the admin console and metrics.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let mut pools: Vec<_> = self.pools.iter().map(|p| p.value().clone()).collect();
+        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        pools
     }
 
     fn settings(&self, db: &DatabaseConfig) -> PoolSettings {

@@ -42,6 +42,7 @@ pub enum LogFormat {
 pub struct Config {
     pub listen: SocketAddr,
     pub unix_socket_dir: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
     pub pool_mode: PoolMode,
     pub default_pool_size: usize,
     pub min_pool_size: usize,
@@ -133,6 +134,7 @@ impl Config {
         Ok(Config {
             listen: raw.parse("listen")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
+            metrics_listen: raw.optional("metrics_listen")?,
             pool_mode: raw.parse("pool_mode")?,
             default_pool_size: raw.parse("default_pool_size")?,
             min_pool_size: raw.parse("min_pool_size")?,

@@ -128,6 +128,17 @@ impl Raw {
         T::parse(text.trim()).map_err(|why| Self::invalid(key, origin, &text, &why))
     }
 
+    /// Like [`Raw::parse`], with an empty value meaning `None`.
+    pub fn optional<T: Parse>(&self, key: &str) -> Result<Option<T>, ConfigError> {
+        let (text, origin) = self.text(key)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        T::parse(text.trim())
+            .map(Some)
+            .map_err(|why| Self::invalid(key, origin, &text, &why))
+    }
+
     pub fn string(&self, key: &str) -> Result<String, ConfigError> {
         Ok(self.text(key)?.0)
     }

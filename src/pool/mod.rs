@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::backend::{Backend, Target};
 use crate::config::PoolMode;
 use crate::error::{Error, Result};
+use crate::stats::PoolStats;
 pub use limit::Limit;
 
 /// The sizes and times a pool works by.
@@ -37,11 +38,31 @@ pub struct PoolSettings {
     pub lifetime: Option<Duration>,
 }
 
+/// A pool's counts at one moment (PgBouncer's SHOW POOLS).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolSnapshot {
+    /// Logged-in clients not waiting for a backend.
+    pub clients_active: usize,
+    pub clients_waiting: usize,
+    /// Backends lent to clients.
+    pub backends_active: usize,
+    pub backends_idle: usize,
+    /// Backends being opened.
+    pub backends_login: usize,
+    /// How long the first client in line has waited.
+    pub longest_wait: Duration,
+}
+
 pub struct Pool {
     pub database: String,
     pub user: String,
     pub target: Arc<Target>,
     pub settings: PoolSettings,
+    pub stats: PoolStats,
+    /// Logged-in clients of this pool.
+    pub clients: std::sync::atomic::AtomicUsize,
+    /// The last attempt to open a backend failed.
+    failing: std::sync::atomic::AtomicBool,
     /// `max_db_connections`, `max_user_connections`.
     limits: Vec<Arc<Limit>>,
     state: Mutex<State>,
@@ -53,6 +74,8 @@ struct State {
     idle: VecDeque<Backend>,
     /// Backends that exist or are being opened, idle or lent.
     open: usize,
+    /// Backends being opened (logging in).
+    connecting: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
     /// ParameterStatus values of the newest login, for client logins.
@@ -61,6 +84,7 @@ struct State {
 
 struct Waiter {
     id: u64,
+    since: Instant,
     tx: oneshot::Sender<Grant>,
 }
 
@@ -82,10 +106,13 @@ impl Pool {
         limits: Vec<Arc<Limit>>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
+            stats: PoolStats::new(&database, &user),
             database,
             user,
             target,
             settings,
+            clients: Default::default(),
+            failing: Default::default(),
             limits,
             state: Mutex::default(),
         });
@@ -112,7 +139,11 @@ impl Pool {
                     let (tx, rx) = oneshot::channel();
                     let id = s.next_waiter;
                     s.next_waiter += 1;
-                    s.waiters.push_back(Waiter { id, tx });
+                    s.waiters.push_back(Waiter {
+                        id,
+                        since: started,
+                        tx,
+                    });
                     Err((id, rx))
                 }
             }
@@ -123,10 +154,16 @@ impl Pool {
                 if self.limits.iter().any(|l| l.evict_idle(self)) {
                     self.grant_slots();
                 }
-                self.wait(id, rx, started).await?
+                self.wait(id, rx, started).await.inspect_err(|_| {
+                    self.stats
+                        .wait_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                })?
             }
         };
-        self.use_grant(grant).await
+        let backend = self.use_grant(grant).await?;
+        self.stats.assigned(started.elapsed());
+        Ok(backend)
     }
 
     async fn wait(
@@ -206,20 +243,36 @@ impl Pool {
     async fn use_grant(&self, grant: Grant) -> Result<Backend> {
         match grant {
             Grant::Backend(b) => Ok(b),
-            Grant::Slot => {
-                match Backend::connect(self.target.clone(), self.settings.connect_timeout).await {
-                    Ok(b) => {
-                        self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
-                        Ok(b)
-                    }
-                    Err(e) => {
-                        tracing::warn!(database = %self.database, user = %self.user, error = %e, "backend connect failed");
-                        self.free_slot();
-                        Err(e)
-                    }
+            Grant::Slot => match self.connect().await {
+                Ok(b) => {
+                    self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
+                    Ok(b)
                 }
+                Err(e) => {
+                    tracing::warn!(database = %self.database, user = %self.user, error = %e, "backend connect failed");
+                    self.free_slot();
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    async fn connect(&self) -> Result<Backend> {
+        let started = Instant::now();
+        self.state.lock().unwrap().connecting += 1;
+        let result = Backend::connect(self.target.clone(), self.settings.connect_timeout).await;
+        self.state.lock().unwrap().connecting -= 1;
+        self.failing
+            .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
+        match &result {
+            Ok(_) => self.stats.connected(started.elapsed()),
+            Err(_) => {
+                self.stats
+                    .backend_connect_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        result
     }
 
     /// Takes a backend back. `reusable` is the relay's word that it is idle
@@ -315,10 +368,27 @@ impl Pool {
         Ok(params)
     }
 
-    /// Counts for tests and the admin console: (open, idle, waiting).
-    pub fn counts(&self) -> (usize, usize, usize) {
+    /// Whether the last attempt to open a backend failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The pool's state right now, for the admin console and metrics.
+    pub fn snapshot(&self) -> PoolSnapshot {
         let s = self.state.lock().unwrap();
-        (s.open, s.idle.len(), s.waiters.len())
+        let clients = self.clients.load(std::sync::atomic::Ordering::Relaxed);
+        PoolSnapshot {
+            clients_active: clients.saturating_sub(s.waiters.len()),
+            clients_waiting: s.waiters.len(),
+            backends_active: s.open - s.idle.len() - s.connecting,
+            backends_idle: s.idle.len(),
+            backends_login: s.connecting,
+            longest_wait: s
+                .waiters
+                .front()
+                .map(|w| w.since.elapsed())
+                .unwrap_or_default(),
+        }
     }
 
     /// Closes idle backends past `server_idle_timeout` (keeping

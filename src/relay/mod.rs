@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::protocol::frame::Scanner;
 use crate::protocol::TransactionStatus;
 use crate::session::Session;
+use crate::stats::{PoolStats, Tally};
 use crate::stream::{Conn, READ_BUF};
 use pipeline::{Kind, Pipeline};
 use requests::FromClient;
@@ -55,6 +56,7 @@ pub struct RelaySettings<'a> {
     pub transaction_mode: bool,
     pub max_prepared: usize,
     pub extra_tracked: &'a [String],
+    pub stats: &'a PoolStats,
 }
 
 pub struct Relay<'a> {
@@ -63,6 +65,7 @@ pub struct Relay<'a> {
     session: &'a mut Session,
     settings: RelaySettings<'a>,
     pipeline: Pipeline,
+    tally: Tally,
     from_client: Scanner,
     from_backend: Scanner,
     /// Bytes a read buffer must hold for a whole-held message to complete.
@@ -84,6 +87,7 @@ impl<'a> Relay<'a> {
             session,
             settings,
             pipeline: Pipeline::default(),
+            tally: Tally::default(),
             from_client: Scanner::default(),
             from_backend: Scanner::default(),
             client_need: 0,
@@ -113,10 +117,13 @@ impl<'a> Relay<'a> {
         }
         // The client's buffer already holds its first message.
         self.translate_client()?;
-        poll_fn(|cx| self.poll_run(cx)).await
+        let outcome = poll_fn(|cx| self.poll_run(cx)).await;
+        self.settings.stats.add(&self.tally);
+        outcome
     }
 
     fn translate_client(&mut self) -> Result<()> {
+        let before = self.client.rbuf.len();
         let mut visitor = FromClient {
             pipeline: &mut self.pipeline,
             session: self.session,
@@ -127,6 +134,7 @@ impl<'a> Relay<'a> {
             } else {
                 0
             },
+            tally: &mut self.tally,
             terminated: false,
         };
         self.client_need = self
@@ -146,6 +154,7 @@ impl<'a> Relay<'a> {
         if visitor.terminated {
             self.client_done = true;
         }
+        self.tally.bytes_received += (before - self.client.rbuf.len()) as u64;
         Ok(())
     }
 
@@ -163,6 +172,8 @@ impl<'a> Relay<'a> {
             statements,
             extra_tracked: self.settings.extra_tracked,
             transaction_mode: self.settings.transaction_mode,
+            tally: &mut self.tally,
+            stats: self.settings.stats,
         };
         self.backend_need = self
             .from_backend
@@ -221,6 +232,7 @@ impl<'a> Relay<'a> {
             if !self.client.wbuf.is_empty() {
                 match Pin::new(&mut self.client.stream).poll_write(cx, &self.client.wbuf) {
                     Poll::Ready(Ok(n)) if n > 0 => {
+                        self.tally.bytes_sent += n as u64;
                         self.client.wbuf.advance(n);
                         progress = true;
                     }

@@ -104,6 +104,15 @@ impl Pipeline {
         self.entries.is_empty() && !self.unsynced && self.status == TransactionStatus::Idle
     }
 
+    /// Nothing owed: a request now starts a new query cycle.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn expect(&mut self, kind: Kind, hidden: bool, undo: Option<Undo>) {
         self.entries.push_back(Entry::Reply { kind, hidden, undo });
     }

@@ -13,6 +13,7 @@ use crate::prepared::{self, BackendStatements, Statement};
 use crate::protocol::frame::{Step, Visit};
 use crate::protocol::write::{self, Severity};
 use crate::session::Session;
+use crate::stats::Tally;
 
 pub struct FromClient<'a> {
     pub pipeline: &'a mut Pipeline,
@@ -21,6 +22,7 @@ pub struct FromClient<'a> {
     pub to_client: &'a mut BytesMut,
     /// `max_prepared_statements`, 0 when named statements pass untouched.
     pub max_prepared: usize,
+    pub tally: &'a mut Tally,
     /// The client sent Terminate.
     pub terminated: bool,
 }
@@ -37,6 +39,16 @@ impl Visit for FromClient<'_> {
             if self.pipeline.discarding {
                 return Step::Drop;
             }
+        }
+        if self.pipeline.is_empty()
+            && matches!(tag, b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S')
+        {
+            self.tally.request_began();
+        }
+        match tag {
+            b'P' => self.tally.client_parses += 1,
+            b'B' => self.tally.binds += 1,
+            _ => {}
         }
         match tag {
             b'Q' | b'F' => self.pipeline.expect(Kind::Query, false, None),
@@ -56,7 +68,10 @@ impl Visit for FromClient<'_> {
             b'B' if self.max_prepared > 0 => return self.bind(body, out),
             b'D' if self.max_prepared > 0 => return self.describe(body, out),
             b'C' if self.max_prepared > 0 => return self.close(body),
-            b'P' => self.pipeline.expect(Kind::Parse, false, None),
+            b'P' => {
+                self.tally.server_parses += 1;
+                self.pipeline.expect(Kind::Parse, false, None)
+            }
             b'B' => self.pipeline.expect(Kind::Bind, false, None),
             b'D' => self.pipeline.expect(Kind::Describe, false, None),
             b'C' => self.pipeline.expect(Kind::Close, false, None),
@@ -76,6 +91,7 @@ impl FromClient<'_> {
             return Step::Forward;
         };
         if p.name.is_empty() {
+            self.tally.server_parses += 1;
             self.pipeline.expect(Kind::Parse, false, None);
             return Step::Forward;
         }
@@ -197,5 +213,6 @@ impl FromClient<'_> {
         }
         out.extend_from_slice(&statement.parse);
         self.statements.insert(&statement.server_name);
+        self.tally.server_parses += 1;
     }
 }

@@ -13,6 +13,7 @@ use crate::prepared::BackendStatements;
 use crate::protocol::frame::{Step, Visit};
 use crate::protocol::{fields, TransactionStatus};
 use crate::session::{self, Session};
+use crate::stats::{PoolStats, Tally};
 
 pub struct FromBackend<'a> {
     pub pipeline: &'a mut Pipeline,
@@ -21,6 +22,8 @@ pub struct FromBackend<'a> {
     pub statements: &'a mut BackendStatements,
     pub extra_tracked: &'a [String],
     pub transaction_mode: bool,
+    pub tally: &'a mut Tally,
+    pub stats: &'a PoolStats,
 }
 
 impl Visit for FromBackend<'_> {
@@ -47,10 +50,19 @@ impl Visit for FromBackend<'_> {
                 if let Some(status) = body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
                     self.pipeline.status = status;
                 }
+                if !hidden {
+                    let idle = self.pipeline.status == TransactionStatus::Idle;
+                    self.tally
+                        .ready_for_query(idle, self.pipeline.len() > 1, self.stats);
+                }
             }
             b'G' => self.pipeline.copy_in = true,
             b'C' => self.command_complete(body),
             b'E' => {
+                if !hidden {
+                    self.stats
+                        .error(fields::error_field(body, b'C').unwrap_or("XX000"));
+                }
                 if let Some((kind, _)) = head {
                     if !matches!(kind, Kind::Query | Kind::Sync) {
                         self.pipeline.fail_until_sync(self.session, self.statements);

@@ -1,0 +1,178 @@
+//! Metric names in one place, the Prometheus endpoint, and the health
+//! endpoints, on `--metrics-listen`.
+//!
+//! Counters live in [`crate::stats`] (atomics shared with `SHOW STATS`) and
+//! are published here at each scrape, with the gauges read from the pools at
+//! that moment; histograms are recorded as traffic flows. The HTTP side is a
+//! few lines over tokio: three GET routes need no framework.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::pooler::Pooler;
+
+/// Histogram buckets, in seconds: 100 µs to a minute.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the process-wide recorder; returns the handle that renders it.
+/// Call before any pool is made, so their histogram handles are live.
+pub fn install() -> PrometheusHandle {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .expect("buckets are not empty")
+        .build_recorder();
+    let handle = recorder.handle();
+    // A second install (in tests) keeps the first recorder.
+    let _ = metrics::set_global_recorder(recorder);
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    handle
+}
+
+/// Publishes counters and gauges as they are now, and renders everything.
+pub fn render(pooler: &Pooler, handle: &PrometheusHandle) -> String {
+    for pool in pooler.pools() {
+        let labels = [
+            ("database", pool.database.clone()),
+            ("user", pool.user.clone()),
+        ];
+        let snap = pool.snapshot();
+        let size = pool.settings.size as f64;
+        gauge!("pgdyno_clients_active", &labels).set(snap.clients_active as f64);
+        gauge!("pgdyno_clients_waiting", &labels).set(snap.clients_waiting as f64);
+        gauge!("pgdyno_backends_active", &labels).set(snap.backends_active as f64);
+        gauge!("pgdyno_backends_idle", &labels).set(snap.backends_idle as f64);
+        gauge!("pgdyno_backends_used", &labels).set(0.0);
+        gauge!("pgdyno_backends_tested", &labels).set(0.0);
+        gauge!("pgdyno_backends_login", &labels).set(snap.backends_login as f64);
+        gauge!("pgdyno_pool_size", &labels).set(size);
+        gauge!("pgdyno_pool_saturation", &labels).set(snap.backends_active as f64 / size);
+        gauge!("pgdyno_longest_wait_seconds", &labels).set(snap.longest_wait.as_secs_f64());
+        let s = &pool.stats;
+        for (name, value) in [
+            ("pgdyno_transactions_total", &s.xacts),
+            ("pgdyno_queries_total", &s.queries),
+            ("pgdyno_received_bytes_total", &s.bytes_received),
+            ("pgdyno_sent_bytes_total", &s.bytes_sent),
+            ("pgdyno_client_logins_total", &s.logins),
+            ("pgdyno_backend_connects_total", &s.backend_connects),
+            (
+                "pgdyno_backend_connect_failures_total",
+                &s.backend_connect_failures,
+            ),
+            ("pgdyno_client_parses_total", &s.client_parses),
+            ("pgdyno_backend_parses_total", &s.server_parses),
+            ("pgdyno_binds_total", &s.binds),
+            ("pgdyno_query_wait_timeouts_total", &s.wait_timeouts),
+        ] {
+            counter!(name, &labels).absolute(value.load(Relaxed));
+        }
+        for (class, n) in s.errors.lock().unwrap().iter() {
+            let mut with_class = labels.to_vec();
+            with_class.push(("sqlstate_class", class.clone()));
+            counter!("pgdyno_client_errors_total", &with_class).absolute(*n);
+        }
+    }
+    let g = &pooler.stats;
+    gauge!("pgdyno_clients").set(pooler.clients.load(Relaxed) as f64);
+    gauge!("pgdyno_max_client_conn").set(pooler.config.max_client_conn as f64);
+    counter!("pgdyno_login_failures_total").absolute(g.login_failures.load(Relaxed));
+    counter!("pgdyno_max_client_conn_refusals_total")
+        .absolute(g.max_client_conn_refusals.load(Relaxed));
+    for (class, n) in g.errors.lock().unwrap().iter() {
+        counter!("pgdyno_pooler_errors_total", "sqlstate_class" => class.clone()).absolute(*n);
+    }
+    handle.render()
+}
+
+/// Serves `GET /metrics`, `/health` and `/ready` until the process ends.
+pub async fn serve(listener: TcpListener, pooler: Arc<Pooler>, handle: PrometheusHandle) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (pooler, handle) = (pooler.clone(), handle.clone());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &pooler, &handle))
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    pooler: &Pooler,
+    handle: &PrometheusHandle,
+) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let (method, path) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let (status, body) = match (method, path) {
+        (b"GET", b"/metrics") => ("200 OK", render(pooler, handle)),
+        (b"GET", b"/health") => ("200 OK", "ok\n".to_owned()),
+        (b"GET", b"/ready") => match readiness(pooler) {
+            Ok(()) => ("200 OK", "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+        },
+        (b"GET", _) => ("404 Not Found", "not found\n".to_owned()),
+        _ => ("405 Method Not Allowed", "only GET\n".to_owned()),
+    };
+    let content_type = if path == b"/metrics" {
+        "text/plain; version=0.0.4"
+    } else {
+        "text/plain"
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Ready: listening, not shutting down, and no pool whose last backend
+/// login failed without a success since.
+fn readiness(pooler: &Pooler) -> Result<(), String> {
+    if pooler.shutdown.drain.is_cancelled() {
+        return Err("shutting down".into());
+    }
+    for pool in pooler.pools() {
+        if pool.failing() {
+            return Err(format!(
+                "database {} (user {}): cannot connect to PostgreSQL",
+                pool.database, pool.user
+            ));
+        }
+    }
+    Ok(())
+}

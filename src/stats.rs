@@ -1,0 +1,162 @@
+//! Counters kept per pool and for the whole pooler, read by `SHOW STATS`
+//! and the Prometheus endpoint alike.
+//!
+//! The relay counts a bound stretch in a plain [`Tally`] and adds it to the
+//! pool's atomics once, when the stretch ends: no shared write per message.
+//! Histograms are `metrics` handles registered once per pool.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use metrics::{histogram, Histogram};
+
+/// One pool's totals since start. Times in microseconds.
+#[derive(Debug)]
+pub struct PoolStats {
+    pub xacts: AtomicU64,
+    pub queries: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub xact_us: AtomicU64,
+    pub query_us: AtomicU64,
+    pub wait_us: AtomicU64,
+    pub assignments: AtomicU64,
+    pub client_parses: AtomicU64,
+    pub server_parses: AtomicU64,
+    pub binds: AtomicU64,
+    pub logins: AtomicU64,
+    pub backend_connects: AtomicU64,
+    pub backend_connect_failures: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    /// ErrorResponses sent to clients, by SQLSTATE class (two characters).
+    pub errors: Mutex<BTreeMap<String, u64>>,
+    wait_seconds: Histogram,
+    xact_seconds: Histogram,
+    query_seconds: Histogram,
+    connect_seconds: Histogram,
+}
+
+impl PoolStats {
+    pub fn new(database: &str, user: &str) -> PoolStats {
+        let labels = [("database", database.to_owned()), ("user", user.to_owned())];
+        PoolStats {
+            xacts: AtomicU64::new(0),
+            queries: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            xact_us: AtomicU64::new(0),
+            query_us: AtomicU64::new(0),
+            wait_us: AtomicU64::new(0),
+            assignments: AtomicU64::new(0),
+            client_parses: AtomicU64::new(0),
+            server_parses: AtomicU64::new(0),
+            binds: AtomicU64::new(0),
+            logins: AtomicU64::new(0),
+            backend_connects: AtomicU64::new(0),
+            backend_connect_failures: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
+            errors: Mutex::default(),
+            wait_seconds: histogram!("pgdyno_client_wait_seconds", &labels),
+            xact_seconds: histogram!("pgdyno_transaction_duration_seconds", &labels),
+            query_seconds: histogram!("pgdyno_query_duration_seconds", &labels),
+            connect_seconds: histogram!("pgdyno_backend_connect_seconds", &labels),
+        }
+    }
+
+    /// A client got a backend after waiting `waited`.
+    pub fn assigned(&self, waited: Duration) {
+        self.assignments.fetch_add(1, Relaxed);
+        self.wait_us.fetch_add(waited.as_micros() as u64, Relaxed);
+        self.wait_seconds.record(waited.as_secs_f64());
+    }
+
+    pub fn connected(&self, took: Duration) {
+        self.backend_connects.fetch_add(1, Relaxed);
+        self.connect_seconds.record(took.as_secs_f64());
+    }
+
+    pub fn error(&self, sqlstate: &str) {
+        let class = sqlstate.get(..2).unwrap_or("XX").to_owned();
+        *self.errors.lock().unwrap().entry(class).or_default() += 1;
+    }
+
+    /// Adds what a bound stretch counted.
+    pub fn add(&self, t: &Tally) {
+        let add = |c: &AtomicU64, v: u64| {
+            if v > 0 {
+                c.fetch_add(v, Relaxed);
+            }
+        };
+        add(&self.xacts, t.xacts);
+        add(&self.queries, t.queries);
+        add(&self.bytes_received, t.bytes_received);
+        add(&self.bytes_sent, t.bytes_sent);
+        add(&self.xact_us, t.xact_us);
+        add(&self.query_us, t.query_us);
+        add(&self.client_parses, t.client_parses);
+        add(&self.server_parses, t.server_parses);
+        add(&self.binds, t.binds);
+    }
+}
+
+/// What one bound stretch did, counted without atomics.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub xacts: u64,
+    pub queries: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub xact_us: u64,
+    pub query_us: u64,
+    pub client_parses: u64,
+    pub server_parses: u64,
+    pub binds: u64,
+    /// When the query (request cycle) under way began.
+    query_started: Option<Instant>,
+    /// When the transaction under way began.
+    xact_started: Option<Instant>,
+}
+
+impl Tally {
+    /// The client sent a request while nothing was outstanding.
+    pub fn request_began(&mut self) {
+        let now = Instant::now();
+        self.query_started.get_or_insert(now);
+        self.xact_started.get_or_insert(now);
+    }
+
+    /// A ReadyForQuery answered a client's request; `idle` if it ended the
+    /// transaction. Records the durations in `stats`' histograms.
+    pub fn ready_for_query(&mut self, idle: bool, more_pending: bool, stats: &PoolStats) {
+        self.queries += 1;
+        let now = Instant::now();
+        if let Some(start) = self.query_started.take() {
+            let took = now - start;
+            self.query_us += took.as_micros() as u64;
+            stats.query_seconds.record(took.as_secs_f64());
+            if more_pending {
+                self.query_started = Some(now);
+            }
+        }
+        if idle {
+            self.xacts += 1;
+            if let Some(start) = self.xact_started.take() {
+                let took = now - start;
+                self.xact_us += took.as_micros() as u64;
+                stats.xact_seconds.record(took.as_secs_f64());
+            }
+        }
+    }
+}
+
+/// Counts for the whole pooler, outside any pool.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    pub login_failures: AtomicU64,
+    pub max_client_conn_refusals: AtomicU64,
+    pub throttled_logins: AtomicU64,
+    /// Errors pgdyno itself sent to clients, by SQLSTATE class.
+    pub errors: Mutex<BTreeMap<String, u64>>,
+}
