@@ -19,6 +19,7 @@ use crate::config::{Host, Upstream};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::fields;
+use crate::registry::{Listed, Registry, ServerEntry};
 use crate::stream::{Conn, Stream};
 
 /// Messages during login are small; a huge one means we are not talking to
@@ -28,6 +29,9 @@ const MAX_LOGIN_MESSAGE: usize = 1024 * 1024;
 /// Everything needed to open a backend for one pool.
 #[derive(Debug)]
 pub struct Target {
+    /// The database name clients use (the pool's).
+    pub database: String,
+    pub registry: Arc<Registry>,
     pub upstream: Upstream,
     /// The PostgreSQL role to log in as.
     pub user: String,
@@ -62,6 +66,10 @@ pub struct Backend {
     pub created: Instant,
     pub last_used: Instant,
     pub target: Arc<Target>,
+    /// The pool generation it was opened in (see RECONNECT).
+    pub generation: u64,
+    /// This backend's line in SHOW SERVERS, removed when it is dropped.
+    pub listed: Option<Listed<ServerEntry>>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -74,7 +82,25 @@ impl Backend {
             login(Conn::new(stream), target.clone()).await
         };
         match tokio::time::timeout(timeout, login).await {
-            Ok(result) => result,
+            Ok(Ok(mut backend)) => {
+                let (addr, port) = match &target.upstream.host {
+                    Host::Tcp(h) => (h.clone(), target.upstream.port),
+                    Host::Unix(dir) => (dir.display().to_string(), target.upstream.port),
+                };
+                backend.listed = Some(target.registry.add_server(ServerEntry {
+                    id: backend.id,
+                    user: target.user.clone(),
+                    database: target.database.clone(),
+                    addr,
+                    port,
+                    connect_time_us: crate::registry::epoch_us(),
+                    remote_pid: backend.process_id,
+                    active: Default::default(),
+                    request_time_us: Default::default(),
+                }));
+                Ok(backend)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::BackendConnect(format!(
                 "timed out after {timeout:?} (server_connect_timeout)"
             ))),
@@ -94,6 +120,13 @@ impl Backend {
             Stream::Unix(s) => s.poll_read_ready(&mut cx),
         };
         matches!(ready, Poll::Ready(_))
+    }
+
+    /// Marks the backend lent (true) or idle (false) in SHOW SERVERS.
+    pub fn set_active(&self, active: bool) {
+        if let Some(l) = &self.listed {
+            l.entry.set_active(active);
+        }
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -161,6 +194,8 @@ async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
         created: Instant::now(),
         last_used: Instant::now(),
         target: target.clone(),
+        listed: None,
+        generation: 0,
     };
     loop {
         let msg = backend

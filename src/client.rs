@@ -17,6 +17,7 @@ use crate::pooler::Pooler;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::write::{self, Severity};
 use crate::protocol::TransactionStatus;
+use crate::registry::ClientEntry;
 use crate::relay::{Outcome, Relay, RelaySettings};
 use crate::session::{self, Session};
 use crate::stream::{Conn, Stream};
@@ -39,7 +40,7 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
     let mut conn = Conn::new(stream);
     let span = tracing::info_span!("client", peer = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async {
-        if let Err(e) = run(&pooler, &mut conn).await {
+        if let Err(e) = run(&pooler, &mut conn, &peer).await {
             if e.client_reachable() {
                 let class = e.sqlstate().get(..2).unwrap_or("XX").to_owned();
                 *pooler
@@ -97,7 +98,7 @@ impl Drop for Counted<'_> {
     }
 }
 
-async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
+async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     let config = &pooler.config;
     let login_deadline = tokio::time::Instant::now() + config.client_login_timeout;
     let packet = tokio::time::timeout_at(login_deadline, read_startup(conn))
@@ -122,6 +123,9 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
     span.record("user", startup.user.as_str());
     span.record("database", startup.database.as_str());
 
+    if crate::admin::DATABASES.contains(&startup.database.as_str()) {
+        return console(pooler, conn, &startup, login_deadline).await;
+    }
     if pooler.clients.fetch_add(1, Ordering::Relaxed) >= config.max_client_conn {
         pooler.clients.fetch_sub(1, Ordering::Relaxed);
         pooler
@@ -164,11 +168,72 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn) -> Result<()> {
     write::ready_for_query(&mut conn.wbuf, TransactionStatus::Idle);
     conn.flush().await.map_err(Error::ClientIo)?;
 
-    let result = serve_queries(conn, &mut session, pooler, &pool, db, &cancel.slot).await;
+    let app_name = session
+        .param("application_name")
+        .unwrap_or_default()
+        .to_owned();
+    let listed = pooler.registry.add_client(
+        &startup.user,
+        &startup.database,
+        peer,
+        &app_name,
+        cancel.slot.process_id,
+    );
+    let result = serve_queries(
+        conn,
+        &mut session,
+        pooler,
+        &pool,
+        db,
+        &cancel.slot,
+        &listed.entry,
+    )
+    .await;
     if config.log_disconnections {
         tracing::info!("disconnect");
     }
     result
+}
+
+/// A client of the admin console: exempt from `max_client_conn`, and only
+/// for `admin_users` and `stats_users`.
+async fn console(
+    pooler: &Arc<Pooler>,
+    conn: &mut Conn,
+    startup: &Startup,
+    login_deadline: tokio::time::Instant,
+) -> Result<()> {
+    let config = &pooler.config;
+    let secret = pooler.users.get(&startup.user);
+    tokio::time::timeout_at(
+        login_deadline,
+        authenticate(conn, config.auth_type, &startup.user, secret.as_deref()),
+    )
+    .await
+    .map_err(|_| Error::LoginTimeout)??;
+    let role = crate::admin::role(pooler, &startup.user).ok_or_else(|| {
+        Error::AuthUnsupported(format!(
+            "user \"{}\" is not in admin_users or stats_users",
+            startup.user
+        ))
+    })?;
+    write::authentication_ok(&mut conn.wbuf);
+    for (name, value) in [
+        ("server_version", "16.0"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", "pgdyno"),
+    ] {
+        write::parameter_status(&mut conn.wbuf, name, value);
+    }
+    write::backend_key_data(&mut conn.wbuf, 0, 0);
+    write::ready_for_query(&mut conn.wbuf, TransactionStatus::Idle);
+    conn.flush().await.map_err(Error::ClientIo)?;
+    tracing::info!(?role, "admin console login");
+    crate::admin::serve(conn, pooler, role).await
 }
 
 /// Reads the startup packet, answering SSLRequest/GSSENCRequest with 'N'
@@ -326,6 +391,7 @@ async fn welcome(
     for (name, value) in &startup.params {
         session.set_param(name, value);
     }
+    session.startup = startup.params.clone();
     for (name, value) in server.iter() {
         let value = session.param(name).unwrap_or(value);
         write::parameter_status(&mut conn.wbuf, name, value);
@@ -346,6 +412,7 @@ async fn serve_queries(
     pool: &Arc<Pool>,
     db: &DatabaseConfig,
     cancel: &crate::cancel::CancelSlot,
+    me: &ClientEntry,
 ) -> Result<()> {
     let config = &pooler.config;
     let transaction_mode = db.pool_mode == PoolMode::Transaction;
@@ -356,15 +423,30 @@ async fn serve_queries(
         extra_tracked: &config.track_extra_parameters,
         stats: &pool.stats,
     };
+    let shutdown = &pooler.shutdown;
+    let kill = &me.kill;
     loop {
-        if !next_message(conn).await? {
-            return Ok(());
+        tokio::select! {
+            more = next_message(conn) => if !more? { return Ok(()) },
+            _ = shutdown.drain.cancelled() => return Err(Error::ShuttingDown),
+            _ = kill.cancelled() => return Err(Error::Killed),
         }
-        let mut backend = pool.checkout().await?;
+        me.start_waiting();
+        let mut backend = tokio::select! {
+            b = pool.checkout() => b?,
+            _ = shutdown.close.cancelled() => return Err(Error::ShuttingDown),
+            _ = kill.cancelled() => return Err(Error::Killed),
+        };
+        me.stop_waiting();
         cancel.bind(&backend);
-        let result = Relay::new(conn, &mut backend, session, settings)
-            .run()
-            .await;
+        let mut relay = Relay::new(conn, &mut backend, session, settings);
+        let result = tokio::select! {
+            r = relay.run() => r,
+            // Dropping the relay mid-transaction: the backend is closed below.
+            _ = shutdown.close.cancelled() => Err(Error::ShuttingDown),
+            _ = kill.cancelled() => Err(Error::Killed),
+        };
+        drop(relay);
         cancel.unbind();
         match result {
             Ok(Outcome::Released) => release(pool, backend, true),

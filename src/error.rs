@@ -38,6 +38,8 @@ pub enum Error {
     LoginTimeout,
     #[error("pooler is shutting down")]
     ShuttingDown,
+    #[error("terminating connection due to administrator command")]
+    Killed,
     #[error("backend connection: {0}")]
     BackendIo(#[source] io::Error),
     #[error("could not connect to server: {0}")]
@@ -65,7 +67,7 @@ impl Error {
             Error::UnsupportedStartupParameter(_) => "08P01",
             Error::TooManyClients => "53300",
             Error::QueryWaitTimeout | Error::LoginTimeout => "08P01",
-            Error::ShuttingDown => "57P01",
+            Error::ShuttingDown | Error::Killed => "57P01",
             Error::BackendIo(_) | Error::BackendGone | Error::BackendConnect(_) => "08006",
             Error::BackendProtocol(_) => "08P01",
             Error::BackendRejected { code, .. } => code,
@@ -82,7 +84,10 @@ impl Error {
             | Error::NoSuchDatabase(_)
             | Error::UnsupportedStartupParameter(_)
             | Error::LoginTimeout => Side::Client,
-            Error::TooManyClients | Error::QueryWaitTimeout | Error::ShuttingDown => Side::Pooler,
+            Error::TooManyClients
+            | Error::QueryWaitTimeout
+            | Error::ShuttingDown
+            | Error::Killed => Side::Pooler,
             Error::BackendIo(_)
             | Error::BackendConnect(_)
             | Error::BackendGone

@@ -17,6 +17,7 @@
 //! [`config`] turns the TOML file, env vars and flags into one `Config`;
 //! [`error`] says which side failed and which SQLSTATE the client sees.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod pooler;
 pub mod prepared;
 pub mod protocol;
+pub mod registry;
 pub mod relay;
 pub mod session;
 pub mod shutdown;

@@ -14,17 +14,21 @@ use crate::backend::{Credential, Target};
 use crate::cancel::Cancels;
 use crate::config::{Config, ConfigError, DatabaseConfig};
 use crate::pool::{Limit, Pool, PoolSettings};
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::stats::GlobalStats;
+use crate::stats::{GlobalStats, Periods};
 
 pub struct Pooler {
     pub config: Arc<Config>,
     pub users: Users,
     pub cancels: Arc<Cancels>,
     pub shutdown: Shutdown,
+    pub registry: Arc<Registry>,
     /// Clients past login, counted against `max_client_conn`.
     pub clients: AtomicUsize,
     pub stats: GlobalStats,
+    /// Snapshots for SHOW STATS averages and the stats log line.
+    pub periods: Periods,
     pools: DashMap<(String, String), Arc<Pool>>,
     db_limits: HashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
@@ -43,8 +47,10 @@ impl Pooler {
             users,
             cancels: Arc::default(),
             shutdown: Shutdown::default(),
+            registry: Arc::default(),
             clients: AtomicUsize::new(0),
             stats: GlobalStats::default(),
+            periods: Periods::default(),
             pools: DashMap::new(),
             db_limits,
             user_limits: DashMap::new(),
@@ -63,6 +69,8 @@ impl Pooler {
             .entry(key)
             .or_insert_with(|| {
                 let target = Arc::new(Target {
+                    database: db.name.clone(),
+                    registry: self.registry.clone(),
                     upstream: db.upstream.clone(),
                     user: user.to_owned(),
                     dbname: db

@@ -60,6 +60,11 @@ pub struct Session {
     /// Tracked parameters as the client set them (canonical names).
     pub params: Vec<(String, String)>,
     pub statements: ClientStatements,
+    /// Tracked parameters from the startup packet: what RESET returns to.
+    pub startup: Vec<(String, String)>,
+    /// A RESET changed the backend's parameters away from the client's:
+    /// send the SETs before the client's next request.
+    pub resync: bool,
 }
 
 impl Session {

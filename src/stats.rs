@@ -160,3 +160,74 @@ pub struct GlobalStats {
     /// Errors pgdyno itself sent to clients, by SQLSTATE class.
     pub errors: Mutex<BTreeMap<String, u64>>,
 }
+
+/// A database's totals, as SHOW STATS_TOTALS lists them (times in µs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub assignments: u64,
+    pub xacts: u64,
+    pub queries: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_us: u64,
+    pub query_us: u64,
+    pub wait_us: u64,
+    pub client_parses: u64,
+    pub server_parses: u64,
+    pub binds: u64,
+    pub logins: u64,
+}
+
+impl Totals {
+    pub fn add_pool(&mut self, s: &PoolStats) {
+        self.assignments += s.assignments.load(Relaxed);
+        self.xacts += s.xacts.load(Relaxed);
+        self.queries += s.queries.load(Relaxed);
+        self.received += s.bytes_received.load(Relaxed);
+        self.sent += s.bytes_sent.load(Relaxed);
+        self.xact_us += s.xact_us.load(Relaxed);
+        self.query_us += s.query_us.load(Relaxed);
+        self.wait_us += s.wait_us.load(Relaxed);
+        self.client_parses += s.client_parses.load(Relaxed);
+        self.server_parses += s.server_parses.load(Relaxed);
+        self.binds += s.binds.load(Relaxed);
+        self.logins += s.logins.load(Relaxed);
+    }
+
+    /// Per-second rates over `period` since `before`, and average times per
+    /// transaction, query and assignment: PgBouncer's avg_ columns.
+    pub fn averages(&self, before: &Totals, period: Duration) -> Totals {
+        let secs = period.as_secs_f64().max(1e-9);
+        let rate = |now: u64, then: u64| (now.saturating_sub(then) as f64 / secs) as u64;
+        let per = |num: u64, num0: u64, den: u64, den0: u64| {
+            num.saturating_sub(num0)
+                .checked_div(den.saturating_sub(den0))
+                .unwrap_or(0)
+        };
+        Totals {
+            assignments: rate(self.assignments, before.assignments),
+            xacts: rate(self.xacts, before.xacts),
+            queries: rate(self.queries, before.queries),
+            received: rate(self.received, before.received),
+            sent: rate(self.sent, before.sent),
+            xact_us: per(self.xact_us, before.xact_us, self.xacts, before.xacts),
+            query_us: per(self.query_us, before.query_us, self.queries, before.queries),
+            wait_us: per(
+                self.wait_us,
+                before.wait_us,
+                self.assignments,
+                before.assignments,
+            ),
+            client_parses: rate(self.client_parses, before.client_parses),
+            server_parses: rate(self.server_parses, before.server_parses),
+            binds: rate(self.binds, before.binds),
+            logins: rate(self.logins, before.logins),
+        }
+    }
+}
+
+/// The last two `stats_period` snapshots per database, for averages.
+#[derive(Debug, Default)]
+pub struct Periods {
+    pub by_database: Mutex<BTreeMap<String, (Totals, Totals)>>,
+}

@@ -65,11 +65,16 @@ pub struct Config {
     pub max_packet_size: usize,
     pub max_prepared_statements: usize,
     pub track_extra_parameters: Vec<String>,
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
+    pub stats_period: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
     pub log_connections: bool,
     pub log_disconnections: bool,
     pub databases: Vec<DatabaseConfig>,
+    /// Things worth a log line once logging is up.
+    pub warnings: Vec<String>,
 }
 
 /// One database clients can pick by name, and its pool settings.
@@ -101,6 +106,7 @@ pub struct ConfigError(pub String);
 impl Config {
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut raw = Raw::default();
+        let mut warnings = Vec::new();
         let mut file_databases = None;
         let file = sources
             .file
@@ -114,13 +120,21 @@ impl Config {
                 if key == "CONFIG" {
                     continue;
                 }
-                raw.add_string(&key.to_ascii_lowercase(), value, Origin::Env(name.clone()))?;
+                let key = key.to_ascii_lowercase();
+                // Other tools use the prefix too (PGDYNO_BIN in scripts):
+                // an unknown name is reported, not fatal.
+                if settings::find(settings::canonical(&key)).is_none() {
+                    warnings.push(format!("ignoring env {name}: not a pgdyno setting"));
+                    continue;
+                }
+                raw.add_string(&key, value, Origin::Env(name.clone()))?;
             }
         }
         for (name, value) in &sources.flags {
             raw.add_string(name, value, Origin::Flag(name.replace('_', "-")))?;
         }
         let mut config = Config::from_raw(&raw)?;
+        config.warnings = warnings;
         config.databases = databases(
             &raw,
             &config,
@@ -156,11 +170,15 @@ impl Config {
             max_packet_size: raw.parse("max_packet_size")?,
             max_prepared_statements: raw.parse("max_prepared_statements")?,
             track_extra_parameters: raw.list("track_extra_parameters")?,
+            admin_users: raw.list("admin_users")?,
+            stats_users: raw.list("stats_users")?,
+            stats_period: raw.duration("stats_period")?,
             log_format: raw.parse("log_format")?,
             log_level: raw.string("log_level")?,
             log_connections: raw.parse("log_connections")?,
             log_disconnections: raw.parse("log_disconnections")?,
             databases: Vec::new(),
+            warnings: Vec::new(),
         })
         .and_then(Config::validate)
     }

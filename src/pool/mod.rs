@@ -13,6 +13,7 @@
 mod limit;
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,11 @@ pub struct Pool {
     pub clients: std::sync::atomic::AtomicUsize,
     /// The last attempt to open a backend failed.
     failing: std::sync::atomic::AtomicBool,
+    /// PAUSE: checkouts wait until RESUME.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// RECONNECT: backends of an older generation are closed when released.
+    generation: std::sync::atomic::AtomicU64,
     /// `max_db_connections`, `max_user_connections`.
     limits: Vec<Arc<Limit>>,
     state: Mutex<State>,
@@ -113,6 +119,9 @@ impl Pool {
             settings,
             clients: Default::default(),
             failing: Default::default(),
+            paused: Default::default(),
+            resumed: Default::default(),
+            generation: Default::default(),
             limits,
             state: Mutex::default(),
         });
@@ -131,6 +140,13 @@ impl Pool {
     /// the next waiter (the send fails and `hand_over` moves on).
     pub async fn checkout(&self) -> Result<Backend> {
         let started = Instant::now();
+        while self.paused.load(Relaxed) {
+            let resumed = self.resumed.notified();
+            if !self.paused.load(Relaxed) {
+                break;
+            }
+            resumed.await;
+        }
         let rx = {
             let mut s = self.state.lock().unwrap();
             match self.take_or_reserve(&mut s, self.settings.size) {
@@ -221,6 +237,7 @@ impl Pool {
                 self.forget(s, backend);
                 continue;
             }
+            backend.set_active(true);
             return Some(Grant::Backend(backend));
         }
         if s.open < max && self.acquire_limits() {
@@ -282,7 +299,8 @@ impl Pool {
             .settings
             .lifetime
             .is_some_and(|l| backend.created.elapsed() >= l);
-        if !reusable || expired || !backend.conn.rbuf.is_empty() {
+        let stale = backend.generation < self.generation.load(Relaxed);
+        if !reusable || expired || stale || !backend.conn.rbuf.is_empty() {
             drop(backend);
             self.free_slot();
             return;
@@ -297,6 +315,7 @@ impl Pool {
             }
         }
         if let Grant::Backend(b) = grant {
+            b.set_active(false);
             s.idle.push_back(b);
         }
     }
@@ -366,6 +385,39 @@ impl Pool {
         let params = Arc::new(backend.params.clone());
         self.release(backend, true);
         Ok(params)
+    }
+
+    /// PAUSE: no new checkouts; returns once every lent backend is back,
+    /// then closes the idle ones.
+    pub async fn pause(&self) {
+        self.paused.store(true, Relaxed);
+        while self.snapshot().backends_active > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.close_idle();
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Relaxed);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Relaxed)
+    }
+
+    /// RECONNECT: closes idle backends now and lent ones when they come back.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Relaxed);
+        self.close_idle();
+    }
+
+    /// Closes every idle backend.
+    pub fn close_idle(&self) {
+        let mut s = self.state.lock().unwrap();
+        while let Some(b) = s.idle.pop_front() {
+            self.forget(&mut s, b);
+        }
     }
 
     /// Whether the last attempt to open a backend failed.

@@ -43,7 +43,8 @@ pub trait Visit {
     /// Whether a message with this tag must be whole before it is visited.
     /// Otherwise it is visited at its header, with an empty body, and may
     /// only be forwarded or dropped.
-    fn wants_body(&self, tag: u8) -> bool;
+    /// `len` is the message's length field (body length + 4).
+    fn wants_body(&self, tag: u8, len: usize) -> bool;
     /// Decides about one message; may append replacement bytes to `out`.
     fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step;
 }
@@ -95,7 +96,7 @@ impl Scanner {
                 });
             }
             let total = 1 + len as usize;
-            if visitor.wants_body(tag) {
+            if visitor.wants_body(tag, len as usize) {
                 if input.len() < total {
                     return Ok(total - input.len());
                 }
@@ -129,7 +130,7 @@ mod tests {
     }
 
     impl Visit for Tags {
-        fn wants_body(&self, tag: u8) -> bool {
+        fn wants_body(&self, tag: u8, _len: usize) -> bool {
             tag == b'Z'
         }
         fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {

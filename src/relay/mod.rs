@@ -66,6 +66,9 @@ pub struct Relay<'a> {
     settings: RelaySettings<'a>,
     pipeline: Pipeline,
     tally: Tally,
+    /// Tracked parameters reported since the last CommandComplete.
+    reported: Vec<String>,
+    reset_seen: bool,
     from_client: Scanner,
     from_backend: Scanner,
     /// Bytes a read buffer must hold for a whole-held message to complete.
@@ -88,6 +91,8 @@ impl<'a> Relay<'a> {
             settings,
             pipeline: Pipeline::default(),
             tally: Tally::default(),
+            reported: Vec::new(),
+            reset_seen: false,
             from_client: Scanner::default(),
             from_backend: Scanner::default(),
             client_need: 0,
@@ -135,6 +140,7 @@ impl<'a> Relay<'a> {
                 0
             },
             tally: &mut self.tally,
+            params: &self.backend.params,
             terminated: false,
         };
         self.client_need = self
@@ -174,6 +180,8 @@ impl<'a> Relay<'a> {
             transaction_mode: self.settings.transaction_mode,
             tally: &mut self.tally,
             stats: self.settings.stats,
+            reported: &mut self.reported,
+            reset_seen: &mut self.reset_seen,
         };
         self.backend_need = self
             .from_backend

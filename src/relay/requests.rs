@@ -15,6 +15,9 @@ use crate::protocol::write::{self, Severity};
 use crate::session::Session;
 use crate::stats::Tally;
 
+/// The longest simple query checked for `DEALLOCATE name`.
+const MAX_DEALLOCATE: usize = 256;
+
 pub struct FromClient<'a> {
     pub pipeline: &'a mut Pipeline,
     pub session: &'a mut Session,
@@ -23,13 +26,19 @@ pub struct FromClient<'a> {
     /// `max_prepared_statements`, 0 when named statements pass untouched.
     pub max_prepared: usize,
     pub tally: &'a mut Tally,
+    /// The backend's current parameters.
+    pub params: &'a [(String, String)],
     /// The client sent Terminate.
     pub terminated: bool,
 }
 
 impl Visit for FromClient<'_> {
-    fn wants_body(&self, tag: u8) -> bool {
-        self.max_prepared > 0 && matches!(tag, b'P' | b'B' | b'D' | b'C')
+    /// Named-statement messages are held whole; so are short simple
+    /// queries, which may be a SQL `DEALLOCATE name` of a protocol-level
+    /// statement (libpq before 17 drops statements that way).
+    fn wants_body(&self, tag: u8, len: usize) -> bool {
+        self.max_prepared > 0
+            && (matches!(tag, b'P' | b'B' | b'D' | b'C') || (tag == b'Q' && len <= MAX_DEALLOCATE))
     }
 
     fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {
@@ -50,7 +59,16 @@ impl Visit for FromClient<'_> {
             b'B' => self.tally.binds += 1,
             _ => {}
         }
+        if self.pipeline.is_empty() && !self.pipeline.unsynced && self.session.resync {
+            // A RESET put the backend back to its own defaults; the
+            // client's are its startup values.
+            self.session.resync = false;
+            if self.session.sync_query(self.params, out) {
+                self.pipeline.expect(Kind::Query, true, None);
+            }
+        }
         match tag {
+            b'Q' if !body.is_empty() && self.deallocate(body) => return Step::Drop,
             b'Q' | b'F' => self.pipeline.expect(Kind::Query, false, None),
             b'S' => {
                 self.pipeline.expect(Kind::Sync, false, None);
@@ -165,6 +183,30 @@ impl FromClient<'_> {
         step
     }
 
+    /// `DEALLOCATE [PREPARE] name` of one of the client's protocol-level
+    /// statements: forgotten and answered here (the backend keeps it for
+    /// others). Other names go to PostgreSQL (SQL-level PREPAREs, errors).
+    fn deallocate(&mut self, body: &[u8]) -> bool {
+        let Some(name) = deallocate_target(body) else {
+            return false;
+        };
+        if self.pipeline.status == crate::protocol::TransactionStatus::Failed
+            || !self.session.statements.contains_key(name.as_bytes())
+        {
+            return false;
+        }
+        let statement = self.session.statements.remove(name.as_bytes());
+        let undo = statement.map(|statement| Undo::Restore {
+            client_name: name.clone().into_bytes(),
+            statement,
+        });
+        let mut reply = BytesMut::new();
+        write::command_complete(&mut reply, "DEALLOCATE");
+        write::ready_for_query(&mut reply, self.pipeline.status);
+        self.pipeline.local(&reply, undo, self.to_client);
+        true
+    }
+
     /// Closing a named statement is the client's business only: the backend
     /// keeps it for others. PostgreSQL does not mind unknown names either.
     fn close(&mut self, body: &[u8]) -> Step {
@@ -214,5 +256,47 @@ impl FromClient<'_> {
         out.extend_from_slice(&statement.parse);
         self.statements.insert(&statement.server_name);
         self.tally.server_parses += 1;
+    }
+}
+
+/// The statement name of `DEALLOCATE [PREPARE] name[;]` (a double-quoted
+/// name keeps its case; a bare one is folded to lower case, as SQL does).
+fn deallocate_target(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(crate::protocol::fields::cstr(body)?.0).ok()?;
+    let text = text.trim().trim_end_matches(';').trim_end();
+    let mut words = text.splitn(2, char::is_whitespace);
+    if !words.next()?.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut rest = words.next()?.trim_start();
+    if let Some((first, after)) = rest.split_once(char::is_whitespace) {
+        if first.eq_ignore_ascii_case("prepare") {
+            rest = after.trim_start();
+        }
+    }
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let name = quoted.strip_suffix('"')?;
+        return (!name.contains('"')).then(|| name.to_owned());
+    }
+    if rest.is_empty() || rest.eq_ignore_ascii_case("all") || rest.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(rest.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deallocate_target;
+
+    #[test]
+    fn deallocate_names() {
+        let t = |s: &str| deallocate_target(format!("{s}\0").as_bytes());
+        assert_eq!(t("DEALLOCATE _pg3_0"), Some("_pg3_0".into()));
+        assert_eq!(t("deallocate prepare S_1;"), Some("s_1".into()));
+        assert_eq!(t("DEALLOCATE \"S_1\""), Some("S_1".into()));
+        assert_eq!(t("DEALLOCATE ALL"), None);
+        assert_eq!(t("DEALLOCATE PREPARE ALL"), None);
+        assert_eq!(t("SELECT 1"), None);
+        assert_eq!(t("DEALLOCATE"), None);
     }
 }

@@ -24,13 +24,17 @@ pub struct FromBackend<'a> {
     pub transaction_mode: bool,
     pub tally: &'a mut Tally,
     pub stats: &'a PoolStats,
+    /// Tracked parameters reported since the last ReadyForQuery.
+    pub reported: &'a mut Vec<String>,
+    /// A RESET or DISCARD ALL completed since the last ReadyForQuery.
+    pub reset_seen: &'a mut bool,
 }
 
 impl Visit for FromBackend<'_> {
     /// Everything but the bulk (DataRow, CopyData, notices) is small and
     /// held whole: a message that closes a reply is written here, followed
     /// by any local replies it makes due.
-    fn wants_body(&self, tag: u8) -> bool {
+    fn wants_body(&self, tag: u8, _len: usize) -> bool {
         !matches!(tag, b'D' | b'd' | b'N' | b'A')
     }
 
@@ -43,6 +47,7 @@ impl Visit for FromBackend<'_> {
                     backend::set_param(self.params, name, value);
                     if !hidden && session::is_tracked(name, self.extra_tracked) {
                         self.session.set_param(name, value);
+                        self.reported.push(name.to_owned());
                     }
                 }
             }
@@ -50,6 +55,10 @@ impl Visit for FromBackend<'_> {
                 if let Some(status) = body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
                     self.pipeline.status = status;
                 }
+                if std::mem::take(self.reset_seen) {
+                    self.restore_startup_params(out);
+                }
+                self.reported.clear();
                 if !hidden {
                     let idle = self.pipeline.status == TransactionStatus::Idle;
                     self.tally
@@ -99,12 +108,37 @@ fn copy_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
 
 impl FromBackend<'_> {
     /// Commands whose effects pgdyno must know of.
+    /// RESET (or DISCARD ALL) put parameters back to the backend's own
+    /// startup values; the client's are its own startup values. Tells the
+    /// client so (ahead of ReadyForQuery) and has the SETs sent before its
+    /// next request.
+    fn restore_startup_params(&mut self, out: &mut BytesMut) {
+        for name in self.reported.iter() {
+            let startup = self.session.startup.iter().find(|(k, _)| k == name);
+            let Some((_, value)) = startup.cloned() else {
+                continue;
+            };
+            self.session.set_param(name, &value);
+            self.session.resync = true;
+            crate::protocol::write::parameter_status(out, name, &value);
+        }
+    }
+
     fn command_complete(&mut self, body: &[u8]) {
         let tag = fields::cstr(body).map(|(t, _)| t).unwrap_or_default();
         match tag {
-            b"DEALLOCATE ALL" | b"DISCARD ALL" => {
+            b"DEALLOCATE ALL" => {
                 self.statements.clear();
                 self.session.statements.clear();
+            }
+            b"DISCARD ALL" | b"RESET" => {
+                if tag == b"DISCARD ALL" {
+                    self.statements.clear();
+                    self.session.statements.clear();
+                }
+                // PostgreSQL reports the changed values just before
+                // ReadyForQuery: they are dealt with there.
+                *self.reset_seen = true;
             }
             b"LISTEN" if self.transaction_mode => {
                 tracing::warn!(

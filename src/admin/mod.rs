@@ -1,0 +1,171 @@
+//! The admin console: the virtual databases `pgbouncer` and `pgdyno`,
+//! simple query protocol only, PgBouncer's commands and column layouts (so
+//! `pgbouncer_exporter` and people's habits keep working).
+//!
+//! `admin_users` may run everything; `stats_users` only `SHOW`.
+
+mod rows;
+mod show;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::error::{Error, Result};
+use crate::pooler::Pooler;
+use crate::protocol::write::{self, Severity};
+use crate::protocol::{fields, TransactionStatus};
+use crate::stream::Conn;
+
+/// The database names that reach the console.
+pub const DATABASES: &[&str] = &["pgbouncer", "pgdyno"];
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Stats,
+}
+
+/// The role of `user` on the console, if any.
+pub fn role(pooler: &Pooler, user: &str) -> Option<Role> {
+    let c = &pooler.config;
+    if c.admin_users.iter().any(|u| u == user) {
+        Some(Role::Admin)
+    } else if c.stats_users.iter().any(|u| u == user) {
+        Some(Role::Stats)
+    } else {
+        None
+    }
+}
+
+/// Answers console commands until the client leaves.
+pub async fn serve(conn: &mut Conn, pooler: &Arc<Pooler>, role: Role) -> Result<()> {
+    loop {
+        let msg = match conn.read_message(64 * 1024).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::ClientProtocol(e.to_string()))
+            }
+            Err(e) => return Err(Error::ClientIo(e)),
+        };
+        match msg.tag {
+            b'X' => return Ok(()),
+            b'Q' => {
+                let text = fields::cstr(&msg.body)
+                    .map(|(q, _)| String::from_utf8_lossy(q).into_owned())
+                    .unwrap_or_default();
+                let mut out = BytesMut::new();
+                match run(&text, pooler, role, &mut out).await {
+                    Ok(()) => {}
+                    Err(message) => {
+                        out.clear();
+                        write::error_response(&mut out, Severity::Error, "08P01", &message);
+                    }
+                }
+                write::ready_for_query(&mut out, TransactionStatus::Idle);
+                conn.wbuf.extend_from_slice(&out);
+                conn.flush().await.map_err(Error::ClientIo)?;
+            }
+            _ => {
+                return Err(Error::ClientProtocol(
+                    "the admin console speaks only the simple query protocol".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Runs one command (several separated by `;` run in turn).
+async fn run(
+    text: &str,
+    pooler: &Arc<Pooler>,
+    role: Role,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    let commands: Vec<&str> = text
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if commands.is_empty() {
+        write::command_complete(out, "");
+        return Ok(());
+    }
+    for command in commands {
+        let words: Vec<String> = command
+            .split_whitespace()
+            .map(|w| w.to_ascii_lowercase())
+            .collect();
+        let word = |i: usize| words.get(i).map(String::as_str);
+        let arg = command.split_whitespace().nth(1);
+        match (word(0), word(1)) {
+            (Some("show"), Some(what)) => show::show(what, pooler, out)?,
+            (Some("show"), None) => return Err("SHOW what? (SHOW HELP lists them)".into()),
+            _ if role != Role::Admin => {
+                return Err(format!(
+                    "admin access needed for \"{command}\" (stats_users may only SHOW)"
+                ))
+            }
+            (Some("pause"), _) => {
+                for pool in pools_of(pooler, arg)? {
+                    pool.pause().await;
+                }
+                write::command_complete(out, "PAUSE");
+            }
+            (Some("resume"), _) => {
+                for pool in pools_of(pooler, arg)? {
+                    pool.resume();
+                }
+                write::command_complete(out, "RESUME");
+            }
+            (Some("reconnect"), _) => {
+                for pool in pools_of(pooler, arg)? {
+                    pool.reconnect();
+                }
+                write::command_complete(out, "RECONNECT");
+            }
+            (Some("kill"), _) => {
+                let pools = pools_of(pooler, arg)?;
+                for entry in pooler.registry.clients.iter() {
+                    if arg.is_none_or(|db| entry.database == db) {
+                        entry.kill.cancel();
+                    }
+                }
+                for pool in pools {
+                    pool.close_idle();
+                }
+                write::command_complete(out, "KILL");
+            }
+            (Some("shutdown"), _) => {
+                tracing::info!("SHUTDOWN from the admin console");
+                pooler.shutdown.begin(pooler.config.shutdown_timeout);
+                write::command_complete(out, "SHUTDOWN");
+            }
+            _ => {
+                return Err(format!(
+                    "invalid command \"{command}\" (SHOW HELP lists the commands)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pools of one database, or all of them; an unknown name is an error.
+fn pools_of(
+    pooler: &Pooler,
+    database: Option<&str>,
+) -> Result<Vec<Arc<crate::pool::Pool>>, String> {
+    if let Some(db) = database {
+        if pooler.config.database(db).is_none() {
+            return Err(format!("no such database: {db}"));
+        }
+    }
+    Ok(pooler
+        .pools()
+        .into_iter()
+        .filter(|p| database.is_none_or(|db| p.database == db))
+        .collect())
+}

@@ -1,0 +1,119 @@
+//! Result sets as the admin console sends them: RowDescription, DataRows
+//! of text values, CommandComplete.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::protocol::write;
+
+/// Column types, as PostgreSQL OIDs.
+#[derive(Clone, Copy)]
+pub enum Type {
+    Text = 25,
+    Int4 = 23,
+    Int8 = 20,
+}
+
+/// A result set being built: columns first, then rows of text values.
+pub struct Table {
+    columns: Vec<(&'static str, Type)>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, Type)]) -> Table {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; values in column order, `None` for NULL.
+    pub fn row(&mut self, values: Vec<Option<String>>) {
+        debug_assert_eq!(values.len(), self.columns.len());
+        self.rows.push(values);
+    }
+
+    /// Writes RowDescription, the DataRows and CommandComplete `SHOW`.
+    pub fn write(&self, out: &mut BytesMut) {
+        message(out, b'T', |b| {
+            b.put_i16(self.columns.len() as i16);
+            for (name, ty) in &self.columns {
+                b.put_slice(name.as_bytes());
+                b.put_u8(0);
+                b.put_i32(0); // table oid
+                b.put_i16(0); // column number
+                b.put_i32(*ty as i32);
+                b.put_i16(match ty {
+                    Type::Int4 => 4,
+                    Type::Int8 => 8,
+                    _ => -1,
+                });
+                b.put_i32(-1); // type modifier
+                b.put_i16(0); // text format
+            }
+        });
+        for row in &self.rows {
+            message(out, b'D', |b| {
+                b.put_i16(row.len() as i16);
+                for value in row {
+                    match value {
+                        Some(v) => {
+                            b.put_i32(v.len() as i32);
+                            b.put_slice(v.as_bytes());
+                        }
+                        None => b.put_i32(-1),
+                    }
+                }
+            });
+        }
+        write::command_complete(out, "SHOW");
+    }
+}
+
+fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let at = buf.len();
+    buf.put_i32(0);
+    body(buf);
+    let len = (buf.len() - at) as i32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Shorthand for a present value.
+pub fn v(x: impl ToString) -> Option<String> {
+    Some(x.to_string())
+}
+
+/// `2026-11-26 14:00:00 UTC` from microseconds since the epoch.
+pub fn timestamp(us: u64) -> String {
+    let secs = (us / 1_000_000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(timestamp(1_795_701_600_000_000), "2026-11-26 14:00:00 UTC");
+        assert_eq!(timestamp(951_782_400_000_000), "2000-02-29 00:00:00 UTC");
+    }
+}

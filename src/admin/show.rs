@@ -1,0 +1,524 @@
+//! The SHOW commands, with PgBouncer's column names, order and types.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::BytesMut;
+
+use super::rows::{timestamp, v, Table, Type};
+use crate::config::{Host, PoolMode, SETTINGS};
+use crate::pooler::Pooler;
+use crate::stats::Totals;
+
+use Type::{Int4, Int8, Text};
+
+pub fn show(what: &str, pooler: &Pooler, out: &mut BytesMut) -> Result<(), String> {
+    let table = match what {
+        "help" => help(),
+        "version" => {
+            let mut t = Table::new(&[("version", Text)]);
+            t.row(vec![v(version())]);
+            t
+        }
+        "config" => config(pooler),
+        "lists" => lists(pooler),
+        "pools" => pools(pooler),
+        "stats" => stats(pooler),
+        "stats_totals" => stats_totals(pooler),
+        "stats_averages" => stats_averages(pooler),
+        "clients" => clients(pooler),
+        "servers" => servers(pooler),
+        "databases" => databases(pooler),
+        "users" => users(pooler),
+        other => {
+            return Err(format!(
+                "unknown SHOW item \"{other}\" (SHOW HELP lists them)"
+            ))
+        }
+    };
+    table.write(out);
+    Ok(())
+}
+
+/// PgBouncer-compatible version text (pgbouncer_exporter reads the number).
+pub fn version() -> String {
+    format!(
+        "PgBouncer 1.25.0 compatible: pgdyno {}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn help() -> Table {
+    let mut t = Table::new(&[("command", Text)]);
+    for line in [
+        "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION",
+        "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS",
+        "PAUSE [<db>]",
+        "RESUME [<db>]",
+        "RECONNECT [<db>]",
+        "KILL [<db>]",
+        "SHUTDOWN",
+    ] {
+        t.row(vec![v(line)]);
+    }
+    t
+}
+
+fn config(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[
+        ("key", Text),
+        ("value", Text),
+        ("default", Text),
+        ("changeable", Text),
+    ]);
+    let c = &pooler.config;
+    let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
+    let opt = |d: Option<std::time::Duration>| d.map(secs).unwrap_or_else(|| "0".into());
+    let mode = |m: PoolMode| match m {
+        PoolMode::Session => "session",
+        PoolMode::Transaction => "transaction",
+    };
+    for s in SETTINGS {
+        let value = match s.name {
+            "listen" => c.listen.to_string(),
+            "pool_mode" => mode(c.pool_mode).into(),
+            "default_pool_size" => c.default_pool_size.to_string(),
+            "min_pool_size" => c.min_pool_size.to_string(),
+            "reserve_pool_size" => c.reserve_pool_size.to_string(),
+            "reserve_pool_timeout" => secs(c.reserve_pool_timeout),
+            "max_client_conn" => c.max_client_conn.to_string(),
+            "max_db_connections" => c.max_db_connections.to_string(),
+            "max_user_connections" => c.max_user_connections.to_string(),
+            "query_wait_timeout" => opt(c.query_wait_timeout),
+            "client_login_timeout" => secs(c.client_login_timeout),
+            "server_connect_timeout" => secs(c.server_connect_timeout),
+            "server_idle_timeout" => opt(c.server_idle_timeout),
+            "server_lifetime" => opt(c.server_lifetime),
+            "shutdown_timeout" => secs(c.shutdown_timeout),
+            "server_reset_query" => c.server_reset_query.clone(),
+            "max_prepared_statements" => c.max_prepared_statements.to_string(),
+            "max_packet_size" => c.max_packet_size.to_string(),
+            "stats_period" => secs(c.stats_period),
+            "admin_users" => c.admin_users.join(","),
+            "stats_users" => c.stats_users.join(","),
+            "ignore_startup_parameters" => c.ignore_startup_parameters.join(","),
+            "track_extra_parameters" => c.track_extra_parameters.join(","),
+            "log_level" => c.log_level.clone(),
+            "auth_file" => c
+                .auth_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            "unix_socket_dir" => c
+                .unix_socket_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            "metrics_listen" => c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+            // Never show secrets (upstream URLs carry passwords).
+            "upstream" => String::new(),
+            _ => s.default.to_owned(),
+        };
+        t.row(vec![v(s.name), v(value), v(s.default), v("no")]);
+    }
+    t
+}
+
+fn lists(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[("list", Text), ("items", Int4)]);
+    let pools = pooler.pools();
+    let users: std::collections::BTreeSet<_> = pools.iter().map(|p| p.user.clone()).collect();
+    let (mut used, mut free) = (0, 0);
+    for p in &pools {
+        let s = p.snapshot();
+        used += s.backends_active;
+        free += s.backends_idle;
+    }
+    let clients = pooler.registry.clients.len();
+    for (name, n) in [
+        ("databases", pooler.config.databases.len()),
+        ("users", users.len()),
+        ("pools", pools.len()),
+        ("free_clients", 0),
+        ("used_clients", clients),
+        ("login_clients", 0),
+        ("free_servers", free),
+        ("used_servers", used),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.row(vec![v(name), v(n)]);
+    }
+    t
+}
+
+fn pools(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[
+        ("database", Text),
+        ("user", Text),
+        ("cl_active", Int4),
+        ("cl_waiting", Int4),
+        ("cl_active_cancel_req", Int4),
+        ("cl_waiting_cancel_req", Int4),
+        ("sv_active", Int4),
+        ("sv_active_cancel", Int4),
+        ("sv_being_canceled", Int4),
+        ("sv_idle", Int4),
+        ("sv_used", Int4),
+        ("sv_tested", Int4),
+        ("sv_login", Int4),
+        ("maxwait", Int4),
+        ("maxwait_us", Int4),
+        ("pool_mode", Text),
+        ("load_balance_hosts", Text),
+    ]);
+    for p in pooler.pools() {
+        let s = p.snapshot();
+        let wait = s.longest_wait;
+        let mode = match p.settings.mode {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        };
+        t.row(vec![
+            v(&p.database),
+            v(&p.user),
+            v(s.clients_active),
+            v(s.clients_waiting),
+            v(0),
+            v(0),
+            v(s.backends_active),
+            v(0),
+            v(0),
+            v(s.backends_idle),
+            v(0),
+            v(0),
+            v(s.backends_login),
+            v(wait.as_secs()),
+            v(wait.subsec_micros()),
+            v(mode),
+            None,
+        ]);
+    }
+    t
+}
+
+/// Totals per database, summed over its pools.
+fn totals(pooler: &Pooler) -> BTreeMap<String, Totals> {
+    let mut by_db: BTreeMap<String, Totals> = pooler
+        .config
+        .databases
+        .iter()
+        .map(|d| (d.name.clone(), Totals::default()))
+        .collect();
+    for p in pooler.pools() {
+        by_db
+            .entry(p.database.clone())
+            .or_default()
+            .add_pool(&p.stats);
+    }
+    by_db
+}
+
+fn averages(pooler: &Pooler) -> BTreeMap<String, Totals> {
+    let periods = pooler.periods.by_database.lock().unwrap();
+    totals(pooler)
+        .into_keys()
+        .map(|db| {
+            let avg = periods
+                .get(&db)
+                .map(|(before, after)| after.averages(before, pooler.config.stats_period))
+                .unwrap_or_default();
+            (db, avg)
+        })
+        .collect()
+}
+
+const STAT_NAMES: [&str; 12] = [
+    "server_assignment_count",
+    "xact_count",
+    "query_count",
+    "received",
+    "sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+    "client_parse_count",
+    "server_parse_count",
+    "bind_count",
+    "client_login_count",
+];
+
+fn values(t: &Totals) -> [u64; 12] {
+    [
+        t.assignments,
+        t.xacts,
+        t.queries,
+        t.received,
+        t.sent,
+        t.xact_us,
+        t.query_us,
+        t.wait_us,
+        t.client_parses,
+        t.server_parses,
+        t.binds,
+        t.logins,
+    ]
+}
+
+fn stats(pooler: &Pooler) -> Table {
+    const TOTAL: [&str; 12] = [
+        "total_server_assignment_count",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "total_xact_time",
+        "total_query_time",
+        "total_wait_time",
+        "total_client_parse_count",
+        "total_server_parse_count",
+        "total_bind_count",
+        "total_client_login_count",
+    ];
+    const AVG: [&str; 12] = [
+        "avg_server_assignment_count",
+        "avg_xact_count",
+        "avg_query_count",
+        "avg_recv",
+        "avg_sent",
+        "avg_xact_time",
+        "avg_query_time",
+        "avg_wait_time",
+        "avg_client_parse_count",
+        "avg_server_parse_count",
+        "avg_bind_count",
+        "avg_client_login_count",
+    ];
+    let mut columns = vec![("database", Text)];
+    columns.extend(TOTAL.iter().map(|n| (*n, Int8)));
+    columns.extend(AVG.iter().map(|n| (*n, Int8)));
+    let mut t = Table::new(&columns);
+    let avgs = averages(pooler);
+    for (db, total) in totals(pooler) {
+        let avg = avgs.get(&db).copied().unwrap_or_default();
+        let mut row = vec![v(&db)];
+        row.extend(values(&total).iter().map(v));
+        row.extend(values(&avg).iter().map(v));
+        t.row(row);
+    }
+    t
+}
+
+fn stats_totals(pooler: &Pooler) -> Table {
+    let names = STAT_NAMES.map(|n| match n {
+        "received" => "bytes_received",
+        "sent" => "bytes_sent",
+        other => other,
+    });
+    let mut columns = vec![("database", Text)];
+    columns.extend(names.iter().map(|n| (*n, Int8)));
+    let mut t = Table::new(&columns);
+    for (db, total) in totals(pooler) {
+        let mut row = vec![v(&db)];
+        row.extend(values(&total).iter().map(v));
+        t.row(row);
+    }
+    t
+}
+
+fn stats_averages(pooler: &Pooler) -> Table {
+    let mut columns = vec![("database", Text)];
+    columns.extend(STAT_NAMES.iter().map(|n| (*n, Int8)));
+    let mut t = Table::new(&columns);
+    for (db, avg) in averages(pooler) {
+        let mut row = vec![v(&db)];
+        row.extend(values(&avg).iter().map(v));
+        t.row(row);
+    }
+    t
+}
+
+const CONNECTION_COLUMNS: &[(&str, Type)] = &[
+    ("type", Text),
+    ("user", Text),
+    ("database", Text),
+    ("state", Text),
+    ("addr", Text),
+    ("port", Int4),
+    ("local_addr", Text),
+    ("local_port", Int4),
+    ("connect_time", Text),
+    ("request_time", Text),
+    ("wait", Int4),
+    ("wait_us", Int4),
+    ("close_needed", Int4),
+    ("ptr", Text),
+    ("link", Text),
+    ("remote_pid", Int4),
+    ("tls", Text),
+    ("application_name", Text),
+    ("prepared_statements", Int4),
+];
+
+fn clients(pooler: &Pooler) -> Table {
+    let mut t = Table::new(CONNECTION_COLUMNS);
+    let listen = pooler.config.listen;
+    let mut entries: Vec<_> = pooler
+        .registry
+        .clients
+        .iter()
+        .map(|e| e.value().clone())
+        .collect();
+    entries.sort_by_key(|e| e.id);
+    for c in entries {
+        let waited = c.waited_us();
+        let wait = waited.unwrap_or(0);
+        t.row(vec![
+            v("C"),
+            v(&c.user),
+            v(&c.database),
+            v(if waited.is_some() {
+                "waiting"
+            } else {
+                "active"
+            }),
+            v(&c.addr),
+            v(c.port),
+            v(listen.ip()),
+            v(listen.port()),
+            v(timestamp(c.connect_time_us)),
+            v(timestamp(c.request_time_us.load(Relaxed))),
+            v(wait / 1_000_000),
+            v(wait % 1_000_000),
+            v(0),
+            v(format!("{:x}", c.id)),
+            None,
+            v(c.process_id),
+            None,
+            v(&c.application_name),
+            v(0),
+        ]);
+    }
+    t
+}
+
+fn servers(pooler: &Pooler) -> Table {
+    let mut t = Table::new(CONNECTION_COLUMNS);
+    let mut entries: Vec<_> = pooler
+        .registry
+        .servers
+        .iter()
+        .map(|e| e.value().clone())
+        .collect();
+    entries.sort_by_key(|e| e.id);
+    for s in entries {
+        let active = s.active.load(Relaxed);
+        t.row(vec![
+            v("S"),
+            v(&s.user),
+            v(&s.database),
+            v(if active { "active" } else { "idle" }),
+            v(&s.addr),
+            v(s.port),
+            None,
+            None,
+            v(timestamp(s.connect_time_us)),
+            v(timestamp(
+                s.request_time_us.load(Relaxed).max(s.connect_time_us),
+            )),
+            v(0),
+            v(0),
+            v(0),
+            v(format!("{:x}", s.id)),
+            None,
+            v(s.remote_pid),
+            None,
+            None,
+            v(0),
+        ]);
+    }
+    t
+}
+
+fn databases(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[
+        ("name", Text),
+        ("host", Text),
+        ("port", Int4),
+        ("database", Text),
+        ("force_user", Text),
+        ("pool_size", Int4),
+        ("min_pool_size", Int4),
+        ("reserve_pool_size", Int4),
+        ("server_lifetime", Int4),
+        ("pool_mode", Text),
+        ("load_balance_hosts", Text),
+        ("max_connections", Int4),
+        ("current_connections", Int4),
+        ("max_client_connections", Int4),
+        ("current_client_connections", Int4),
+        ("paused", Int4),
+        ("disabled", Int4),
+    ]);
+    let pools = pooler.pools();
+    for d in &pooler.config.databases {
+        let mine: Vec<_> = pools.iter().filter(|p| p.database == d.name).collect();
+        let current: usize = mine
+            .iter()
+            .map(|p| {
+                let s = p.snapshot();
+                s.backends_active + s.backends_idle + s.backends_login
+            })
+            .sum();
+        let clients = pooler
+            .registry
+            .clients
+            .iter()
+            .filter(|c| c.database == d.name)
+            .count();
+        let host = match &d.upstream.host {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        };
+        let mode = match d.pool_mode {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        };
+        t.row(vec![
+            v(&d.name),
+            v(host),
+            v(d.upstream.port),
+            v(d.upstream.dbname.as_deref().unwrap_or(&d.name)),
+            d.upstream.user.as_ref().map(v).unwrap_or(None),
+            v(d.pool_size),
+            v(d.min_pool_size),
+            v(d.reserve_pool_size),
+            v(pooler
+                .config
+                .server_lifetime
+                .map(|l| l.as_secs())
+                .unwrap_or(0)),
+            v(mode),
+            None,
+            v(d.max_db_connections),
+            v(current),
+            v(0),
+            v(clients),
+            v(i32::from(mine.iter().any(|p| p.is_paused()))),
+            v(0),
+        ]);
+    }
+    t
+}
+
+fn users(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[("name", Text), ("pool_mode", Text)]);
+    let names: std::collections::BTreeSet<_> =
+        pooler.pools().iter().map(|p| p.user.clone()).collect();
+    for n in names {
+        t.row(vec![v(n), None]);
+    }
+    t
+}

@@ -1,0 +1,173 @@
+//! Who is connected right now, for `SHOW CLIENTS` and `SHOW SERVERS`: an
+//! entry per client and per backend, added when it logs in and removed when
+//! it goes. The only hot-path cost is a relaxed store when a client starts
+//! or stops waiting and when a backend is lent or returned.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// One logged-in client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub addr: String,
+    pub port: u16,
+    pub application_name: String,
+    pub connect_time_us: u64,
+    /// When it last sent a request (µs since the epoch).
+    pub request_time_us: AtomicU64,
+    /// Waiting for a backend since (µs since the epoch), or 0.
+    pub waiting_since_us: AtomicU64,
+    /// The pgdyno-issued cancel key's process id.
+    pub process_id: i32,
+    /// KILL from the admin console.
+    pub kill: tokio_util::sync::CancellationToken,
+}
+
+impl ClientEntry {
+    pub fn start_waiting(&self) {
+        let now = now_us();
+        self.request_time_us.store(now, Relaxed);
+        self.waiting_since_us.store(now, Relaxed);
+    }
+
+    pub fn stop_waiting(&self) {
+        self.waiting_since_us.store(0, Relaxed);
+    }
+
+    /// Microseconds it has been waiting, if it is.
+    pub fn waited_us(&self) -> Option<u64> {
+        match self.waiting_since_us.load(Relaxed) {
+            0 => None,
+            since => Some(now_us().saturating_sub(since)),
+        }
+    }
+}
+
+/// One backend connection.
+#[derive(Debug)]
+pub struct ServerEntry {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub addr: String,
+    pub port: u16,
+    pub connect_time_us: u64,
+    pub remote_pid: i32,
+    /// Lent to a client (else idle in its pool).
+    pub active: AtomicBool,
+    pub request_time_us: AtomicU64,
+}
+
+impl ServerEntry {
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, Relaxed);
+        self.request_time_us.store(now_us(), Relaxed);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub clients: DashMap<u64, Arc<ClientEntry>>,
+    pub servers: DashMap<u64, Arc<ServerEntry>>,
+    next_client: AtomicU64,
+}
+
+/// Removes an entry from the registry when dropped.
+pub struct Listed<T: Unlist> {
+    registry: Arc<Registry>,
+    pub entry: Arc<T>,
+}
+
+impl Registry {
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_client(
+        self: &Arc<Self>,
+        user: &str,
+        database: &str,
+        peer: &str,
+        application_name: &str,
+        process_id: i32,
+    ) -> Listed<ClientEntry> {
+        let id = self.next_client.fetch_add(1, Relaxed);
+        let (addr, port) = split_peer(peer);
+        let now = now_us();
+        let entry = Arc::new(ClientEntry {
+            id,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            addr,
+            port,
+            application_name: application_name.to_owned(),
+            connect_time_us: now,
+            request_time_us: AtomicU64::new(now),
+            waiting_since_us: AtomicU64::new(0),
+            process_id,
+            kill: Default::default(),
+        });
+        self.clients.insert(id, entry.clone());
+        Listed {
+            registry: self.clone(),
+            entry,
+        }
+    }
+
+    pub fn add_server(self: &Arc<Self>, entry: ServerEntry) -> Listed<ServerEntry> {
+        let entry = Arc::new(entry);
+        self.servers.insert(entry.id, entry.clone());
+        Listed {
+            registry: self.clone(),
+            entry,
+        }
+    }
+}
+
+/// `"127.0.0.1:5000"` → ("127.0.0.1", 5000); a Unix socket peer → ("unix", 0).
+pub fn split_peer(peer: &str) -> (String, u16) {
+    match peer.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_matches(['[', ']']).to_owned(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (peer.to_owned(), 0),
+    }
+}
+
+pub fn epoch_us() -> u64 {
+    now_us()
+}
+
+/// A client entry's and a server entry's removal.
+pub trait Unlist {
+    fn unlist(registry: &Registry, entry: &Self);
+}
+
+impl Unlist for ClientEntry {
+    fn unlist(registry: &Registry, entry: &Self) {
+        registry.clients.remove(&entry.id);
+    }
+}
+
+impl Unlist for ServerEntry {
+    fn unlist(registry: &Registry, entry: &Self) {
+        registry.servers.remove(&entry.id);
+    }
+}
+
+impl<T: Unlist> Drop for Listed<T> {
+    fn drop(&mut self) {
+        T::unlist(&self.registry, &self.entry);
+    }
+}
