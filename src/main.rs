@@ -153,6 +153,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(listen = %addr, "metrics and health endpoints listening");
         tokio::spawn(pgdyno::metrics::serve(listener, pooler.clone(), handle));
     }
+    tokio::spawn(pooler.clone().keep_stats());
     let shutdown = pooler.shutdown.clone();
     let timeout = pooler.config.shutdown_timeout;
     let mut server = tokio::spawn(listeners.serve(pooler.clone()));

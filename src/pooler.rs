@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError, DatabaseConfig};
 use crate::pool::{Limit, Pool, PoolSettings};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::stats::{GlobalStats, Periods};
+use crate::stats::{GlobalStats, Periods, Totals};
 
 pub struct Pooler {
     pub config: Arc<Config>,
@@ -104,6 +104,50 @@ impl Pooler {
         let mut pools: Vec<_> = self.pools.iter().map(|p| p.value().clone()).collect();
         pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
         pools
+    }
+
+    /// Every `stats_period`: keeps the snapshots SHOW STATS averages over,
+    /// and logs one line per database with traffic, like PgBouncer's.
+    pub async fn keep_stats(self: Arc<Self>) {
+        let period = self
+            .config
+            .stats_period
+            .max(std::time::Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let mut now: std::collections::BTreeMap<String, Totals> =
+                std::collections::BTreeMap::new();
+            for pool in self.pools() {
+                now.entry(pool.database.clone())
+                    .or_default()
+                    .add_pool(&pool.stats);
+            }
+            let mut periods = self.periods.by_database.lock().unwrap();
+            for (db, totals) in now {
+                let before = periods
+                    .get(&db)
+                    .map(|(_, after)| *after)
+                    .unwrap_or_default();
+                let avg = totals.averages(&before, period);
+                if totals != before {
+                    tracing::info!(
+                        event = "stats",
+                        database = %db,
+                        xacts_per_s = avg.xacts,
+                        queries_per_s = avg.queries,
+                        in_bytes_per_s = avg.received,
+                        out_bytes_per_s = avg.sent,
+                        xact_us = avg.xact_us,
+                        query_us = avg.query_us,
+                        wait_us = avg.wait_us,
+                        "stats"
+                    );
+                }
+                periods.insert(db, (before, totals));
+            }
+        }
     }
 
     fn settings(&self, db: &DatabaseConfig) -> PoolSettings {

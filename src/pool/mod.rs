@@ -140,6 +140,14 @@ impl Pool {
     /// the next waiter (the send fails and `hand_over` moves on).
     pub async fn checkout(&self) -> Result<Backend> {
         let started = Instant::now();
+        let backend = self.lend().await?;
+        self.stats.assigned(started.elapsed());
+        Ok(backend)
+    }
+
+    /// [`Pool::checkout`] without counting an assignment (pgdyno's own use).
+    async fn lend(&self) -> Result<Backend> {
+        let started = Instant::now();
         while self.paused.load(Relaxed) {
             let resumed = self.resumed.notified();
             if !self.paused.load(Relaxed) {
@@ -177,9 +185,7 @@ impl Pool {
                 })?
             }
         };
-        let backend = self.use_grant(grant).await?;
-        self.stats.assigned(started.elapsed());
-        Ok(backend)
+        self.use_grant(grant).await
     }
 
     async fn wait(
@@ -381,7 +387,7 @@ impl Pool {
         if let Some(p) = self.state.lock().unwrap().server_params.clone() {
             return Ok(p);
         }
-        let backend = self.checkout().await?;
+        let backend = self.lend().await?;
         let params = Arc::new(backend.params.clone());
         self.release(backend, true);
         Ok(params)
