@@ -124,7 +124,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     span.record("database", startup.database.as_str());
 
     if crate::admin::DATABASES.contains(&startup.database.as_str()) {
-        return console(pooler, conn, &startup, login_deadline).await;
+        return console(pooler, conn, &startup, peer, login_deadline).await;
     }
     if pooler.clients.fetch_add(1, Ordering::Relaxed) >= config.max_client_conn {
         pooler.clients.fetch_sub(1, Ordering::Relaxed);
@@ -139,18 +139,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     let db = config
         .database(&startup.database)
         .ok_or_else(|| Error::NoSuchDatabase(startup.database.clone()))?;
-    let secret = pooler.users.get(&startup.user);
-    let proof = tokio::time::timeout_at(
-        login_deadline,
-        authenticate(conn, config.auth_type, &startup.user, secret.as_deref()),
-    )
-    .await
-    .map_err(|_| Error::LoginTimeout)?
-    .inspect_err(|e| {
-        if matches!(e, Error::AuthFailed { .. }) {
-            pooler.stats.login_failures.fetch_add(1, Ordering::Relaxed);
-        }
-    })?;
+    let proof = login(pooler, conn, &startup.user, peer, login_deadline).await?;
     let pool = pooler.pool(db, &startup.user, &proof);
     let mut session = welcome(conn, config, &pool, &startup).await?;
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
@@ -195,22 +184,59 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     result
 }
 
+/// Authenticates a client, slowing down and then refusing addresses that
+/// keep failing.
+async fn login(
+    pooler: &Pooler,
+    conn: &mut Conn,
+    user: &str,
+    peer: &str,
+    deadline: tokio::time::Instant,
+) -> Result<crate::auth::client::Proof> {
+    let ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+    if ip.is_some_and(|ip| pooler.throttle.blocked(ip)) {
+        pooler
+            .stats
+            .throttled_logins
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(Error::AuthUnsupported(
+            "too many failed login attempts from this address; try again later".into(),
+        ));
+    }
+    let secret = pooler.users.get(user);
+    let result = tokio::time::timeout_at(
+        deadline,
+        authenticate(conn, pooler.config.auth_type, user, secret.as_deref()),
+    )
+    .await
+    .map_err(|_| Error::LoginTimeout)?;
+    match (&result, ip) {
+        (Err(Error::AuthFailed { .. }), ip) => {
+            pooler.stats.login_failures.fetch_add(1, Ordering::Relaxed);
+            if let Some(ip) = ip {
+                let (delay, blocked) = pooler.throttle.failed(ip);
+                if blocked {
+                    tracing::warn!(event = "login_blocked", client_addr = %ip, "too many failed logins: refusing this address for a while");
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+        (Ok(_), Some(ip)) => pooler.throttle.succeeded(ip),
+        _ => {}
+    }
+    result
+}
+
 /// A client of the admin console: exempt from `max_client_conn`, and only
 /// for `admin_users` and `stats_users`.
 async fn console(
     pooler: &Arc<Pooler>,
     conn: &mut Conn,
     startup: &Startup,
+    peer: &str,
     login_deadline: tokio::time::Instant,
 ) -> Result<()> {
-    let config = &pooler.config;
-    let secret = pooler.users.get(&startup.user);
-    tokio::time::timeout_at(
-        login_deadline,
-        authenticate(conn, config.auth_type, &startup.user, secret.as_deref()),
-    )
-    .await
-    .map_err(|_| Error::LoginTimeout)??;
+    login(pooler, conn, &startup.user, peer, login_deadline).await?;
     let role = crate::admin::role(pooler, &startup.user).ok_or_else(|| {
         Error::AuthUnsupported(format!(
             "user \"{}\" is not in admin_users or stats_users",

@@ -34,5 +34,6 @@ pub mod registry;
 pub mod relay;
 pub mod session;
 pub mod shutdown;
+pub mod sidecar;
 pub mod stats;
 pub mod stream;

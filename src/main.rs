@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use pgdyno::config::{Config, LogFormat, Sources, SETTINGS};
 use pgdyno::listener::Listeners;
 use pgdyno::pooler::Pooler;
+use pgdyno::sidecar::{Sidecar, SidecarError};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "\
@@ -14,6 +15,7 @@ pgdyno: a connection-pooling PostgreSQL proxy
 
 Usage:
   pgdyno [--config FILE] [--SETTING VALUE]...
+  pgdyno run [--SETTING VALUE]... -- COMMAND [ARGS]...   (beside an app: see docs/heroku.md)
 
   pgdyno --listen 127.0.0.1:6432 --upstream postgres://user:pass@host:5432/db \\
          --pool-mode transaction --pool-size 20 --max-client-conn 1000
@@ -25,7 +27,11 @@ env over the file. With no upstream and no [databases], DATABASE_URL is used.
 Settings (default):";
 
 fn main() -> anyhow::Result<()> {
-    let sources = parse_args(std::env::args().skip(1))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "run") {
+        return run_sidecar(&args[1..]);
+    }
+    let sources = parse_args(args.into_iter())?;
     let config = match Config::load(&sources) {
         Ok(c) => c,
         Err(e) => {
@@ -42,6 +48,28 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(serve(config))
+}
+
+/// `pgdyno run [--SETTING VALUE]... -- COMMAND [ARGS]...`: see `pgdyno::sidecar`.
+fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
+    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let sources = parse_args(args[..split].iter().cloned())?;
+    let command = args.get(split + 1..).unwrap_or_default().to_vec();
+    let sidecar = Sidecar::prepare(sources, command).unwrap_or_else(|e| exit_with(e));
+    init_logging(&sidecar.config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match runtime.block_on(sidecar.run()) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => exit_with(e),
+    }
+}
+
+fn exit_with(e: SidecarError) -> ! {
+    eprintln!("pgdyno run: {e}");
+    std::process::exit(e.exit_code())
 }
 
 /// `--key value`, `--key=value`, and `--switch` alone (meaning true).

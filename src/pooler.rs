@@ -9,6 +9,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::auth::client::Proof;
+use crate::auth::throttle::Throttle;
 use crate::auth::{Secret, Users};
 use crate::backend::{Credential, Target};
 use crate::cancel::Cancels;
@@ -24,6 +25,7 @@ pub struct Pooler {
     pub cancels: Arc<Cancels>,
     pub shutdown: Shutdown,
     pub registry: Arc<Registry>,
+    pub throttle: Throttle,
     /// Clients past login, counted against `max_client_conn`.
     pub clients: AtomicUsize,
     pub stats: GlobalStats,
@@ -42,12 +44,18 @@ impl Pooler {
             .iter()
             .map(|d| (d.name.clone(), Arc::new(Limit::new(d.max_db_connections))))
             .collect();
+        let throttle = Throttle::new(
+            config.auth_failure_limit.min(u32::MAX as usize) as u32,
+            config.auth_failure_block_time,
+            config.auth_failure_delay,
+        );
         Ok(Arc::new(Pooler {
             config: Arc::new(config),
             users,
             cancels: Arc::default(),
             shutdown: Shutdown::default(),
             registry: Arc::default(),
+            throttle,
             clients: AtomicUsize::new(0),
             stats: GlobalStats::default(),
             periods: Periods::default(),

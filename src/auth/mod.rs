@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod scram;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::path::Path;
