@@ -167,6 +167,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
         peer,
         &app_name,
         cancel.slot.process_id,
+        &pooler.shutdown,
     );
     let result = serve_queries(
         conn,
@@ -449,28 +450,38 @@ async fn serve_queries(
         extra_tracked: &config.track_extra_parameters,
         stats: &pool.stats,
     };
-    let shutdown = &pooler.shutdown;
-    let kill = &me.kill;
+    // Why a stop token fired: the shutdown, or KILL.
+    let stopped = || {
+        if pooler.shutdown.drain.is_cancelled() {
+            Error::ShuttingDown
+        } else {
+            Error::Killed
+        }
+    };
+    // Made once: each poll then touches only this client's tokens.
+    let stop = me.stop.cancelled();
+    let stop_when_idle = me.stop_when_idle.cancelled();
+    tokio::pin!(stop, stop_when_idle);
     loop {
         tokio::select! {
+            biased;
+            _ = &mut stop_when_idle => return Err(stopped()),
             more = next_message(conn) => if !more? { return Ok(()) },
-            _ = shutdown.drain.cancelled() => return Err(Error::ShuttingDown),
-            _ = kill.cancelled() => return Err(Error::Killed),
         }
         me.start_waiting();
         let mut backend = tokio::select! {
+            biased;
             b = pool.checkout() => b?,
-            _ = shutdown.close.cancelled() => return Err(Error::ShuttingDown),
-            _ = kill.cancelled() => return Err(Error::Killed),
+            _ = &mut stop => return Err(stopped()),
         };
         me.stop_waiting();
         cancel.bind(&backend);
         let mut relay = Relay::new(conn, &mut backend, session, settings);
         let result = tokio::select! {
+            biased;
             r = relay.run() => r,
             // Dropping the relay mid-transaction: the backend is closed below.
-            _ = shutdown.close.cancelled() => Err(Error::ShuttingDown),
-            _ = kill.cancelled() => Err(Error::Killed),
+            _ = &mut stop => Err(stopped()),
         };
         drop(relay);
         cancel.unbind();

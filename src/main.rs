@@ -52,9 +52,11 @@ fn main() -> anyhow::Result<()> {
 
 /// `pgdyno run [--SETTING VALUE]... -- COMMAND [ARGS]...`: see `pgdyno::sidecar`.
 fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
-    let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let Some(split) = args.iter().position(|a| a == "--") else {
+        exit_with(SidecarError::Usage);
+    };
     let sources = parse_args(args[..split].iter().cloned())?;
-    let command = args.get(split + 1..).unwrap_or_default().to_vec();
+    let command = args[split + 1..].to_vec();
     let sidecar = Sidecar::prepare(sources, command).unwrap_or_else(|e| exit_with(e));
     init_logging(&sidecar.config);
     let runtime = tokio::runtime::Builder::new_multi_thread()

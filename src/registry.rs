@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::shutdown::Shutdown;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -32,8 +35,11 @@ pub struct ClientEntry {
     pub waiting_since_us: AtomicU64,
     /// The pgdyno-issued cancel key's process id.
     pub process_id: i32,
-    /// KILL from the admin console.
-    pub kill: tokio_util::sync::CancellationToken,
+    /// Ends the client now (KILL, or the shutdown's close). A child of the
+    /// pooler's close token: waiting on it contends with no other client.
+    pub stop: CancellationToken,
+    /// Ends the client at its next idle moment (the shutdown's drain).
+    pub stop_when_idle: CancellationToken,
 }
 
 impl ClientEntry {
@@ -41,6 +47,12 @@ impl ClientEntry {
         let now = now_us();
         self.request_time_us.store(now, Relaxed);
         self.waiting_since_us.store(now, Relaxed);
+    }
+
+    /// KILL from the admin console.
+    pub fn kill(&self) {
+        self.stop.cancel();
+        self.stop_when_idle.cancel();
     }
 
     pub fn stop_waiting(&self) {
@@ -100,6 +112,7 @@ impl Registry {
         peer: &str,
         application_name: &str,
         process_id: i32,
+        shutdown: &Shutdown,
     ) -> Listed<ClientEntry> {
         let id = self.next_client.fetch_add(1, Relaxed);
         let (addr, port) = split_peer(peer);
@@ -115,7 +128,8 @@ impl Registry {
             request_time_us: AtomicU64::new(now),
             waiting_since_us: AtomicU64::new(0),
             process_id,
-            kill: Default::default(),
+            stop: shutdown.close.child_token(),
+            stop_when_idle: shutdown.drain.child_token(),
         });
         self.clients.insert(id, entry.clone());
         Listed {

@@ -20,6 +20,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -172,42 +173,16 @@ impl Sidecar {
             vars,
         } = self;
         let mut signals = Signals::install()?;
-        for warning in &config.warnings {
-            tracing::warn!("{warning}");
-        }
-        // The recorder must exist before pools register their histograms.
-        let metrics = config
-            .metrics_listen
-            .map(|addr| (addr, crate::metrics::install()));
-        let pooler = Pooler::new(config)?;
-        let listen = pooler.config.listen;
-        let listeners = Listeners::bind(&pooler)
-            .await
-            .map_err(|source| SidecarError::Listen {
-                addr: listen,
-                what: "",
-                source,
-            })?;
-        let local = listeners.local_addr()?;
-        if let Some((addr, handle)) = metrics {
-            let listener =
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| SidecarError::Listen {
-                        addr,
-                        what: " (metrics_listen)",
-                        source,
-                    })?;
-            tracing::info!(listen = %addr, "metrics and health endpoints listening");
-            tokio::spawn(crate::metrics::serve(listener, pooler.clone(), handle));
-        }
-        tokio::spawn(pooler.clone().keep_stats());
-        let mut server = tokio::spawn(listeners.serve(pooler.clone()));
-
-        let mut app = spawn_app(&command, &vars, local)?;
+        let (pooler, local, mut server) = start_pooling(config).await?;
+        let databases = pooler
+            .config
+            .databases
+            .iter()
+            .map(|d| format!("{} -> {}", d.name, d.upstream.redacted()))
+            .collect();
+        let mut app = spawn_app(&command, &vars, databases, local)?;
         let shutdown = pooler.shutdown.clone();
-        let timeout = pooler.config.shutdown_timeout;
-        let mut stop = Stopping::new(timeout);
+        let mut stop = Stopping::new(pooler.config.shutdown_timeout);
         let status = stop
             .supervise(&mut app, &mut signals, &shutdown, &mut server)
             .await?;
@@ -215,6 +190,45 @@ impl Sidecar {
         stop.drain(&shutdown, &mut signals, server, code).await;
         Ok(code)
     }
+}
+
+/// What the plain `pgdyno` command does before it waits for signals:
+/// pools, listeners, metrics, the stats ticker. Returns the address
+/// clients reach and the task serving them.
+async fn start_pooling(
+    config: Config,
+) -> Result<(Arc<Pooler>, SocketAddr, JoinHandle<()>), SidecarError> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    // The recorder must exist before pools register their histograms.
+    let metrics = config
+        .metrics_listen
+        .map(|addr| (addr, crate::metrics::install()));
+    let pooler = Pooler::new(config)?;
+    let listen = pooler.config.listen;
+    let listeners = Listeners::bind(&pooler)
+        .await
+        .map_err(|source| SidecarError::Listen {
+            addr: listen,
+            what: "",
+            source,
+        })?;
+    let local = listeners.local_addr()?;
+    if let Some((addr, handle)) = metrics {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| SidecarError::Listen {
+                addr,
+                what: " (metrics_listen)",
+                source,
+            })?;
+        tracing::info!(listen = %addr, "metrics and health endpoints listening");
+        tokio::spawn(crate::metrics::serve(listener, pooler.clone(), handle));
+    }
+    tokio::spawn(pooler.clone().keep_stats());
+    let server = tokio::spawn(listeners.serve(pooler.clone()));
+    Ok((pooler, local, server))
 }
 
 impl UrlVar {
@@ -246,6 +260,7 @@ impl UrlVar {
 fn spawn_app(
     command: &[String],
     vars: &[UrlVar],
+    databases: Vec<String>,
     local: SocketAddr,
 ) -> Result<Child, SidecarError> {
     let Some((program, args)) = command.split_first() else {
@@ -257,6 +272,7 @@ fn spawn_app(
         .collect();
     tracing::info!(
         listen = %local,
+        databases = ?databases,
         rewritten = %vars.iter().map(|v| format!("{}={}", v.var, v.local_url(local, false))).collect::<Vec<_>>().join(" "),
         command = %program,
         "pgdyno listening; starting the app with its database URLs pointing at pgdyno"

@@ -130,7 +130,7 @@ async fn run(
                 let pools = pools_of(pooler, arg)?;
                 for entry in pooler.registry.clients.iter() {
                     if arg.is_none_or(|db| entry.database == db) {
-                        entry.kill.cancel();
+                        entry.kill();
                     }
                 }
                 for pool in pools {
