@@ -418,7 +418,11 @@ async fn welcome(
     for (name, value) in &startup.params {
         session.set_param(name, value);
     }
-    session.startup = startup.params.clone();
+    let normalized = normalized_startup(pool, &session, &startup.params, &server).await?;
+    for (name, value) in &normalized {
+        session.set_param(name, value);
+    }
+    session.startup = normalized;
     for (name, value) in server.iter() {
         let value = session.param(name).unwrap_or(value);
         write::parameter_status(&mut conn.wbuf, name, value);
@@ -429,6 +433,45 @@ async fn welcome(
         }
     }
     Ok(session)
+}
+
+/// The client's startup parameters as PostgreSQL spells them (`iso,dmy` is
+/// `ISO, DMY`): set once on a backend, which also checks them. A value
+/// PostgreSQL refuses fails the login, as it would fail a direct one.
+async fn normalized_startup(
+    pool: &Pool,
+    session: &Session,
+    asked: &[(String, String)],
+    server: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    // application_name is kept as given; the others are worth a round trip
+    // only when they differ from the server's (usually they do not).
+    let differs = asked.iter().any(|(k, v)| {
+        k != "application_name"
+            && server
+                .iter()
+                .find(|(s, _)| s == k)
+                .is_none_or(|(_, sv)| sv != v)
+    });
+    if !differs {
+        return Ok(asked.to_vec());
+    }
+    let mut backend = pool.lend().await?;
+    let mut query = bytes::BytesMut::new();
+    if !session.sync_query(&backend.params, &mut query) {
+        pool.release(backend, true);
+        return Ok(asked.to_vec());
+    }
+    let sql = crate::protocol::fields::cstr(&query[5..])
+        .map(|(q, _)| String::from_utf8_lossy(q).into_owned())
+        .unwrap_or_default();
+    let result = backend.simple_query(&sql).await;
+    let normalized = asked
+        .iter()
+        .map(|(k, v)| (k.clone(), backend.param(k).unwrap_or(v).to_owned()))
+        .collect();
+    pool.release(backend, result.is_ok());
+    result.map(|()| normalized)
 }
 
 /// Idle <-> bound, until the client leaves.

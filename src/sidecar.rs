@@ -128,11 +128,13 @@ impl Sidecar {
         let mut base: Option<Config> = None;
         let mut databases: Vec<DatabaseConfig> = Vec::new();
         let mut vars = Vec::new();
+        let mut warnings = Vec::new();
         for var in names {
             let url = env_value(&sources.env, &var)
                 .ok_or_else(|| SidecarError::MissingUrl { var: var.clone() })?
                 .to_owned();
             let upstream = parse_url(&var, &url)?;
+            warnings.extend(tls_warning(&var, &upstream));
             // The same upstream under two names (Heroku's DATABASE_URL and
             // HEROKU_POSTGRESQL_<COLOR>_URL) shares one pool.
             let database = match databases.iter().find(|d| d.upstream == upstream) {
@@ -156,6 +158,7 @@ impl Sidecar {
         // `names` is never empty, so neither is `databases`.
         let mut config = base.ok_or(SidecarError::Usage)?;
         config.databases = databases;
+        config.warnings.extend(warnings);
         Ok(Sidecar {
             config,
             command,
@@ -524,6 +527,23 @@ fn parse_url(var: &str, url: &str) -> Result<Upstream, SidecarError> {
         Some(db) => Ok(db.upstream),
         None => Err(invalid("no database")),
     }
+}
+
+/// Until pgdyno speaks TLS to PostgreSQL (the planned `server_tls_sslmode`),
+/// a URL asking for TLS gets a plaintext connection: say so at startup.
+fn tls_warning(var: &str, upstream: &Upstream) -> Option<String> {
+    let sslmode = upstream.param("sslmode")?;
+    let asks_for_tls = matches!(sslmode, "require" | "verify-ca" | "verify-full");
+    let tls_exists = crate::config::SETTINGS
+        .iter()
+        .any(|s| s.name == "server_tls_sslmode");
+    (asks_for_tls && !tls_exists).then(|| {
+        format!(
+            "{var} has sslmode={sslmode}, but pgdyno does not use TLS to PostgreSQL yet: \
+             its connections to this server are not encrypted, and a server that \
+             requires TLS (Heroku Postgres does) will refuse them"
+        )
+    })
 }
 
 /// The whole configuration with `url` as the upstream, and that upstream's

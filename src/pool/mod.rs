@@ -146,7 +146,7 @@ impl Pool {
     }
 
     /// [`Pool::checkout`] without counting an assignment (pgdyno's own use).
-    async fn lend(&self) -> Result<Backend> {
+    pub async fn lend(&self) -> Result<Backend> {
         let started = Instant::now();
         while self.paused.load(Relaxed) {
             let resumed = self.resumed.notified();

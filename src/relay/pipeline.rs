@@ -47,10 +47,12 @@ impl Kind {
 /// earlier error made PostgreSQL skip it).
 #[derive(Debug)]
 pub enum Undo {
-    /// A client Parse: forget the client's name (and the backend's copy).
+    /// A client Parse: forget the client's name, and the backend's copy
+    /// if this Parse was the one to make it.
     Unregister {
         client_name: Vec<u8>,
         statement: Arc<Statement>,
+        unprepare: bool,
     },
     /// A Parse pgdyno injected: the backend does not have it after all.
     Unprepare(Arc<Statement>),
@@ -84,6 +86,9 @@ pub struct Pipeline {
     pub status: TransactionStatus,
     /// The backend is in COPY FROM STDIN for the request at the head.
     pub copy_in: bool,
+    /// A `SET ... TO DEFAULT` is among the requests under way: its
+    /// CommandComplete says SET, but it works as RESET.
+    pub set_default: bool,
 }
 
 impl Default for Pipeline {
@@ -94,6 +99,7 @@ impl Default for Pipeline {
             discarding: false,
             status: TransactionStatus::Idle,
             copy_in: false,
+            set_default: false,
         }
     }
 }
@@ -223,7 +229,11 @@ fn apply(undo: Undo, session: &mut Session, statements: &mut BackendStatements) 
         Undo::Unregister {
             client_name,
             statement,
+            unprepare,
         } => {
+            if unprepare {
+                statements.remove(&statement.server_name);
+            }
             if session
                 .statements
                 .get(&client_name)
@@ -276,6 +286,7 @@ mod tests {
             Some(Undo::Unregister {
                 client_name: b"s1".to_vec(),
                 statement,
+                unprepare: false,
             }),
             &mut out,
         );

@@ -42,6 +42,15 @@ impl Visit for FromClient<'_> {
     }
 
     fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {
+        if self.session.resync && self.pipeline.is_empty() && !self.pipeline.unsynced {
+            // A RESET put the backend back to its own defaults; the
+            // client's are its startup values. (Between request cycles
+            // only: never inside an extended-protocol sequence.)
+            self.session.resync = false;
+            if self.session.sync_query(self.params, out) {
+                self.pipeline.expect(Kind::Query, true, None);
+            }
+        }
         let extended = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H');
         if extended {
             self.pipeline.unsynced = true;
@@ -59,16 +68,12 @@ impl Visit for FromClient<'_> {
             b'B' => self.tally.binds += 1,
             _ => {}
         }
-        if self.pipeline.is_empty() && !self.pipeline.unsynced && self.session.resync {
-            // A RESET put the backend back to its own defaults; the
-            // client's are its startup values.
-            self.session.resync = false;
-            if self.session.sync_query(self.params, out) {
-                self.pipeline.expect(Kind::Query, true, None);
-            }
-        }
         match tag {
             b'Q' if !body.is_empty() && self.deallocate(body) => return Step::Drop,
+            b'Q' if is_set_default(body) => self.pipeline.set_default = true,
+            _ => {}
+        }
+        match tag {
             b'Q' | b'F' => self.pipeline.expect(Kind::Query, false, None),
             b'S' => {
                 self.pipeline.expect(Kind::Sync, false, None);
@@ -109,6 +114,9 @@ impl FromClient<'_> {
             return Step::Forward;
         };
         if p.name.is_empty() {
+            if is_set_default(p.query) {
+                self.pipeline.set_default = true;
+            }
             self.tally.server_parses += 1;
             self.pipeline.expect(Kind::Parse, false, None);
             return Step::Forward;
@@ -124,16 +132,22 @@ impl FromClient<'_> {
             self.pipeline.discarding = true;
             return Step::Drop;
         }
+        if is_set_default(p.query) {
+            self.pipeline.set_default = true;
+        }
         let statement = Statement::new(p.query, p.types);
         let client_name = p.name.to_vec();
         self.session
             .statements
             .insert(client_name.clone(), statement.clone());
+        let on_backend = self.statements.contains(&statement.server_name);
         let undo = Undo::Unregister {
             client_name,
             statement: statement.clone(),
+            // A Parse pgdyno sends that fails leaves nothing on the backend.
+            unprepare: !on_backend,
         };
-        if self.statements.contains(&statement.server_name) {
+        if on_backend {
             self.statements.touch(&statement.server_name);
             let mut parse_complete = BytesMut::new();
             write::parse_complete(&mut parse_complete);
@@ -259,6 +273,27 @@ impl FromClient<'_> {
     }
 }
 
+/// Whether SQL text (NUL-terminated or not) is `SET [SESSION] name
+/// {TO | =} DEFAULT`, which PostgreSQL treats as RESET.
+fn is_set_default(text: &[u8]) -> bool {
+    let text = crate::protocol::fields::cstr(text).map_or(text, |(t, _)| t);
+    if text.len() > MAX_DEALLOCATE {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
+    let words: Vec<&str> = text
+        .trim()
+        .trim_end_matches(';')
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .filter(|w| !w.is_empty())
+        .collect();
+    matches!(words.first(), Some(w) if w.eq_ignore_ascii_case("set"))
+        && matches!(words.last(), Some(w) if w.eq_ignore_ascii_case("default"))
+        && !words.iter().any(|w| w.eq_ignore_ascii_case("local"))
+}
+
 /// The statement name of `DEALLOCATE [PREPARE] name[;]` (a double-quoted
 /// name keeps its case; a bare one is folded to lower case, as SQL does).
 fn deallocate_target(body: &[u8]) -> Option<String> {
@@ -298,5 +333,14 @@ mod tests {
         assert_eq!(t("DEALLOCATE PREPARE ALL"), None);
         assert_eq!(t("SELECT 1"), None);
         assert_eq!(t("DEALLOCATE"), None);
+    }
+
+    #[test]
+    fn set_to_default() {
+        assert!(super::is_set_default(b"SET TimeZone TO DEFAULT\0"));
+        assert!(super::is_set_default(b"set session timezone=default;"));
+        assert!(!super::is_set_default(b"SET LOCAL TimeZone TO DEFAULT"));
+        assert!(!super::is_set_default(b"SET TimeZone TO 'UTC'"));
+        assert!(!super::is_set_default(b"SELECT default"));
     }
 }

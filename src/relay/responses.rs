@@ -46,8 +46,12 @@ impl Visit for FromBackend<'_> {
                 if let Some((name, value)) = fields::parameter_status(body) {
                     backend::set_param(self.params, name, value);
                     if !hidden && session::is_tracked(name, self.extra_tracked) {
+                        // Told to the client just before ReadyForQuery, once
+                        // pgdyno knows whether a RESET changes what to say.
                         self.session.set_param(name, value);
+                        self.reported.retain(|n| n != name);
                         self.reported.push(name.to_owned());
+                        return Step::Drop;
                     }
                 }
             }
@@ -55,11 +59,18 @@ impl Visit for FromBackend<'_> {
                 if let Some(status) = body.first().and_then(|&b| TransactionStatus::from_byte(b)) {
                     self.pipeline.status = status;
                 }
-                if std::mem::take(self.reset_seen) {
-                    self.restore_startup_params(out);
-                }
-                self.reported.clear();
                 if !hidden {
+                    if self.pipeline.len() <= 1 {
+                        self.pipeline.set_default = false;
+                    }
+                    if std::mem::take(self.reset_seen) {
+                        self.restore_startup_params();
+                    }
+                    for name in self.reported.drain(..) {
+                        if let Some(value) = self.session.param(&name) {
+                            crate::protocol::write::parameter_status(out, &name, value);
+                        }
+                    }
                     let idle = self.pipeline.status == TransactionStatus::Idle;
                     self.tally
                         .ready_for_query(idle, self.pipeline.len() > 1, self.stats);
@@ -108,11 +119,11 @@ fn copy_message(out: &mut BytesMut, tag: u8, body: &[u8]) {
 
 impl FromBackend<'_> {
     /// Commands whose effects pgdyno must know of.
-    /// RESET (or DISCARD ALL) put parameters back to the backend's own
-    /// startup values; the client's are its own startup values. Tells the
-    /// client so (ahead of ReadyForQuery) and has the SETs sent before its
+    /// RESET (or DISCARD ALL, or SET ... TO DEFAULT) put parameters back to
+    /// the backend's own startup values; the client's are its own startup
+    /// values: that is what it is told, and the SETs are sent before its
     /// next request.
-    fn restore_startup_params(&mut self, out: &mut BytesMut) {
+    fn restore_startup_params(&mut self) {
         for name in self.reported.iter() {
             let startup = self.session.startup.iter().find(|(k, _)| k == name);
             let Some((_, value)) = startup.cloned() else {
@@ -120,7 +131,6 @@ impl FromBackend<'_> {
             };
             self.session.set_param(name, &value);
             self.session.resync = true;
-            crate::protocol::write::parameter_status(out, name, &value);
         }
     }
 
@@ -130,6 +140,10 @@ impl FromBackend<'_> {
             b"DEALLOCATE ALL" => {
                 self.statements.clear();
                 self.session.statements.clear();
+            }
+            b"SET" if self.pipeline.set_default => {
+                self.pipeline.set_default = false;
+                *self.reset_seen = true;
             }
             b"DISCARD ALL" | b"RESET" => {
                 if tag == b"DISCARD ALL" {
