@@ -5,6 +5,7 @@
 //! - `pgdyno`: starts the binary under test on a free port, kills it on drop.
 //! - `client`: tokio-postgres, psql and pgbench pointed at pgdyno.
 //! - `raw`: hand-written protocol bytes for the cases no driver will send.
+//! - `extended`: the extended query protocol message by message (`Batch`).
 //!
 //! Everything a test run creates lives under one scratch directory,
 //! `$TMPDIR/pgdyno-it-<pid>`. A small shell watchdog (the janitor) waits for
@@ -13,11 +14,13 @@
 
 mod client;
 mod cluster;
+mod extended;
 mod pgdyno;
 mod raw;
 
 pub use client::*;
 pub use cluster::*;
+pub use extended::*;
 pub use pgdyno::*;
 pub use raw::*;
 

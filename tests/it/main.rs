@@ -9,11 +9,15 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod cancel;
 mod config;
 mod copy;
+mod interleave;
 mod limits;
+mod params;
 mod pgbench;
 mod pooling;
+mod prepared;
 mod queries;
 mod restart;
 mod smoke;

@@ -97,6 +97,15 @@ impl Pgdyno {
         }
     }
 
+    /// Logs in as `app` to database `db` with hand-written protocol bytes.
+    pub async fn connect_raw(&self, db: &str) -> super::RawConn {
+        let mut raw = super::RawConn::connect(self.port).await;
+        if let Err(e) = raw.login(APP_USER, APP_PASSWORD, db).await {
+            panic!("raw login through pgdyno to {db}: {e:?}");
+        }
+        raw
+    }
+
     /// Whether the pgdyno process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("poll pgdyno").is_none()

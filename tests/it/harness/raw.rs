@@ -36,6 +36,9 @@ pub struct RawConn {
     buf: BytesMut,
     /// Body of the last authentication request (code, then its data).
     last_auth: Bytes,
+    /// What came between AuthenticationOk and the first ReadyForQuery:
+    /// ParameterStatus, BackendKeyData, NoticeResponse.
+    greeting: Vec<Msg>,
 }
 
 impl RawConn {
@@ -47,6 +50,7 @@ impl RawConn {
             stream,
             buf: BytesMut::new(),
             last_auth: Bytes::new(),
+            greeting: Vec::new(),
         }
     }
 
@@ -131,8 +135,41 @@ impl RawConn {
     /// Logs in as `user` on `db`, answering whatever authentication pgdyno
     /// asks for, and reads up to the first ReadyForQuery.
     pub async fn login(&mut self, user: &str, password: &str, db: &str) -> Result<(), ErrorFields> {
-        let code = self.start(&[("user", user), ("database", db)]).await?;
+        self.login_with(user, password, db, &[]).await
+    }
+
+    /// Like `login`, with more startup parameters (`options`,
+    /// `client_encoding`, `TimeZone`...).
+    pub async fn login_with(
+        &mut self,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<(), ErrorFields> {
+        let mut params = vec![("user", user), ("database", db)];
+        params.extend_from_slice(extra);
+        let code = self.start(&params).await?;
         self.authenticate(code, user, password).await
+    }
+
+    /// The value of the last ParameterStatus `name` sent during login.
+    pub fn login_parameter(&self, name: &str) -> Option<String> {
+        self.greeting
+            .iter()
+            .filter(|m| m.tag == b'S')
+            .map(parameter_status)
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .last()
+    }
+
+    /// The BackendKeyData (process id, secret key) sent during login.
+    pub fn backend_key(&self) -> Option<(i32, i32)> {
+        let msg = self.greeting.iter().find(|m| m.tag == b'K')?;
+        let pid = i32::from_be_bytes(msg.body.get(..4)?.try_into().ok()?);
+        let key = i32::from_be_bytes(msg.body.get(4..8)?.try_into().ok()?);
+        Some((pid, key))
     }
 
     /// Answers the authentication request `code` (from `start`) and those
@@ -194,7 +231,7 @@ impl RawConn {
             match msg.tag {
                 b'Z' => return Ok(()),
                 b'E' => return Err(error_fields(&msg)),
-                _ => {}
+                _ => self.greeting.push(msg),
             }
         }
     }
@@ -268,6 +305,14 @@ pub fn error_fields(msg: &Msg) -> ErrorFields {
         body = rest.get(end + 1..).unwrap_or_default();
     }
     fields
+}
+
+/// Name and value of a ParameterStatus.
+pub fn parameter_status(msg: &Msg) -> (String, String) {
+    assert_eq!(msg.tag, b'S', "expected a ParameterStatus");
+    let mut parts = msg.body.split(|&b| b == 0);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    (next(), next())
 }
 
 /// What pgdyno did with input it should refuse: an ErrorResponse followed
