@@ -38,7 +38,7 @@ pub struct Startup {
 /// failure ends in an ErrorResponse where the socket still works.
 pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
     let mut conn = Conn::new(stream);
-    let span = tracing::info_span!("client", peer = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
+    let span = tracing::info_span!("client", client_addr = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async {
         if let Err(e) = run(&pooler, &mut conn, &peer).await {
             if e.client_reachable() {
@@ -63,10 +63,18 @@ async fn report(conn: &mut Conn, e: &Error) {
         (_, Error::ClientGone | Error::ClientIo(_)) => {
             tracing::debug!(error = %e, "client connection ended")
         }
-        (_, Error::AuthFailed { .. }) => tracing::warn!(error = %e, "login failed"),
-        (Side::Client, _) => tracing::info!(error = %e, sqlstate = e.sqlstate(), "client error"),
-        (Side::Pooler, _) => tracing::warn!(error = %e, sqlstate = e.sqlstate(), "client refused"),
-        (Side::Backend, _) => tracing::warn!(error = %e, sqlstate = e.sqlstate(), "backend error"),
+        (_, Error::AuthFailed { .. }) => {
+            tracing::warn!(event = "login_failed", sqlstate = e.sqlstate(), error = %e, "login failed")
+        }
+        (Side::Client, _) => {
+            tracing::info!(event = "client_error", sqlstate = e.sqlstate(), error = %e, "client error")
+        }
+        (Side::Pooler, _) => {
+            tracing::warn!(event = "client_refused", sqlstate = e.sqlstate(), error = %e, "client refused")
+        }
+        (Side::Backend, _) => {
+            tracing::warn!(event = "backend_error", sqlstate = e.sqlstate(), error = %e, "backend error")
+        }
     }
     if e.client_reachable() {
         conn.wbuf.clear();
@@ -146,7 +154,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     pool.clients.fetch_add(1, Ordering::Relaxed);
     let _in_pool = InPool(&pool);
     if config.log_connections {
-        tracing::info!("login");
+        tracing::info!(event = "login", "login");
     }
     let cancel = pooler.cancels.register();
     write::backend_key_data(
@@ -180,7 +188,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     )
     .await;
     if config.log_disconnections {
-        tracing::info!("disconnect");
+        tracing::info!(event = "disconnect", "disconnect");
     }
     result
 }
@@ -259,7 +267,7 @@ async fn console(
     write::backend_key_data(&mut conn.wbuf, 0, 0);
     write::ready_for_query(&mut conn.wbuf, TransactionStatus::Idle);
     conn.flush().await.map_err(Error::ClientIo)?;
-    tracing::info!(?role, "admin console login");
+    tracing::info!(event = "admin_login", ?role, "admin console login");
     crate::admin::serve(conn, pooler, role).await
 }
 

@@ -63,7 +63,11 @@ impl Listeners {
             match accepted {
                 Ok((Ok(stream), peer)) => {
                     if tasks.len() >= limit {
-                        tracing::warn!(peer, "too many connections, closing at once");
+                        tracing::warn!(
+                            event = "connection_refused",
+                            client_addr = peer,
+                            "too many connections, closing at once"
+                        );
                         continue;
                     }
                     tasks.spawn(client::serve(pooler.clone(), stream, peer));

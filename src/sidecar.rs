@@ -128,13 +128,11 @@ impl Sidecar {
         let mut base: Option<Config> = None;
         let mut databases: Vec<DatabaseConfig> = Vec::new();
         let mut vars = Vec::new();
-        let mut warnings = Vec::new();
         for var in names {
             let url = env_value(&sources.env, &var)
                 .ok_or_else(|| SidecarError::MissingUrl { var: var.clone() })?
                 .to_owned();
             let upstream = parse_url(&var, &url)?;
-            warnings.extend(tls_warning(&var, &upstream));
             // The same upstream under two names (Heroku's DATABASE_URL and
             // HEROKU_POSTGRESQL_<COLOR>_URL) shares one pool.
             let database = match databases.iter().find(|d| d.upstream == upstream) {
@@ -158,7 +156,7 @@ impl Sidecar {
         // `names` is never empty, so neither is `databases`.
         let mut config = base.ok_or(SidecarError::Usage)?;
         config.databases = databases;
-        config.warnings.extend(warnings);
+
         Ok(Sidecar {
             config,
             command,
@@ -185,7 +183,10 @@ impl Sidecar {
             .collect();
         let mut app = spawn_app(&command, &vars, databases, local)?;
         let shutdown = pooler.shutdown.clone();
-        let mut stop = Stopping::new(pooler.config.shutdown_timeout);
+        let mut stop = Stopping {
+            timeout: pooler.config.shutdown_timeout,
+            ..Stopping::default()
+        };
         let status = stop
             .supervise(&mut app, &mut signals, &shutdown, &mut server)
             .await?;
@@ -291,6 +292,7 @@ fn spawn_app(
 }
 
 /// Where the app stands in stopping, and the clock that bounds it.
+#[derive(Default)]
 struct Stopping {
     timeout: Duration,
     /// `shutdown_timeout` after the first stop signal.
@@ -304,18 +306,13 @@ struct Stopping {
 }
 
 impl Stopping {
-    fn new(timeout: Duration) -> Stopping {
-        Stopping {
-            timeout,
-            deadline: None,
-            fast: false,
-            killed: false,
-            server_done: false,
-        }
-    }
-
     /// Passes signals on to the app until it exits, meanwhile serving as
     /// usual; kills it at the deadline.
+    ///
+    /// # Cancel safety
+    /// Every branch is cancel-safe (`Child::wait`, `Signal::recv`, a
+    /// `JoinHandle`, a sleep): a branch not taken loses nothing, and the
+    /// handlers, which may await, run after the `select!` has chosen.
     async fn supervise(
         &mut self,
         app: &mut Child,
@@ -527,23 +524,6 @@ fn parse_url(var: &str, url: &str) -> Result<Upstream, SidecarError> {
         Some(db) => Ok(db.upstream),
         None => Err(invalid("no database")),
     }
-}
-
-/// Until pgdyno speaks TLS to PostgreSQL (the planned `server_tls_sslmode`),
-/// a URL asking for TLS gets a plaintext connection: say so at startup.
-fn tls_warning(var: &str, upstream: &Upstream) -> Option<String> {
-    let sslmode = upstream.param("sslmode")?;
-    let asks_for_tls = matches!(sslmode, "require" | "verify-ca" | "verify-full");
-    let tls_exists = crate::config::SETTINGS
-        .iter()
-        .any(|s| s.name == "server_tls_sslmode");
-    (asks_for_tls && !tls_exists).then(|| {
-        format!(
-            "{var} has sslmode={sslmode}, but pgdyno does not use TLS to PostgreSQL yet: \
-             its connections to this server are not encrypted, and a server that \
-             requires TLS (Heroku Postgres does) will refuse them"
-        )
-    })
 }
 
 /// The whole configuration with `url` as the upstream, and that upstream's

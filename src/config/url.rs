@@ -62,6 +62,19 @@ pub fn parse(s: &str) -> Result<Upstream, String> {
             "expected postgres://user:password@host:port/dbname or host=... dbname=...".into(),
         );
     };
+    // TLS to PostgreSQL is not built yet: never downgrade silently.
+    if let Some(mode) = pairs
+        .iter()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.as_str())
+    {
+        if matches!(mode, "require" | "verify-ca" | "verify-full") {
+            return Err(format!(
+                "sslmode={mode}: pgdyno cannot connect to PostgreSQL over TLS yet; \
+                 use sslmode=prefer or disable for a server reachable without TLS"
+            ));
+        }
+    }
     let mut take = |key: &str| {
         let i = pairs.iter().rposition(|(k, _)| k == key)?;
         Some(pairs.remove(i).1)
@@ -140,7 +153,7 @@ fn decode(s: &str) -> Result<String, String> {
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(format!("invalid percent-encoding in \"{s}\""))?;
+                .ok_or("invalid percent-encoding (a % must be followed by two hex digits)")?;
             out.push(hex);
             i += 3;
         } else {
@@ -148,7 +161,8 @@ fn decode(s: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("\"{s}\" is not UTF-8 once decoded"))
+    String::from_utf8(out)
+        .map_err(|_| "a percent-encoded part is not UTF-8 once decoded".to_owned())
 }
 
 /// libpq keyword/value form: `host=h port=5432 dbname='my db'`.
@@ -197,7 +211,7 @@ mod tests {
     #[test]
     fn heroku_url() {
         let u = parse(
-            "postgres://u%40x:p%3Ass@ec2-1-2-3-4.compute-1.amazonaws.com:5433/d1?sslmode=require",
+            "postgres://u%40x:p%3Ass@ec2-1-2-3-4.compute-1.amazonaws.com:5433/d1?sslmode=prefer",
         )
         .unwrap();
         assert_eq!(
@@ -208,7 +222,8 @@ mod tests {
         assert_eq!(u.user.as_deref(), Some("u@x"));
         assert_eq!(u.password.as_deref(), Some("p:ss"));
         assert_eq!(u.dbname.as_deref(), Some("d1"));
-        assert_eq!(u.param("sslmode"), Some("require"));
+        assert_eq!(u.param("sslmode"), Some("prefer"));
+        assert!(parse("postgres://h/d?sslmode=require").is_err());
         assert!(!u.redacted().contains("p:ss"));
     }
 
@@ -235,7 +250,8 @@ mod tests {
     fn errors() {
         assert!(parse("mysql://x").is_err());
         assert!(parse("postgres://h:notaport/db").is_err());
-        assert!(parse("postgres://h/db%zz").is_err());
+        let e = parse("postgres://u:s3cr%zz@h/db").unwrap_err();
+        assert!(!e.contains("s3cr"), "{e}");
         assert!(parse("host='unterminated").is_err());
     }
 }

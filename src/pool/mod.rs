@@ -84,6 +84,8 @@ struct State {
     connecting: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
+    /// Since when clients have been waiting (None: the pool keeps up).
+    saturated_since: Option<Instant>,
     /// ParameterStatus values of the newest login, for client logins.
     server_params: Option<Arc<Vec<(String, String)>>>,
 }
@@ -168,6 +170,16 @@ impl Pool {
                         since: started,
                         tx,
                     });
+                    if s.saturated_since.is_none() {
+                        s.saturated_since = Some(started);
+                        tracing::info!(
+                            event = "pool_saturated",
+                            database = %self.database,
+                            user = %self.user,
+                            pool_size = self.settings.size,
+                            "all backends busy: clients are waiting"
+                        );
+                    }
                     Err((id, rx))
                 }
             }
@@ -223,7 +235,7 @@ impl Pool {
                 let max = self.settings.size + self.settings.reserve_size;
                 if let Some(grant) = self.take_or_reserve(&mut s, max) {
                     s.waiters.retain(|w| w.id != id);
-                    tracing::info!(database = %self.database, user = %self.user, "using the reserve pool");
+                    tracing::info!(event = "reserve_pool_used", database = %self.database, user = %self.user, "using the reserve pool");
                     return Ok(grant);
                 }
             }
@@ -272,7 +284,7 @@ impl Pool {
                     Ok(b)
                 }
                 Err(e) => {
-                    tracing::warn!(database = %self.database, user = %self.user, error = %e, "backend connect failed");
+                    tracing::warn!(event = "backend_connect_failed", database = %self.database, user = %self.user, error = %e, "backend connect failed");
                     self.free_slot();
                     Err(e)
                 }
@@ -455,6 +467,19 @@ impl Pool {
     fn sweep(&self) -> usize {
         let mut s = self.state.lock().unwrap();
         let now = Instant::now();
+        // Clients stopped waiting (checked once a second, so a pool at the
+        // edge does not log every transaction).
+        if s.waiters.is_empty() {
+            if let Some(since) = s.saturated_since.take() {
+                tracing::info!(
+                    event = "pool_unsaturated",
+                    database = %self.database,
+                    user = %self.user,
+                    saturated_ms = since.elapsed().as_millis() as u64,
+                    "no client is waiting any more"
+                );
+            }
+        }
         let mut i = 0;
         while i < s.idle.len() {
             let b = &s.idle[i];

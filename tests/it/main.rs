@@ -20,5 +20,6 @@ mod pooling;
 mod prepared;
 mod queries;
 mod restart;
+mod sidecar;
 mod smoke;
 mod transactions;
