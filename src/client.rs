@@ -107,7 +107,7 @@ impl Drop for Counted<'_> {
 }
 
 async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
-    let config = &pooler.config;
+    let config = &pooler.config();
     let login_deadline = tokio::time::Instant::now() + config.client_login_timeout;
     let packet = tokio::time::timeout_at(login_deadline, read_startup(conn))
         .await
@@ -212,10 +212,10 @@ async fn login(
             "too many failed login attempts from this address; try again later".into(),
         ));
     }
-    let secret = pooler.users.get(user);
+    let secret = pooler.users().get(user);
     let result = tokio::time::timeout_at(
         deadline,
-        authenticate(conn, pooler.config.auth_type, user, secret.as_deref()),
+        authenticate(conn, pooler.config().auth_type, user, secret.as_deref()),
     )
     .await
     .map_err(|_| Error::LoginTimeout)?;
@@ -492,7 +492,7 @@ async fn serve_queries(
     cancel: &crate::cancel::CancelSlot,
     me: &ClientEntry,
 ) -> Result<()> {
-    let config = &pooler.config;
+    let config = &pooler.config();
     let transaction_mode = db.pool_mode == PoolMode::Transaction;
     let settings = RelaySettings {
         max_packet: config.max_packet_size,

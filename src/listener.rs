@@ -25,7 +25,7 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(pooler: &Pooler) -> std::io::Result<Listeners> {
-        let config = &pooler.config;
+        let config = &pooler.config();
         let tcp = TcpListener::bind(config.listen).await?;
         let unix = match &config.unix_socket_dir {
             None => None,
@@ -51,7 +51,7 @@ impl Listeners {
     /// shutdown's close.
     pub async fn serve(self, pooler: Arc<Pooler>) {
         let mut tasks = JoinSet::new();
-        let limit = pooler.config.max_client_conn + ACCEPT_HEADROOM;
+        let limit = pooler.config().max_client_conn + ACCEPT_HEADROOM;
         let shutdown = pooler.shutdown.clone();
         loop {
             let accepted = tokio::select! {

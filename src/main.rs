@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, sources))
 }
 
 /// `pgdyno run [--SETTING VALUE]... -- COMMAND [ARGS]...`: see `pgdyno::sidecar`.
@@ -156,12 +156,12 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, sources: Sources) -> anyhow::Result<()> {
     // The recorder must exist before pools register their histograms.
     let metrics = config
         .metrics_listen
         .map(|addr| (addr, pgdyno::metrics::install()));
-    let pooler = match Pooler::new(config) {
+    let pooler = match Pooler::with_sources(config, Some(sources)) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("pgdyno: {e}");
@@ -170,10 +170,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let listeners = Listeners::bind(&pooler)
         .await
-        .with_context(|| format!("cannot listen on {}", pooler.config.listen))?;
+        .with_context(|| format!("cannot listen on {}", pooler.config().listen))?;
     tracing::info!(
         listen = %listeners.local_addr()?,
-        databases = ?pooler.config.databases.iter().map(|d| format!("{} -> {}", d.name, d.upstream.redacted())).collect::<Vec<_>>(),
+        databases = ?pooler.config().databases.iter().map(|d| format!("{} -> {}", d.name, d.upstream.redacted())).collect::<Vec<_>>(),
         "pgdyno listening"
     );
     if let Some((addr, handle)) = metrics {
@@ -185,16 +185,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(pooler.clone().keep_stats());
     let shutdown = pooler.shutdown.clone();
-    let timeout = pooler.config.shutdown_timeout;
+    let timeout = pooler.config().shutdown_timeout;
     let mut server = tokio::spawn(listeners.serve(pooler.clone()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = &mut server => break,
             _ = term.recv() => stop_signal(&shutdown, "SIGTERM", timeout),
             _ = int.recv() => stop_signal(&shutdown, "SIGINT", timeout),
+            _ = hup.recv() => {
+                if let Err(e) = pooler.reload() {
+                    tracing::error!(event = "reload_failed", error = %e, "SIGHUP: the new configuration is refused; the old one stays");
+                }
+            }
             _ = quit.recv() => {
                 tracing::warn!("SIGQUIT: closing everything now");
                 shutdown.now();

@@ -52,7 +52,7 @@ pub fn render(pooler: &Pooler, handle: &PrometheusHandle) -> String {
             ("user", pool.user.clone()),
         ];
         let snap = pool.snapshot();
-        let size = pool.settings.size as f64;
+        let size = pool.settings().size as f64;
         gauge!("pgdyno_clients_active", &labels).set(snap.clients_active as f64);
         gauge!("pgdyno_clients_waiting", &labels).set(snap.clients_waiting as f64);
         gauge!("pgdyno_backends_active", &labels).set(snap.backends_active as f64);
@@ -90,7 +90,7 @@ pub fn render(pooler: &Pooler, handle: &PrometheusHandle) -> String {
     }
     let g = &pooler.stats;
     gauge!("pgdyno_clients").set(pooler.clients.load(Relaxed) as f64);
-    gauge!("pgdyno_max_client_conn").set(pooler.config.max_client_conn as f64);
+    gauge!("pgdyno_max_client_conn").set(pooler.config().max_client_conn as f64);
     counter!("pgdyno_login_failures_total").absolute(g.login_failures.load(Relaxed));
     counter!("pgdyno_max_client_conn_refusals_total")
         .absolute(g.max_client_conn_refusals.load(Relaxed));

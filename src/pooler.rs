@@ -2,9 +2,8 @@
 //! (database, user), the cancel keys and the client count. Built once in
 //! `main` (or a test) and passed down as an `Arc`; there are no globals.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
@@ -13,15 +12,19 @@ use crate::auth::throttle::Throttle;
 use crate::auth::{Secret, Users};
 use crate::backend::{Credential, Target};
 use crate::cancel::Cancels;
-use crate::config::{Config, ConfigError, DatabaseConfig};
+use crate::config::{Config, ConfigError, DatabaseConfig, Sources};
 use crate::pool::{Limit, Pool, PoolSettings};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stats::{GlobalStats, Periods, Totals};
 
 pub struct Pooler {
-    pub config: Arc<Config>,
-    pub users: Users,
+    /// Swapped whole by a reload; read with [`Pooler::config`].
+    config: RwLock<Arc<Config>>,
+    users: RwLock<Arc<Users>>,
+    /// Where the configuration came from, to read it again on reload
+    /// (`None`: it cannot be reloaded).
+    sources: Option<Sources>,
     pub cancels: Arc<Cancels>,
     pub shutdown: Shutdown,
     pub registry: Arc<Registry>,
@@ -32,12 +35,20 @@ pub struct Pooler {
     /// Snapshots for SHOW STATS averages and the stats log line.
     pub periods: Periods,
     pools: DashMap<(String, String), Arc<Pool>>,
-    db_limits: HashMap<String, Arc<Limit>>,
+    db_limits: DashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
 }
 
 impl Pooler {
     pub fn new(config: Config) -> Result<Arc<Pooler>, ConfigError> {
+        Self::with_sources(config, None)
+    }
+
+    /// A pooler that `reload` can read again from `sources`.
+    pub fn with_sources(
+        config: Config,
+        sources: Option<Sources>,
+    ) -> Result<Arc<Pooler>, ConfigError> {
         let users = Users::load(&config)?;
         let db_limits = config
             .databases
@@ -50,8 +61,9 @@ impl Pooler {
             config.auth_failure_delay,
         );
         Ok(Arc::new(Pooler {
-            config: Arc::new(config),
-            users,
+            config: RwLock::new(Arc::new(config)),
+            users: RwLock::new(Arc::new(users)),
+            sources,
             cancels: Arc::default(),
             shutdown: Shutdown::default(),
             registry: Arc::default(),
@@ -88,12 +100,16 @@ impl Pooler {
                         .unwrap_or_else(|| db.name.clone()),
                     credential: self.credential(db, user, proof),
                 });
-                let mut limits = vec![self.db_limits[&db.name].clone()];
-                if self.config.max_user_connections > 0 {
-                    let limit = self
-                        .user_limits
-                        .entry(user.to_owned())
-                        .or_insert_with(|| Arc::new(Limit::new(self.config.max_user_connections)));
+                let db_limit = self
+                    .db_limits
+                    .entry(db.name.clone())
+                    .or_insert_with(|| Arc::new(Limit::new(db.max_db_connections)))
+                    .clone();
+                let mut limits = vec![db_limit];
+                if self.config().max_user_connections > 0 {
+                    let limit = self.user_limits.entry(user.to_owned()).or_insert_with(|| {
+                        Arc::new(Limit::new(self.config().max_user_connections))
+                    });
                     limits.push(limit.clone());
                 }
                 Pool::new(
@@ -107,6 +123,58 @@ impl Pooler {
             .clone()
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+
+    pub fn users(&self) -> Arc<Users> {
+        self.users.read().unwrap().clone()
+    }
+
+    /// Reads the configuration again (SIGHUP, RELOAD). Pool sizes, limits,
+    /// timeouts, users and databases change live without dropping anyone;
+    /// a bad new configuration changes nothing. Addresses to listen on need
+    /// a restart.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let Some(sources) = &self.sources else {
+            return Err(ConfigError("this configuration cannot be reloaded".into()));
+        };
+        let new = Config::load(sources)?;
+        let users = Users::load(&new)?;
+        let old = self.config();
+        for (name, changed) in [
+            ("listen", old.listen != new.listen),
+            (
+                "unix_socket_dir",
+                old.unix_socket_dir != new.unix_socket_dir,
+            ),
+            ("metrics_listen", old.metrics_listen != new.metrics_listen),
+        ] {
+            if changed {
+                tracing::warn!(
+                    event = "reload",
+                    setting = name,
+                    "changing {name} needs a restart; keeping the old one"
+                );
+            }
+        }
+        for db in &new.databases {
+            if let Some(limit) = self.db_limits.get(&db.name) {
+                limit.set_max(db.max_db_connections);
+            }
+        }
+        *self.users.write().unwrap() = Arc::new(users);
+        *self.config.write().unwrap() = Arc::new(new);
+        for pool in self.pools() {
+            if let Some(db) = self.config().database(&pool.database) {
+                pool.update_settings(self.settings(db));
+            }
+        }
+        tracing::info!(event = "reload", "configuration reloaded");
+        Ok(())
+    }
+
     /// Every pool, for the admin console and metrics.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         let mut pools: Vec<_> = self.pools.iter().map(|p| p.value().clone()).collect();
@@ -118,7 +186,7 @@ impl Pooler {
     /// and logs one line per database with traffic, like PgBouncer's.
     pub async fn keep_stats(self: Arc<Self>) {
         let period = self
-            .config
+            .config()
             .stats_period
             .max(std::time::Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
@@ -159,7 +227,7 @@ impl Pooler {
     }
 
     fn settings(&self, db: &DatabaseConfig) -> PoolSettings {
-        let c = &self.config;
+        let c = &self.config();
         PoolSettings {
             mode: db.pool_mode,
             size: db.pool_size,
@@ -183,7 +251,7 @@ impl Pooler {
                 return Credential::Password(p.clone());
             }
         }
-        match self.users.get(user).as_deref() {
+        match self.users().get(user).as_deref() {
             Some(Secret::Plain { password, .. }) => Credential::Password(password.clone()),
             Some(Secret::Md5(m)) => Credential::Md5(m.clone()),
             _ => match (&proof.cleartext, &proof.scram) {

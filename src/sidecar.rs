@@ -176,7 +176,7 @@ impl Sidecar {
         let mut signals = Signals::install()?;
         let (pooler, local, mut server) = start_pooling(config).await?;
         let databases = pooler
-            .config
+            .config()
             .databases
             .iter()
             .map(|d| format!("{} -> {}", d.name, d.upstream.redacted()))
@@ -184,7 +184,7 @@ impl Sidecar {
         let mut app = spawn_app(&command, &vars, databases, local)?;
         let shutdown = pooler.shutdown.clone();
         let mut stop = Stopping {
-            timeout: pooler.config.shutdown_timeout,
+            timeout: pooler.config().shutdown_timeout,
             ..Stopping::default()
         };
         let status = stop
@@ -210,7 +210,7 @@ async fn start_pooling(
         .metrics_listen
         .map(|addr| (addr, crate::metrics::install()));
     let pooler = Pooler::new(config)?;
-    let listen = pooler.config.listen;
+    let listen = pooler.config().listen;
     let listeners = Listeners::bind(&pooler)
         .await
         .map_err(|source| SidecarError::Listen {

@@ -29,7 +29,7 @@ pub enum Role {
 
 /// The role of `user` on the console, if any.
 pub fn role(pooler: &Pooler, user: &str) -> Option<Role> {
-    let c = &pooler.config;
+    let c = &pooler.config();
     if c.admin_users.iter().any(|u| u == user) {
         Some(Role::Admin)
     } else if c.stats_users.iter().any(|u| u == user) {
@@ -138,9 +138,15 @@ async fn run(
                 }
                 write::command_complete(out, "KILL");
             }
+            (Some("reload"), _) => {
+                pooler
+                    .reload()
+                    .map_err(|e| format!("RELOAD refused, the old configuration stays: {e}"))?;
+                write::command_complete(out, "RELOAD");
+            }
             (Some("shutdown"), _) => {
                 tracing::info!("SHUTDOWN from the admin console");
-                pooler.shutdown.begin(pooler.config.shutdown_timeout);
+                pooler.shutdown.begin(pooler.config().shutdown_timeout);
                 write::command_complete(out, "SHUTDOWN");
             }
             _ => {
@@ -159,7 +165,7 @@ fn pools_of(
     database: Option<&str>,
 ) -> Result<Vec<Arc<crate::pool::Pool>>, String> {
     if let Some(db) = database {
-        if pooler.config.database(db).is_none() {
+        if pooler.config().database(db).is_none() {
             return Err(format!("no such database: {db}"));
         }
     }

@@ -56,6 +56,7 @@ fn help() -> Table {
         "PAUSE [<db>]",
         "RESUME [<db>]",
         "RECONNECT [<db>]",
+        "RELOAD",
         "KILL [<db>]",
         "SHUTDOWN",
     ] {
@@ -71,7 +72,7 @@ fn config(pooler: &Pooler) -> Table {
         ("default", Text),
         ("changeable", Text),
     ]);
-    let c = &pooler.config;
+    let c = &pooler.config();
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
     let opt = |d: Option<std::time::Duration>| d.map(secs).unwrap_or_else(|| "0".into());
     let mode = |m: PoolMode| match m {
@@ -136,7 +137,7 @@ fn lists(pooler: &Pooler) -> Table {
     }
     let clients = pooler.registry.clients.len();
     for (name, n) in [
-        ("databases", pooler.config.databases.len()),
+        ("databases", pooler.config().databases.len()),
         ("users", users.len()),
         ("pools", pools.len()),
         ("free_clients", 0),
@@ -177,7 +178,7 @@ fn pools(pooler: &Pooler) -> Table {
     for p in pooler.pools() {
         let s = p.snapshot();
         let wait = s.longest_wait;
-        let mode = match p.settings.mode {
+        let mode = match p.settings().mode {
             PoolMode::Session => "session",
             PoolMode::Transaction => "transaction",
         };
@@ -207,7 +208,7 @@ fn pools(pooler: &Pooler) -> Table {
 /// Totals per database, summed over its pools.
 fn totals(pooler: &Pooler) -> BTreeMap<String, Totals> {
     let mut by_db: BTreeMap<String, Totals> = pooler
-        .config
+        .config()
         .databases
         .iter()
         .map(|d| (d.name.clone(), Totals::default()))
@@ -228,7 +229,7 @@ fn averages(pooler: &Pooler) -> BTreeMap<String, Totals> {
         .map(|db| {
             let avg = periods
                 .get(&db)
-                .map(|(before, after)| after.averages(before, pooler.config.stats_period))
+                .map(|(before, after)| after.averages(before, pooler.config().stats_period))
                 .unwrap_or_default();
             (db, avg)
         })
@@ -364,7 +365,7 @@ const CONNECTION_COLUMNS: &[(&str, Type)] = &[
 
 fn clients(pooler: &Pooler) -> Table {
     let mut t = Table::new(CONNECTION_COLUMNS);
-    let listen = pooler.config.listen;
+    let listen = pooler.config().listen;
     let mut entries: Vec<_> = pooler
         .registry
         .clients
@@ -463,7 +464,7 @@ fn databases(pooler: &Pooler) -> Table {
         ("disabled", Int4),
     ]);
     let pools = pooler.pools();
-    for d in &pooler.config.databases {
+    for d in &pooler.config().databases {
         let mine: Vec<_> = pools.iter().filter(|p| p.database == d.name).collect();
         let current: usize = mine
             .iter()
@@ -496,7 +497,7 @@ fn databases(pooler: &Pooler) -> Table {
             v(d.min_pool_size),
             v(d.reserve_pool_size),
             v(pooler
-                .config
+                .config()
                 .server_lifetime
                 .map(|l| l.as_secs())
                 .unwrap_or(0)),

@@ -8,7 +8,8 @@ use super::Pool;
 
 #[derive(Debug)]
 pub struct Limit {
-    max: usize,
+    /// 0: no limit. Changed by a reload.
+    max: std::sync::atomic::AtomicUsize,
     state: Mutex<LimitState>,
 }
 
@@ -22,9 +23,17 @@ impl Limit {
     /// `max == 0` means no limit.
     pub fn new(max: usize) -> Limit {
         Limit {
-            max,
+            max: max.into(),
             state: Mutex::default(),
         }
+    }
+
+    fn max(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn join(&self, pool: Weak<Pool>) {
@@ -35,7 +44,7 @@ impl Limit {
 
     pub fn try_acquire(&self) -> bool {
         let mut s = self.state.lock().unwrap();
-        if self.max == 0 || s.used < self.max {
+        if self.max() == 0 || s.used < self.max() {
             s.used += 1;
             true
         } else {
@@ -48,7 +57,7 @@ impl Limit {
         let members: Vec<_> = {
             let mut s = self.state.lock().unwrap();
             s.used = s.used.saturating_sub(1);
-            if self.max == 0 {
+            if self.max() == 0 {
                 return;
             }
             s.members.iter().filter_map(Weak::upgrade).collect()
@@ -70,7 +79,7 @@ impl Limit {
     /// The limit is full: closes one idle backend of another member pool so
     /// that a waiting pool can open its own. Returns whether one was closed.
     pub fn evict_idle(&self, except: &Pool) -> bool {
-        if self.max == 0 {
+        if self.max() == 0 {
             return false;
         }
         let members: Vec<_> = self

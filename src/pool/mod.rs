@@ -26,7 +26,7 @@ use crate::stats::PoolStats;
 pub use limit::Limit;
 
 /// The sizes and times a pool works by.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolSettings {
     pub mode: PoolMode,
     pub size: usize,
@@ -58,7 +58,8 @@ pub struct Pool {
     pub database: String,
     pub user: String,
     pub target: Arc<Target>,
-    pub settings: PoolSettings,
+    /// Changed by a reload.
+    settings: std::sync::RwLock<PoolSettings>,
     pub stats: PoolStats,
     /// Logged-in clients of this pool.
     pub clients: std::sync::atomic::AtomicUsize,
@@ -118,7 +119,7 @@ impl Pool {
             database,
             user,
             target,
-            settings,
+            settings: std::sync::RwLock::new(settings),
             clients: Default::default(),
             failing: Default::default(),
             paused: Default::default(),
@@ -159,7 +160,7 @@ impl Pool {
         }
         let rx = {
             let mut s = self.state.lock().unwrap();
-            match self.take_or_reserve(&mut s, self.settings.size) {
+            match self.take_or_reserve(&mut s, self.settings().size) {
                 Some(grant) => Ok(grant),
                 None => {
                     let (tx, rx) = oneshot::channel();
@@ -176,7 +177,7 @@ impl Pool {
                             event = "pool_saturated",
                             database = %self.database,
                             user = %self.user,
-                            pool_size = self.settings.size,
+                            pool_size = self.settings().size,
                             "all backends busy: clients are waiting"
                         );
                     }
@@ -206,9 +207,9 @@ impl Pool {
         mut rx: oneshot::Receiver<Grant>,
         started: Instant,
     ) -> Result<Grant> {
-        let deadline = self.settings.query_wait_timeout.map(|t| started + t);
+        let deadline = self.settings().query_wait_timeout.map(|t| started + t);
         let mut reserve_at =
-            (self.settings.reserve_size > 0).then(|| started + self.settings.reserve_timeout);
+            (self.settings().reserve_size > 0).then(|| started + self.settings().reserve_timeout);
         loop {
             let wake = match (deadline, reserve_at) {
                 (Some(d), Some(r)) => Some(d.min(r)),
@@ -232,7 +233,7 @@ impl Pool {
             }
             if reserve_at.is_some_and(|r| now >= r) {
                 reserve_at = None;
-                let max = self.settings.size + self.settings.reserve_size;
+                let max = self.settings().size + self.settings().reserve_size;
                 if let Some(grant) = self.take_or_reserve(&mut s, max) {
                     s.waiters.retain(|w| w.id != id);
                     tracing::info!(event = "reserve_pool_used", database = %self.database, user = %self.user, "using the reserve pool");
@@ -295,7 +296,7 @@ impl Pool {
     async fn connect(&self) -> Result<Backend> {
         let started = Instant::now();
         self.state.lock().unwrap().connecting += 1;
-        let result = Backend::connect(self.target.clone(), self.settings.connect_timeout).await;
+        let result = Backend::connect(self.target.clone(), self.settings().connect_timeout).await;
         self.state.lock().unwrap().connecting -= 1;
         self.failing
             .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
@@ -313,29 +314,32 @@ impl Pool {
     /// Takes a backend back. `reusable` is the relay's word that it is idle
     /// and clean; otherwise it is closed.
     pub fn release(&self, mut backend: Backend, reusable: bool) {
-        let expired = self
-            .settings
+        let settings = self.settings();
+        let expired = settings
             .lifetime
             .is_some_and(|l| backend.created.elapsed() >= l);
         let stale = backend.generation < self.generation.load(Relaxed);
-        if !reusable || expired || stale || !backend.conn.rbuf.is_empty() {
-            drop(backend);
-            self.free_slot();
-            return;
-        }
-        backend.last_used = Instant::now();
-        let mut s = self.state.lock().unwrap();
-        let mut grant = Grant::Backend(backend);
-        while let Some(w) = s.waiters.pop_front() {
-            match w.tx.send(grant) {
-                Ok(()) => return,
-                Err(g) => grant = g,
+        if reusable && !expired && !stale && backend.conn.rbuf.is_empty() {
+            backend.last_used = Instant::now();
+            let mut s = self.state.lock().unwrap();
+            // A reload may have made the pool smaller than what is open.
+            if s.open <= settings.size + settings.reserve_size {
+                let mut grant = Grant::Backend(backend);
+                while let Some(w) = s.waiters.pop_front() {
+                    match w.tx.send(grant) {
+                        Ok(()) => return,
+                        Err(g) => grant = g,
+                    }
+                }
+                if let Grant::Backend(b) = grant {
+                    b.set_active(false);
+                    s.idle.push_back(b);
+                }
+                return;
             }
         }
-        if let Grant::Backend(b) = grant {
-            b.set_active(false);
-            s.idle.push_back(b);
-        }
+        drop(backend);
+        self.free_slot();
     }
 
     /// A backend is gone: its slot may go to a waiter.
@@ -352,7 +356,7 @@ impl Pool {
     pub(crate) fn grant_slots(&self) -> bool {
         let mut s = self.state.lock().unwrap();
         let mut served = false;
-        while !s.waiters.is_empty() && s.open < self.settings.size {
+        while !s.waiters.is_empty() && s.open < self.settings().size {
             if !self.acquire_limits() {
                 break;
             }
@@ -438,6 +442,26 @@ impl Pool {
         }
     }
 
+    /// The sizes and times in force.
+    pub fn settings(&self) -> PoolSettings {
+        *self.settings.read().unwrap()
+    }
+
+    /// A reload changed them: a bigger pool serves its waiters now; a
+    /// smaller one closes idle backends beyond the new size (and lent ones
+    /// as they come back, through the regular sweep).
+    pub fn update_settings(&self, new: PoolSettings) {
+        *self.settings.write().unwrap() = new;
+        {
+            let mut s = self.state.lock().unwrap();
+            while s.open > new.size.max(new.min_size) {
+                let Some(b) = s.idle.pop_front() else { break };
+                self.forget(&mut s, b);
+            }
+        }
+        self.grant_slots();
+    }
+
     /// Whether the last attempt to open a backend failed.
     pub fn failing(&self) -> bool {
         self.failing.load(std::sync::atomic::Ordering::Relaxed)
@@ -484,10 +508,13 @@ impl Pool {
         while i < s.idle.len() {
             let b = &s.idle[i];
             let idle_too_long = self
-                .settings
+                .settings()
                 .idle_timeout
-                .is_some_and(|t| now - b.last_used >= t && s.open > self.settings.min_size);
-            let too_old = self.settings.lifetime.is_some_and(|l| now - b.created >= l);
+                .is_some_and(|t| now - b.last_used >= t && s.open > self.settings().min_size);
+            let too_old = self
+                .settings()
+                .lifetime
+                .is_some_and(|l| now - b.created >= l);
             if idle_too_long || too_old || b.has_pending_input() {
                 let b = s.idle.remove(i).expect("index checked");
                 self.forget(&mut s, b);
@@ -495,7 +522,7 @@ impl Pool {
                 i += 1;
             }
         }
-        let missing = self.settings.min_size.saturating_sub(s.open);
+        let missing = self.settings().min_size.saturating_sub(s.open);
         let mut granted = 0;
         for _ in 0..missing {
             if !self.acquire_limits() {
