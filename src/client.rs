@@ -500,6 +500,9 @@ async fn serve_queries(
         max_prepared: config.max_prepared_statements,
         extra_tracked: &config.track_extra_parameters,
         stats: &pool.stats,
+        idle_transaction_timeout: config.idle_transaction_timeout,
+        query_timeout: config.query_timeout,
+        client_idle_timeout: config.client_idle_timeout.filter(|_| !transaction_mode),
     };
     // Why a stop token fired: the shutdown, or KILL.
     let stopped = || {
@@ -517,7 +520,7 @@ async fn serve_queries(
         tokio::select! {
             biased;
             _ = &mut stop_when_idle => return Err(stopped()),
-            more = next_message(conn) => if !more? { return Ok(()) },
+            more = idle_wait(conn, config.client_idle_timeout) => if !more? { return Ok(()) },
         }
         me.start_waiting();
         let mut backend = tokio::select! {
@@ -563,6 +566,16 @@ fn release(pool: &Arc<Pool>, backend: crate::backend::Backend, reusable: bool) {
         let settled = backend.cancel_gate.wait().await;
         pool.release(backend, reusable && settled);
     });
+}
+
+/// [`next_message`], up to `client_idle_timeout`.
+async fn idle_wait(conn: &mut Conn, limit: Option<std::time::Duration>) -> Result<bool> {
+    match limit {
+        None => next_message(conn).await,
+        Some(limit) => tokio::time::timeout(limit, next_message(conn))
+            .await
+            .map_err(|_| Error::ClientIdleTimeout)?,
+    }
 }
 
 /// Waits, unbound, until the client has sent a message header. `false`

@@ -36,6 +36,14 @@ pub enum Error {
     QueryWaitTimeout,
     #[error("client_login_timeout")]
     LoginTimeout,
+    #[error("client_idle_timeout")]
+    ClientIdleTimeout,
+    #[error("idle transaction timeout")]
+    IdleTransactionTimeout,
+    #[error("query_timeout")]
+    QueryTimeout,
+    #[error("server login has been failing, cached error: {0} (server_login_retry)")]
+    LoginRetry(String),
     #[error("pooler is shutting down")]
     ShuttingDown,
     #[error("terminating connection due to administrator command")]
@@ -66,7 +74,12 @@ impl Error {
             Error::NoSuchDatabase(_) => "3D000",
             Error::UnsupportedStartupParameter(_) => "08P01",
             Error::TooManyClients => "53300",
-            Error::QueryWaitTimeout | Error::LoginTimeout => "08P01",
+            Error::QueryWaitTimeout
+            | Error::LoginTimeout
+            | Error::ClientIdleTimeout
+            | Error::IdleTransactionTimeout
+            | Error::QueryTimeout
+            | Error::LoginRetry(_) => "08P01",
             Error::ShuttingDown | Error::Killed => "57P01",
             Error::BackendIo(_) | Error::BackendGone | Error::BackendConnect(_) => "08006",
             Error::BackendProtocol(_) => "08P01",
@@ -85,6 +98,10 @@ impl Error {
             | Error::UnsupportedStartupParameter(_)
             | Error::LoginTimeout => Side::Client,
             Error::TooManyClients
+            | Error::ClientIdleTimeout
+            | Error::IdleTransactionTimeout
+            | Error::QueryTimeout
+            | Error::LoginRetry(_)
             | Error::QueryWaitTimeout
             | Error::ShuttingDown
             | Error::Killed => Side::Pooler,

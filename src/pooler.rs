@@ -117,6 +117,7 @@ impl Pooler {
                     user.to_owned(),
                     target,
                     self.settings(db),
+                    self.config().server_check_query.clone(),
                     limits,
                 )
             })
@@ -168,7 +169,7 @@ impl Pooler {
         *self.config.write().unwrap() = Arc::new(new);
         for pool in self.pools() {
             if let Some(db) = self.config().database(&pool.database) {
-                pool.update_settings(self.settings(db));
+                pool.update_settings(self.settings(db), self.config().server_check_query.clone());
             }
         }
         tracing::info!(event = "reload", "configuration reloaded");
@@ -238,6 +239,8 @@ impl Pooler {
             connect_timeout: c.server_connect_timeout,
             idle_timeout: c.server_idle_timeout,
             lifetime: c.server_lifetime,
+            check_delay: c.server_check_delay,
+            login_retry: c.server_login_retry,
         }
     }
 

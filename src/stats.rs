@@ -120,11 +120,13 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// The client sent a request while nothing was outstanding.
+    /// The client sent a request; starts the clocks unless running.
     pub fn request_began(&mut self) {
-        let now = Instant::now();
-        self.query_started.get_or_insert(now);
-        self.xact_started.get_or_insert(now);
+        if self.query_started.is_none() || self.xact_started.is_none() {
+            let now = Instant::now();
+            self.query_started.get_or_insert(now);
+            self.xact_started.get_or_insert(now);
+        }
     }
 
     /// A ReadyForQuery answered a client's request; `idle` if it ended the

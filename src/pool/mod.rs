@@ -37,6 +37,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub lifetime: Option<Duration>,
+    pub check_delay: Duration,
+    pub login_retry: Duration,
 }
 
 /// A pool's counts at one moment (PgBouncer's SHOW POOLS).
@@ -70,6 +72,10 @@ pub struct Pool {
     resumed: tokio::sync::Notify,
     /// RECONNECT: backends of an older generation are closed when released.
     generation: std::sync::atomic::AtomicU64,
+    /// The last failed backend login and its message (server_login_retry).
+    last_login_failure: Mutex<Option<(Instant, String)>>,
+    /// `server_check_query` (a String, so kept apart from the Copy settings).
+    check_query: std::sync::RwLock<String>,
     /// `max_db_connections`, `max_user_connections`.
     limits: Vec<Arc<Limit>>,
     state: Mutex<State>,
@@ -112,6 +118,7 @@ impl Pool {
         user: String,
         target: Arc<Target>,
         settings: PoolSettings,
+        check_query: String,
         limits: Vec<Arc<Limit>>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
@@ -125,6 +132,8 @@ impl Pool {
             paused: Default::default(),
             resumed: Default::default(),
             generation: Default::default(),
+            last_login_failure: Mutex::default(),
+            check_query: std::sync::RwLock::new(check_query),
             limits,
             state: Mutex::default(),
         });
@@ -198,7 +207,12 @@ impl Pool {
                 })?
             }
         };
-        self.use_grant(grant).await
+        let backend = self.use_grant(grant).await?;
+        match self.checked(backend).await {
+            Some(b) => Ok(b),
+            // The check failed and closed it: the slot is free, try again.
+            None => Box::pin(self.lend()).await,
+        }
     }
 
     async fn wait(
@@ -279,25 +293,74 @@ impl Pool {
     async fn use_grant(&self, grant: Grant) -> Result<Backend> {
         match grant {
             Grant::Backend(b) => Ok(b),
-            Grant::Slot => match self.connect().await {
-                Ok(b) => {
-                    self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
-                    Ok(b)
-                }
-                Err(e) => {
-                    tracing::warn!(event = "backend_connect_failed", database = %self.database, user = %self.user, error = %e, "backend connect failed");
+            Grant::Slot => {
+                // While logins fail, clients get the last error at once
+                // instead of each waiting for its own failure.
+                let retry = self.settings().login_retry;
+                let cached = self.last_login_failure.lock().unwrap().clone();
+                if let Some((at, message)) = cached.filter(|(at, _)| at.elapsed() < retry) {
+                    let _ = at;
                     self.free_slot();
-                    Err(e)
+                    return Err(Error::LoginRetry(message));
                 }
-            },
+                // The slot goes back if this future is dropped half-way.
+                let slot = SlotGuard(Some(self));
+                let connected = self.connect().await;
+                slot.disarm();
+                match connected {
+                    Ok(mut b) => {
+                        b.generation = self.generation.load(Relaxed);
+                        b.set_active(true);
+                        *self.last_login_failure.lock().unwrap() = None;
+                        self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
+                        Ok(b)
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "backend_connect_failed", database = %self.database, user = %self.user, error = %e, "backend connect failed");
+                        *self.last_login_failure.lock().unwrap() =
+                            Some((Instant::now(), e.client_message()));
+                        self.free_slot();
+                        Err(e)
+                    }
+                }
+            }
         }
+    }
+
+    /// A backend idle longer than `server_check_delay` is checked with
+    /// `server_check_query` first; `None` if it failed (it is then closed).
+    async fn checked(&self, mut backend: Backend) -> Option<Backend> {
+        let settings = self.settings();
+        let query = self.check_query.read().unwrap().clone();
+        if query.is_empty() || backend.last_used.elapsed() < settings.check_delay {
+            return Some(backend);
+        }
+        let slot = SlotGuard(Some(self));
+        let check =
+            tokio::time::timeout(settings.connect_timeout, backend.simple_query(&query)).await;
+        slot.disarm();
+        if matches!(check, Ok(Ok(()))) {
+            return Some(backend);
+        }
+        tracing::info!(event = "backend_check_failed", database = %self.database, user = %self.user, "a long-idle backend failed its check; closing it");
+        drop(backend);
+        self.free_slot();
+        None
     }
 
     async fn connect(&self) -> Result<Backend> {
         let started = Instant::now();
         self.state.lock().unwrap().connecting += 1;
+        // Counted back even if this future is dropped half-way.
+        struct Connecting<'a>(&'a Pool);
+        impl Drop for Connecting<'_> {
+            fn drop(&mut self) {
+                self.0.state.lock().unwrap().connecting -= 1;
+            }
+        }
+        let connecting = Connecting(self);
         let result = Backend::connect(self.target.clone(), self.settings().connect_timeout).await;
-        self.state.lock().unwrap().connecting -= 1;
+        drop(connecting);
         self.failing
             .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
         match &result {
@@ -450,8 +513,9 @@ impl Pool {
     /// A reload changed them: a bigger pool serves its waiters now; a
     /// smaller one closes idle backends beyond the new size (and lent ones
     /// as they come back, through the regular sweep).
-    pub fn update_settings(&self, new: PoolSettings) {
+    pub fn update_settings(&self, new: PoolSettings, check_query: String) {
         *self.settings.write().unwrap() = new;
+        *self.check_query.write().unwrap() = check_query;
         {
             let mut s = self.state.lock().unwrap();
             while s.open > new.size.max(new.min_size) {
@@ -532,6 +596,24 @@ impl Pool {
             granted += 1;
         }
         granted
+    }
+}
+
+/// Frees a slot unless disarmed: a connect abandoned half-way (the client
+/// left, the pooler closes) must not leak it.
+struct SlotGuard<'a>(Option<&'a Pool>);
+
+impl SlotGuard<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0 {
+            pool.free_slot();
+        }
     }
 }
 

@@ -16,9 +16,10 @@ mod pipeline;
 mod requests;
 mod responses;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
@@ -57,6 +58,12 @@ pub struct RelaySettings<'a> {
     pub max_prepared: usize,
     pub extra_tracked: &'a [String],
     pub stats: &'a PoolStats,
+    /// Closes a client idle inside a transaction this long.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// Gives up on a query running this long.
+    pub query_timeout: Option<Duration>,
+    /// Session mode: closes a client idle (outside a transaction) this long.
+    pub client_idle_timeout: Option<Duration>,
 }
 
 pub struct Relay<'a> {
@@ -75,6 +82,24 @@ pub struct Relay<'a> {
     client_need: usize,
     backend_need: usize,
     client_done: bool,
+    /// The timer of whichever timeout applies to what the relay waits on.
+    watch: Option<Watch>,
+}
+
+/// What the relay is waiting on, for the timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// The backend owes replies: `query_timeout`.
+    Backend,
+    /// The client, inside a transaction: `idle_transaction_timeout`.
+    ClientInTransaction,
+    /// The client, between transactions (session mode): `client_idle_timeout`.
+    Client,
+}
+
+struct Watch {
+    waiting: Option<Waiting>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<'a> Relay<'a> {
@@ -98,6 +123,13 @@ impl<'a> Relay<'a> {
             client_need: 0,
             backend_need: 0,
             client_done: false,
+            watch: (settings.idle_transaction_timeout.is_some()
+                || settings.query_timeout.is_some()
+                || settings.client_idle_timeout.is_some())
+            .then(|| Watch {
+                waiting: None,
+                sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            }),
         }
     }
 
@@ -275,8 +307,50 @@ impl<'a> Relay<'a> {
                 return Poll::Ready(Ok(Outcome::Released));
             }
             if !progress {
+                if let Poll::Ready(e) = self.poll_timeouts(cx) {
+                    return Poll::Ready(Err(e));
+                }
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// Arms the timer for what the relay now waits on; an expired timer is
+    /// the error that ends the stretch (the backend is then closed).
+    fn poll_timeouts(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let Some(watch) = &mut self.watch else {
+            return Poll::Pending;
+        };
+        let waiting = if !self.pipeline.is_empty() {
+            Waiting::Backend
+        } else if self.pipeline.status != TransactionStatus::Idle {
+            Waiting::ClientInTransaction
+        } else {
+            Waiting::Client
+        };
+        let timeout = match waiting {
+            Waiting::Backend => self.settings.query_timeout,
+            Waiting::ClientInTransaction => self.settings.idle_transaction_timeout,
+            Waiting::Client => self.settings.client_idle_timeout,
+        };
+        let Some(timeout) = timeout else {
+            watch.waiting = Some(waiting);
+            return Poll::Pending;
+        };
+        if watch.waiting != Some(waiting) {
+            watch.waiting = Some(waiting);
+            watch
+                .sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+        }
+        match watch.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(match waiting {
+                Waiting::Backend => Error::QueryTimeout,
+                Waiting::ClientInTransaction => Error::IdleTransactionTimeout,
+                Waiting::Client => Error::ClientIdleTimeout,
+            }),
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -58,9 +58,7 @@ impl Visit for FromClient<'_> {
                 return Step::Drop;
             }
         }
-        if self.pipeline.is_empty()
-            && matches!(tag, b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S')
-        {
+        if matches!(tag, b'Q' | b'F' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S') {
             self.tally.request_began();
         }
         match tag {

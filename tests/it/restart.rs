@@ -32,6 +32,8 @@ async fn new_transactions_succeed_after_postgresql_restarts() {
             "3",
             "--server-connect-timeout",
             "2",
+            "--server-login-retry",
+            "0.5",
         ])
         .await;
         // Fill the pool with backends that the restart will kill.
