@@ -196,7 +196,7 @@ start_pgdyno() {
   else
     log "cargo build"
     (cd "$ROOT" && cargo build --quiet) || die "cargo build failed"
-    PGDYNO_BIN=$ROOT/target/debug/pgdyno
+    PGDYNO_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/pgdyno
   fi
   PGDYNO_PORT=$(free_port)
   log "pgdyno on 127.0.0.1:$PGDYNO_PORT (transaction mode, pool of 5) -> PostgreSQL :$PG_PORT"
