@@ -392,3 +392,80 @@ impl Backend {
         }
     }
 }
+
+impl Backend {
+    /// The first row of a simple query's result, as text: for pgdyno's own
+    /// questions to the server (auto pool sizing), never client traffic.
+    pub async fn query_row(&mut self, query: &str) -> Result<Vec<Option<String>>> {
+        frontend::query(query, &mut self.conn.wbuf).map_err(Error::BackendIo)?;
+        self.conn.flush().await.map_err(io_err)?;
+        let mut row = None;
+        let mut failure = None;
+        loop {
+            let msg = self
+                .conn
+                .read_message(MAX_LOGIN_MESSAGE)
+                .await
+                .map_err(io_err)?;
+            let mut body = &msg.body[..];
+            match msg.tag {
+                b'D' if row.is_none() => {
+                    let mut values = Vec::new();
+                    let count = take_i16(&mut body)?;
+                    for _ in 0..count {
+                        let len = take_i32(&mut body)?;
+                        if len < 0 {
+                            values.push(None);
+                            continue;
+                        }
+                        let len = len as usize;
+                        let bytes = body
+                            .get(..len)
+                            .ok_or_else(|| Error::BackendProtocol("short DataRow".into()))?;
+                        values.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+                        body = &body[len..];
+                    }
+                    row = Some(values);
+                }
+                b'E' => {
+                    failure = Some(Error::BackendRejected {
+                        code: fields::error_field(body, b'C')
+                            .unwrap_or("XX000")
+                            .to_owned(),
+                        message: fields::error_field(body, b'M')
+                            .unwrap_or("query failed")
+                            .to_owned(),
+                    })
+                }
+                b'Z' => {
+                    return match (failure, row) {
+                        (Some(e), _) => Err(e),
+                        (None, Some(row)) => Ok(row),
+                        (None, None) => {
+                            Err(Error::BackendProtocol("the query returned no row".into()))
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn take_i16(body: &mut &[u8]) -> Result<i16> {
+    let v = body
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        .ok_or_else(|| Error::BackendProtocol("short message".into()))?;
+    *body = &body[2..];
+    Ok(v)
+}
+
+fn take_i32(body: &mut &[u8]) -> Result<i32> {
+    let v = body
+        .get(..4)
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| Error::BackendProtocol("short message".into()))?;
+    *body = &body[4..];
+    Ok(v)
+}

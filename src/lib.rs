@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod autosize;
 pub mod backend;
 pub mod cancel;
 pub mod client;

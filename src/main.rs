@@ -156,7 +156,11 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config, sources: Sources) -> anyhow::Result<()> {
+async fn serve(mut config: Config, sources: Sources) -> anyhow::Result<()> {
+    if let Err(e) = pgdyno::autosize::resolve(&mut config).await {
+        eprintln!("pgdyno: {e}");
+        std::process::exit(2);
+    }
     // The recorder must exist before pools register their histograms.
     let metrics = config
         .metrics_listen

@@ -141,9 +141,15 @@ impl Pooler {
         let Some(sources) = &self.sources else {
             return Err(ConfigError("this configuration cannot be reloaded".into()));
         };
-        let new = Config::load(sources)?;
+        let mut new = Config::load(sources)?;
         let users = Users::load(&new)?;
         let old = self.config();
+        // Sizes chosen by `auto` at startup stay (asking again needs a restart).
+        for db in new.databases.iter_mut().filter(|d| d.auto_pool_size) {
+            if let Some(before) = old.database(&db.name) {
+                db.pool_size = before.pool_size;
+            }
+        }
         for (name, changed) in [
             ("listen", old.listen != new.listen),
             (

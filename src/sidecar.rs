@@ -200,11 +200,12 @@ impl Sidecar {
 /// pools, listeners, metrics, the stats ticker. Returns the address
 /// clients reach and the task serving them.
 async fn start_pooling(
-    config: Config,
+    mut config: Config,
 ) -> Result<(Arc<Pooler>, SocketAddr, JoinHandle<()>), SidecarError> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    crate::autosize::resolve(&mut config).await?;
     // The recorder must exist before pools register their histograms.
     let metrics = config
         .metrics_listen

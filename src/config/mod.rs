@@ -45,6 +45,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub pool_mode: PoolMode,
     pub default_pool_size: usize,
+    /// `default_pool_size = auto`: sized from the server (see `autosize`).
+    pub auto_pool_size: bool,
+    pub fleet_size: usize,
+    pub pool_size_headroom: usize,
     pub min_pool_size: usize,
     pub reserve_pool_size: usize,
     pub reserve_pool_timeout: Duration,
@@ -92,6 +96,8 @@ pub struct DatabaseConfig {
     pub name: String,
     pub upstream: Upstream,
     pub pool_size: usize,
+    /// `pool_size` is to be derived from the server (see `autosize`).
+    pub auto_pool_size: bool,
     pub min_pool_size: usize,
     pub reserve_pool_size: usize,
     pub pool_mode: PoolMode,
@@ -159,7 +165,14 @@ impl Config {
             unix_socket_dir: raw.path("unix_socket_dir")?,
             metrics_listen: raw.optional("metrics_listen")?,
             pool_mode: raw.parse("pool_mode")?,
-            default_pool_size: raw.parse("default_pool_size")?,
+            default_pool_size: if raw.string("default_pool_size")?.trim() == "auto" {
+                1
+            } else {
+                raw.parse("default_pool_size")?
+            },
+            auto_pool_size: raw.string("default_pool_size")?.trim() == "auto",
+            fleet_size: raw.parse("fleet_size")?,
+            pool_size_headroom: raw.parse("pool_size_headroom")?,
             min_pool_size: raw.parse("min_pool_size")?,
             reserve_pool_size: raw.parse("reserve_pool_size")?,
             reserve_pool_timeout: raw.duration("reserve_pool_timeout")?,
@@ -202,6 +215,11 @@ impl Config {
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
+        if self.fleet_size == 0 {
+            return Err(ConfigError(
+                "invalid value for fleet_size: must be at least 1".into(),
+            ));
+        }
         if self.default_pool_size == 0 {
             return Err(ConfigError(
                 "invalid value for default_pool_size: must be at least 1".into(),
@@ -280,6 +298,7 @@ impl DatabaseConfig {
             name,
             upstream,
             pool_size: config.default_pool_size,
+            auto_pool_size: config.auto_pool_size,
             min_pool_size: config.min_pool_size,
             reserve_pool_size: config.reserve_pool_size,
             pool_mode: config.pool_mode,
@@ -317,7 +336,10 @@ fn database_entry(
     }
     for key in raw.keys() {
         match key.as_str() {
-            "default_pool_size" => db.pool_size = raw.parse(&key)?,
+            "default_pool_size" => {
+                db.pool_size = raw.parse(&key)?;
+                db.auto_pool_size = false;
+            }
             "min_pool_size" => db.min_pool_size = raw.parse(&key)?,
             "reserve_pool_size" => db.reserve_pool_size = raw.parse(&key)?,
             "pool_mode" => db.pool_mode = raw.parse(&key)?,
