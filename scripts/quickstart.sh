@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 find_pg_bin() {
   if command -v initdb >/dev/null 2>&1; then
-    dirname "$(command -v initdb)"
+    dirname "$(readlink -f "$(command -v initdb)")"
     return
   fi
   local dir
@@ -41,6 +41,7 @@ trap cleanup EXIT
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u nobody -- "$@"; else "$@"; fi; }
 PG_PORT=$(free_port)
 PGDYNO_PORT=$(free_port)
+METRICS_PORT=$(free_port)
 PASSWORD=quickstart-secret
 mkdir "$TMP/data"
 echo "$PASSWORD" >"$TMP/pwfile"
@@ -56,7 +57,8 @@ cargo build --release --quiet
 UPSTREAM="postgres://app:$PASSWORD@127.0.0.1:$PG_PORT/postgres"
 echo "==> starting pgdyno on 127.0.0.1:$PGDYNO_PORT (transaction mode, pool of 5)"
 target/release/pgdyno --listen "127.0.0.1:$PGDYNO_PORT" --upstream "$UPSTREAM" \
-  --pool-mode transaction --pool-size 5 --max-client-conn 200 2>"$TMP/pgdyno.log" &
+  --pool-mode transaction --pool-size 5 --max-client-conn 200 --admin-users app \
+  --metrics-listen "127.0.0.1:$METRICS_PORT" 2>"$TMP/pgdyno.log" &
 PIDS+=($!)
 for _ in $(seq 50); do
   (echo >"/dev/tcp/127.0.0.1/$PGDYNO_PORT") 2>/dev/null && break
@@ -64,10 +66,19 @@ for _ in $(seq 50); do
 done
 
 export PGPASSWORD=$PASSWORD
-echo "==> pgbench: 20 clients for 5 s through pgdyno's 5 backends"
+echo "==> pgbench: 20 clients for 6 s through pgdyno's 5 backends"
 "$PG_BIN/pgbench" -i -s 1 -q -h 127.0.0.1 -p "$PGDYNO_PORT" -U app postgres 2>&1 | tail -1
-"$PG_BIN/pgbench" -c 20 -j 2 -T 5 -h 127.0.0.1 -p "$PGDYNO_PORT" -U app postgres 2>&1 |
-  grep -E "number of (transactions actually processed|failed)|tps"
+"$PG_BIN/pgbench" -c 20 -j 2 -T 6 -h 127.0.0.1 -p "$PGDYNO_PORT" -U app postgres >"$TMP/pgbench.out" 2>&1 &
+BENCH=$!
+sleep 3
+echo "==> live, mid-load: pgdyno's admin console (SHOW POOLS) and /metrics"
+"$PG_BIN/psql" -h 127.0.0.1 -p "$PGDYNO_PORT" -U app pgbouncer -c "SHOW POOLS" |
+  cut -d'|' -f1-4,7,10,14 | grep -v -- '-+-'
+python3 -c "import urllib.request as u; print(''.join(l for l in u.urlopen('http://127.0.0.1:$METRICS_PORT/metrics').read().decode().splitlines(True) if l.startswith(('pgdyno_pool_saturation','pgdyno_clients_waiting','pgdyno_transactions_total'))))"
+wait "$BENCH"
+grep -E "number of (transactions actually processed|failed)|tps" "$TMP/pgbench.out"
+echo "==> SHOW STATS_TOTALS"
+"$PG_BIN/psql" -h 127.0.0.1 -p "$PGDYNO_PORT" -U app pgbouncer -c "SHOW STATS_TOTALS" | cut -d'|' -f1-4 | grep -v -- '-+-'
 echo "==> PostgreSQL saw these connections from pgdyno:"
 "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U app postgres -tAc \
   "select count(*) || ' backends' from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
