@@ -157,6 +157,11 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(mut config: Config, sources: Sources) -> anyhow::Result<()> {
+    // Handlers first: a signal must never find pgdyno listening without them.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
     if let Err(e) = pgdyno::autosize::resolve(&mut config).await {
         eprintln!("pgdyno: {e}");
         std::process::exit(2);
@@ -191,10 +196,6 @@ async fn serve(mut config: Config, sources: Sources) -> anyhow::Result<()> {
     let shutdown = pooler.shutdown.clone();
     let timeout = pooler.config().shutdown_timeout;
     let mut server = tokio::spawn(listeners.serve(pooler.clone()));
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut quit = signal(SignalKind::quit())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = &mut server => break,

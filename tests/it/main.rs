@@ -13,6 +13,7 @@ mod cancel;
 mod config;
 mod copy;
 mod interleave;
+mod lifecycle;
 mod limits;
 mod params;
 mod pgbench;

@@ -111,6 +111,16 @@ impl Pgdyno {
         self.child.try_wait().expect("poll pgdyno").is_none()
     }
 
+    /// Sends signal `name` (`HUP`, `TERM`...) to the pgdyno process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} pgdyno failed");
+    }
+
     /// Everything pgdyno printed so far.
     pub fn log(&self) -> String {
         read_log(&self.dir)
