@@ -42,7 +42,12 @@ pub fn role(pooler: &Pooler, user: &str) -> Option<Role> {
 /// Answers console commands until the client leaves.
 pub async fn serve(conn: &mut Conn, pooler: &Arc<Pooler>, role: Role) -> Result<()> {
     loop {
-        let msg = match conn.read_message(64 * 1024).await {
+        let message = tokio::select! {
+            m = conn.read_message(64 * 1024) => m,
+            // An idle console session must not hold up a shutdown.
+            _ = pooler.shutdown.drain.cancelled() => return Err(Error::ShuttingDown),
+        };
+        let msg = match message {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {

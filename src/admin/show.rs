@@ -330,8 +330,18 @@ fn stats_totals(pooler: &Pooler) -> Table {
 }
 
 fn stats_averages(pooler: &Pooler) -> Table {
+    // Named like STATS_TOTALS, but the prepared-statement counts keep their
+    // avg_ prefix, as in PgBouncer's stats.c.
+    let names = STAT_NAMES.map(|n| match n {
+        "received" => "bytes_received",
+        "sent" => "bytes_sent",
+        "client_parse_count" => "avg_client_parse_count",
+        "server_parse_count" => "avg_server_parse_count",
+        "bind_count" => "avg_bind_count",
+        other => other,
+    });
     let mut columns = vec![("database", Text)];
-    columns.extend(STAT_NAMES.iter().map(|n| (*n, Int8)));
+    columns.extend(names.iter().map(|n| (*n, Int8)));
     let mut t = Table::new(&columns);
     for (db, avg) in averages(pooler) {
         let mut row = vec![v(&db)];
@@ -345,6 +355,7 @@ const CONNECTION_COLUMNS: &[(&str, Type)] = &[
     ("type", Text),
     ("user", Text),
     ("database", Text),
+    ("replication", Text),
     ("state", Text),
     ("addr", Text),
     ("port", Int4),
@@ -361,6 +372,7 @@ const CONNECTION_COLUMNS: &[(&str, Type)] = &[
     ("tls", Text),
     ("application_name", Text),
     ("prepared_statements", Int4),
+    ("id", Int8),
 ];
 
 fn clients(pooler: &Pooler) -> Table {
@@ -380,6 +392,7 @@ fn clients(pooler: &Pooler) -> Table {
             v("C"),
             v(&c.user),
             v(&c.database),
+            v("none"),
             v(if waited.is_some() {
                 "waiting"
             } else {
@@ -400,6 +413,7 @@ fn clients(pooler: &Pooler) -> Table {
             None,
             v(&c.application_name),
             v(0),
+            v(c.id),
         ]);
     }
     t
@@ -420,6 +434,7 @@ fn servers(pooler: &Pooler) -> Table {
             v("S"),
             v(&s.user),
             v(&s.database),
+            v("none"),
             v(if active { "active" } else { "idle" }),
             v(&s.addr),
             v(s.port),
@@ -438,6 +453,7 @@ fn servers(pooler: &Pooler) -> Table {
             None,
             None,
             v(0),
+            v(s.id),
         ]);
     }
     t
@@ -515,11 +531,45 @@ fn databases(pooler: &Pooler) -> Table {
 }
 
 fn users(pooler: &Pooler) -> Table {
-    let mut t = Table::new(&[("name", Text), ("pool_mode", Text)]);
-    let names: std::collections::BTreeSet<_> =
-        pooler.pools().iter().map(|p| p.user.clone()).collect();
-    for n in names {
-        t.row(vec![v(n), None]);
+    let mut t = Table::new(&[
+        ("name", Text),
+        ("pool_size", Int4),
+        ("reserve_pool_size", Int4),
+        ("pool_mode", Text),
+        ("max_user_connections", Int4),
+        ("current_connections", Int4),
+        ("max_user_client_connections", Int4),
+        ("current_client_connections", Int4),
+    ]);
+    let config = pooler.config();
+    let pools = pooler.pools();
+    let names: std::collections::BTreeSet<_> = pools.iter().map(|p| p.user.clone()).collect();
+    for name in names {
+        let current: usize = pools
+            .iter()
+            .filter(|p| p.user == name)
+            .map(|p| {
+                let s = p.snapshot();
+                s.backends_active + s.backends_idle + s.backends_login
+            })
+            .sum();
+        let clients = pooler
+            .registry
+            .clients
+            .iter()
+            .filter(|c| c.user == name)
+            .count();
+        // pgdyno has no per-user pool settings: 0, as PgBouncer shows then.
+        t.row(vec![
+            v(&name),
+            v(0),
+            v(0),
+            None,
+            v(config.max_user_connections),
+            v(current),
+            v(0),
+            v(clients),
+        ]);
     }
     t
 }

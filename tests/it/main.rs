@@ -7,6 +7,7 @@
 
 mod harness;
 
+mod admin;
 mod auth;
 mod bad_input;
 mod cancel;
@@ -15,6 +16,7 @@ mod copy;
 mod interleave;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod params;
 mod pgbench;
 mod pooling;

@@ -1,0 +1,271 @@
+//! What the console shows agrees with what is going on: SHOW POOLS under a
+//! held transaction and a waiting client, SHOW CLIENTS, SHOW SERVERS with
+//! the backends' pids; stats_users may only SHOW; unknown commands and the
+//! extended protocol are refused.
+
+use super::*;
+
+#[tokio::test]
+async fn show_pools_counts_a_held_transaction_and_a_waiting_client() {
+    within(60, async {
+        let pgdyno = pgdyno(&["--pool-size", "1"]).await;
+        let console = console(&pgdyno).await;
+        let holder = pgdyno.connect(APP_DB).await;
+        let idle = pgdyno.connect(APP_DB).await;
+        let waiter = pgdyno.connect(APP_DB).await;
+        simple(&holder, "BEGIN").await;
+        simple(&holder, "SELECT 1").await;
+
+        let (table, row) = pool_row(&console, APP_DB).await;
+        let n = |c: &str| table.int(&row, c);
+        assert_eq!(
+            (
+                n("cl_active"),
+                n("cl_waiting"),
+                n("sv_active"),
+                n("sv_idle")
+            ),
+            (3, 0, 1, 0),
+            "(cl_active, cl_waiting, sv_active, sv_idle) with one transaction held: {row:?}"
+        );
+
+        let waiting = tokio::spawn(async move {
+            let r = waiter.simple_query("SELECT 1").await;
+            (waiter, r)
+        });
+        eventually(5, "the third client never showed as waiting", || async {
+            let (table, row) = pool_row(&console, APP_DB).await;
+            table.int(&row, "cl_waiting") == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (table, row) = pool_row(&console, APP_DB).await;
+        let n = |c: &str| table.int(&row, c);
+        assert_eq!(n("cl_active"), 2, "{row:?}");
+        assert_eq!(n("cl_waiting"), 1, "{row:?}");
+        assert_eq!(n("sv_active"), 1, "{row:?}");
+        assert_eq!(n("sv_idle"), 0, "{row:?}");
+        assert_eq!(n("sv_login"), 0, "{row:?}");
+        assert_eq!(n("sv_used"), 0, "{row:?}");
+        assert_eq!(n("sv_tested"), 0, "{row:?}");
+        let waited_us = n("maxwait") * 1_000_000 + n("maxwait_us");
+        assert!(waited_us >= 100_000, "maxwait {waited_us} us: {row:?}");
+        assert_eq!(table.cell(&row, "pool_mode"), Some("transaction"));
+
+        simple(&holder, "COMMIT").await;
+        let (waiter, result) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting client got the backend within 5 s")
+            .unwrap();
+        result.expect("the waiting client's query");
+        eventually(5, "the backend never went back to idle", || async {
+            let (table, row) = pool_row(&console, APP_DB).await;
+            table.int(&row, "sv_active") == 0
+        })
+        .await;
+        let (table, row) = pool_row(&console, APP_DB).await;
+        let n = |c: &str| table.int(&row, c);
+        assert_eq!(
+            (
+                n("cl_active"),
+                n("cl_waiting"),
+                n("sv_active"),
+                n("sv_idle")
+            ),
+            (3, 0, 0, 1),
+            "all idle: {row:?}"
+        );
+        assert_eq!(n("maxwait") * 1_000_000 + n("maxwait_us"), 0, "{row:?}");
+        drop((idle, waiter));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn show_clients_lists_a_client_until_it_leaves() {
+    within(60, async {
+        let pgdyno = pgdyno(&[]).await;
+        let console = console(&pgdyno).await;
+        let mut config = pgdyno.config(APP_DB);
+        config.application_name("clients-probe");
+        let client = connect(&config).await.expect("connect");
+        simple(&client, "SELECT 1").await;
+
+        let table = show(&console, "SHOW CLIENTS").await;
+        let probe = |t: &Table| {
+            t.rows
+                .iter()
+                .find(|r| {
+                    r.get("application_name").cloned().flatten().as_deref() == Some("clients-probe")
+                })
+                .cloned()
+        };
+        let row = probe(&table)
+            .unwrap_or_else(|| panic!("the client is not in SHOW CLIENTS: {:?}", table.rows));
+        assert_eq!(table.cell(&row, "type"), Some("C"), "{row:?}");
+        assert_eq!(table.cell(&row, "user"), Some(APP_USER), "{row:?}");
+        assert_eq!(table.cell(&row, "database"), Some(APP_DB), "{row:?}");
+        assert_eq!(table.cell(&row, "addr"), Some("127.0.0.1"), "{row:?}");
+        assert!(table.int(&row, "port") > 0, "{row:?}");
+        assert_eq!(
+            table.int(&row, "local_port"),
+            i64::from(pgdyno.port()),
+            "{row:?}"
+        );
+        let connected = table.cell(&row, "connect_time").unwrap_or_default();
+        assert!(connected.len() >= 19, "connect_time {connected:?}");
+
+        drop(client);
+        eventually(
+            5,
+            "the client stayed in SHOW CLIENTS after leaving",
+            || async { probe(&show(&console, "SHOW CLIENTS").await).is_none() },
+        )
+        .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn show_servers_remote_pid_is_the_backend_pid() {
+    within(60, async {
+        let pgdyno = pgdyno(&["--pool-size", "1"]).await;
+        let console = console(&pgdyno).await;
+        let client = pgdyno.connect(APP_DB).await;
+        simple(&client, "BEGIN").await;
+        let pid = backend_pid(&client).await;
+
+        let table = show(&console, "SHOW SERVERS").await;
+        let row = table
+            .rows
+            .iter()
+            .find(|r| r.get("remote_pid").cloned().flatten() == Some(pid.to_string()))
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no server with remote_pid {pid} in SHOW SERVERS: {:?}",
+                    table.rows
+                )
+            });
+        assert_eq!(table.rows.len(), 1, "pool_size 1: {:?}", table.rows);
+        assert_eq!(table.cell(&row, "type"), Some("S"), "{row:?}");
+        assert_eq!(table.cell(&row, "user"), Some(APP_USER), "{row:?}");
+        assert_eq!(table.cell(&row, "database"), Some(APP_DB), "{row:?}");
+        assert_eq!(table.cell(&row, "state"), Some("active"), "{row:?}");
+        assert_eq!(table.cell(&row, "addr"), Some("127.0.0.1"), "{row:?}");
+        assert_eq!(
+            table.int(&row, "port"),
+            i64::from(Cluster::shared().port()),
+            "{row:?}"
+        );
+
+        simple(&client, "COMMIT").await;
+        eventually(5, "the backend never showed as idle", || async {
+            let t = show(&console, "SHOW SERVERS").await;
+            t.rows.iter().any(|r| {
+                r.get("remote_pid").cloned().flatten() == Some(pid.to_string())
+                    && r.get("state").cloned().flatten().as_deref() == Some("idle")
+            })
+        })
+        .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn stats_users_may_only_show() {
+    within(60, async {
+        let dir = scratch_dir("admin-authfile");
+        let userlist = dir.join("userlist.txt");
+        std::fs::write(&userlist, "\"watcher\" \"watcher-secret\"\n").unwrap();
+        let pgdyno = pgdyno(&[
+            "--auth-file",
+            userlist.to_str().unwrap(),
+            "--stats-users",
+            "watcher",
+        ])
+        .await;
+        let app = pgdyno.connect(APP_DB).await;
+        simple(&app, "SELECT 1").await;
+        let watcher = connect(&pgdyno.config_as("pgbouncer", "watcher", "watcher-secret"))
+            .await
+            .expect("a stats user logs in to the console");
+        for sql in [
+            "SHOW POOLS",
+            "SHOW STATS",
+            "SHOW CLIENTS",
+            "SHOW SERVERS",
+            "SHOW CONFIG",
+        ] {
+            show(&watcher, sql).await;
+        }
+        for sql in [
+            "PAUSE",
+            "PAUSE appdb",
+            "RESUME",
+            "RECONNECT",
+            "KILL appdb",
+            "SHUTDOWN",
+        ] {
+            let err = watcher
+                .simple_query(sql)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("a stats user ran {sql}"));
+            assert!(
+                err.as_db_error().is_some(),
+                "{sql}: no ErrorResponse: {err}"
+            );
+        }
+        // Nothing happened: the app's client works, pgdyno runs.
+        simple(&app, "SELECT 1").await;
+        let (table, row) = pool_row(&watcher, APP_DB).await;
+        assert_eq!(table.int(&row, "cl_active"), 1);
+        let databases = show(&watcher, "SHOW DATABASES").await;
+        assert_eq!(
+            databases.rows[0]["paused"].as_deref(),
+            Some("0"),
+            "{:?}",
+            databases.rows
+        );
+        // A user in neither list is refused the console.
+        let err = connect(&pgdyno.config("pgbouncer").user("nobody_here").clone()).await;
+        assert!(err.is_err(), "a user in neither list reached the console");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unknown_commands_and_the_extended_protocol_are_refused() {
+    within(60, async {
+        let pgdyno = pgdyno(&[]).await;
+        let console = console(&pgdyno).await;
+        for sql in ["FROBNICATE", "SHOW NOTHING", "SELECT 1"] {
+            let err = console
+                .simple_query(sql)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{sql} was accepted"));
+            assert!(
+                err.as_db_error().is_some(),
+                "{sql}: no ErrorResponse: {err}"
+            );
+        }
+        // The session carries on after an error.
+        show(&console, "SHOW VERSION").await;
+
+        // tokio-postgres' query() is the extended protocol.
+        let extended =
+            tokio::time::timeout(Duration::from_secs(5), console.query("SHOW POOLS", &[]))
+                .await
+                .expect("the extended protocol got no answer within 5 s");
+        assert!(
+            extended.is_err(),
+            "the console answered the extended protocol"
+        );
+        // A new session works.
+        let again = self::console(&pgdyno).await;
+        show(&again, "SHOW POOLS").await;
+    })
+    .await
+}
