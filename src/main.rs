@@ -43,10 +43,7 @@ fn main() -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = runtime(&config)?;
     runtime.block_on(serve(config, sources))
 }
 
@@ -59,10 +56,7 @@ fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
     let command = args[split + 1..].to_vec();
     let sidecar = Sidecar::prepare(sources, command).unwrap_or_else(|e| exit_with(e));
     init_logging(&sidecar.config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = runtime(&sidecar.config)?;
     match runtime.block_on(sidecar.run()) {
         Ok(code) => std::process::exit(code),
         Err(e) => exit_with(e),
@@ -137,6 +131,23 @@ fn stop_signal(shutdown: &pgdyno::shutdown::Shutdown, name: &str, timeout: Durat
         );
         shutdown.begin(timeout);
     }
+}
+
+/// One thread keeps a client and its backend on one core and wakes no
+/// other thread: on a small machine shared with PostgreSQL and the app that
+/// is the fastest (measured with benches/load.sh). Bigger machines get a
+/// worker per four cores unless `worker_threads` says otherwise.
+fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match config.worker_threads {
+        0 => (cores / 4).max(1),
+        n => n,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 fn init_logging(config: &Config) {

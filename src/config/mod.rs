@@ -41,6 +41,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub worker_threads: usize,
     pub unix_socket_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub pool_mode: PoolMode,
@@ -162,6 +163,7 @@ impl Config {
     fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {
         Ok(Config {
             listen: raw.parse("listen")?,
+            worker_threads: raw.parse("worker_threads")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
             metrics_listen: raw.optional("metrics_listen")?,
             pool_mode: raw.parse("pool_mode")?,

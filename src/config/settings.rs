@@ -20,6 +20,7 @@ const fn s(name: &'static str, default: &'static str, help: &'static str) -> Set
 
 #[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
+    s("worker_threads", "0", "threads serving clients (0: one per four cores, at least one)"),
     s("listen", "127.0.0.1:6432", "TCP address clients connect to"),
     s("metrics_listen", "", "address for HTTP GET /metrics (Prometheus), /health and /ready (empty: off)"),
     s("unix_socket_dir", "", "directory for a Unix socket .s.PGSQL.<port> (empty: none)"),
