@@ -162,6 +162,7 @@ fn init_logging(config: &Config) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .init(),
         LogFormat::Text => builder.init(),
     }
