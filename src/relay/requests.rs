@@ -274,6 +274,17 @@ impl FromClient<'_> {
 /// Whether SQL text (NUL-terminated or not) is `SET [SESSION] name
 /// {TO | =} DEFAULT`, which PostgreSQL treats as RESET.
 fn is_set_default(text: &[u8]) -> bool {
+    // Cheap refusals first: this runs on every short query.
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    if !text[start..]
+        .get(..3)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
+    {
+        return false;
+    }
     let text = crate::protocol::fields::cstr(text).map_or(text, |(t, _)| t);
     if text.len() > MAX_DEALLOCATE {
         return false;
@@ -295,6 +306,10 @@ fn is_set_default(text: &[u8]) -> bool {
 /// The statement name of `DEALLOCATE [PREPARE] name[;]` (a double-quoted
 /// name keeps its case; a bare one is folded to lower case, as SQL does).
 fn deallocate_target(body: &[u8]) -> Option<String> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if !body[start..].get(..10)?.eq_ignore_ascii_case(b"deallocate") {
+        return None;
+    }
     let text = std::str::from_utf8(crate::protocol::fields::cstr(body)?.0).ok()?;
     let text = text.trim().trim_end_matches(';').trim_end();
     let mut words = text.splitn(2, char::is_whitespace);
