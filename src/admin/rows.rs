@@ -11,6 +11,8 @@ pub enum Type {
     Text = 25,
     Int4 = 23,
     Int8 = 20,
+    /// PgBouncer's statistics columns.
+    Numeric = 1700,
 }
 
 /// A result set being built: columns first, then rows of text values.

@@ -10,7 +10,7 @@ use crate::config::{Host, PoolMode, SETTINGS};
 use crate::pooler::Pooler;
 use crate::stats::Totals;
 
-use Type::{Int4, Int8, Text};
+use Type::{Int4, Int8, Numeric, Text};
 
 pub fn show(what: &str, pooler: &Pooler, out: &mut BytesMut) -> Result<(), String> {
     let table = match what {
@@ -298,8 +298,8 @@ fn stats(pooler: &Pooler) -> Table {
         "avg_client_login_count",
     ];
     let mut columns = vec![("database", Text)];
-    columns.extend(TOTAL.iter().map(|n| (*n, Int8)));
-    columns.extend(AVG.iter().map(|n| (*n, Int8)));
+    columns.extend(TOTAL.iter().map(|n| (*n, Numeric)));
+    columns.extend(AVG.iter().map(|n| (*n, Numeric)));
     let mut t = Table::new(&columns);
     let avgs = averages(pooler);
     for (db, total) in totals(pooler) {
@@ -319,7 +319,7 @@ fn stats_totals(pooler: &Pooler) -> Table {
         other => other,
     });
     let mut columns = vec![("database", Text)];
-    columns.extend(names.iter().map(|n| (*n, Int8)));
+    columns.extend(names.iter().map(|n| (*n, Numeric)));
     let mut t = Table::new(&columns);
     for (db, total) in totals(pooler) {
         let mut row = vec![v(&db)];
@@ -341,7 +341,7 @@ fn stats_averages(pooler: &Pooler) -> Table {
         other => other,
     });
     let mut columns = vec![("database", Text)];
-    columns.extend(names.iter().map(|n| (*n, Int8)));
+    columns.extend(names.iter().map(|n| (*n, Numeric)));
     let mut t = Table::new(&columns);
     for (db, avg) in averages(pooler) {
         let mut row = vec![v(&db)];
