@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::fields;
+use crate::protocol::write::{message, put_cstr};
 
 /// A statement as pgdyno prepares it on backends.
 #[derive(Debug)]
@@ -65,20 +66,6 @@ impl Statement {
             parse: parse.freeze(),
         })
     }
-}
-
-fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    buf.put_u8(tag);
-    let at = buf.len();
-    buf.put_i32(0);
-    body(buf);
-    let len = (buf.len() - at) as i32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
-    buf.put_slice(s);
-    buf.put_u8(0);
 }
 
 /// Bind with the statement name replaced: `portal, statement, rest`. A

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::protocol::write;
+use crate::protocol::write::{self, message};
 
 /// Column types, as PostgreSQL OIDs.
 #[derive(Clone, Copy)]
@@ -70,15 +70,6 @@ impl Table {
         }
         write::command_complete(out, "SHOW");
     }
-}
-
-fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    buf.put_u8(tag);
-    let at = buf.len();
-    buf.put_i32(0);
-    body(buf);
-    let len = (buf.len() - at) as i32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Shorthand for a present value.

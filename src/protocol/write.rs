@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use super::TransactionStatus;
 
 /// Appends a message with `tag`, letting `body` fill in its contents.
-fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+pub(crate) fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     buf.put_u8(tag);
     let at = buf.len();
     buf.put_i32(0);
@@ -17,7 +17,7 @@ fn message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
+pub(crate) fn put_cstr(buf: &mut BytesMut, s: &[u8]) {
     buf.put_slice(s);
     buf.put_u8(0);
 }
