@@ -156,14 +156,6 @@ impl BackendStatements {
     pub fn clear(&mut self) {
         self.names.clear();
     }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
 #[cfg(test)]

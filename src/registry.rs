@@ -104,7 +104,6 @@ pub struct Listed<T: Unlist> {
 }
 
 impl Registry {
-    #[allow(clippy::too_many_arguments)]
     pub fn add_client(
         self: &Arc<Self>,
         user: &str,

@@ -318,15 +318,7 @@ fn stats_totals(pooler: &Pooler) -> Table {
         "sent" => "bytes_sent",
         other => other,
     });
-    let mut columns = vec![("database", Text)];
-    columns.extend(names.iter().map(|n| (*n, Numeric)));
-    let mut t = Table::new(&columns);
-    for (db, total) in totals(pooler) {
-        let mut row = vec![v(&db)];
-        row.extend(values(&total).iter().map(v));
-        t.row(row);
-    }
-    t
+    per_database(&names, totals(pooler))
 }
 
 fn stats_averages(pooler: &Pooler) -> Table {
@@ -340,12 +332,17 @@ fn stats_averages(pooler: &Pooler) -> Table {
         "bind_count" => "avg_bind_count",
         other => other,
     });
+    per_database(&names, averages(pooler))
+}
+
+/// A row of the twelve statistics per database, under `names`.
+fn per_database(names: &[&'static str; 12], by_db: BTreeMap<String, Totals>) -> Table {
     let mut columns = vec![("database", Text)];
     columns.extend(names.iter().map(|n| (*n, Numeric)));
     let mut t = Table::new(&columns);
-    for (db, avg) in averages(pooler) {
+    for (db, stats) in by_db {
         let mut row = vec![v(&db)];
-        row.extend(values(&avg).iter().map(v));
+        row.extend(values(&stats).iter().map(v));
         t.row(row);
     }
     t

@@ -9,7 +9,6 @@ mod settings;
 mod url;
 mod value;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -366,11 +365,6 @@ pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
     text.parse::<toml::Table>()
         .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))
-}
-
-/// Settings values as they were given, for `SHOW CONFIG` and `--help`.
-pub fn defaults() -> BTreeMap<&'static str, &'static str> {
-    SETTINGS.iter().map(|s| (s.name, s.default)).collect()
 }
 
 #[cfg(test)]

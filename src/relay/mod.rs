@@ -133,11 +133,6 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// The transaction status the backend last reported.
-    pub fn status(&self) -> TransactionStatus {
-        self.pipeline.status
-    }
-
     /// Pumps both directions until the backend may be released or the
     /// client leaves.
     ///
