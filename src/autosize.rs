@@ -43,6 +43,11 @@ pub async fn resolve(config: &mut Config) -> Result<(), ConfigError> {
                 .clone()
                 .unwrap_or_else(|| db.name.clone()),
             credential,
+            tls: std::sync::RwLock::new(Arc::new(crate::tls::Connector::new(
+                &db.upstream,
+                &config.server_tls,
+                &mut None,
+            )?)),
         });
         let fail = |e: crate::error::Error| {
             ConfigError(format!(

@@ -4,8 +4,7 @@
 //! What a backend is used for is the pool's and the relay's business.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -13,14 +12,17 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::auth::{self, scram::KeyExchange, scram::ScramKeys};
+use crate::auth;
+use crate::auth::scram::{ClientBinding, KeyExchange, ScramKeys, MECHANISM, MECHANISM_PLUS};
 use crate::cancel::CancelGate;
+use crate::config::tls::ChannelBinding as BindingMode;
 use crate::config::{Host, Upstream};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::fields;
 use crate::registry::{Listed, Registry, ServerEntry};
 use crate::stream::{Conn, Stream};
+use crate::tls::Connector;
 
 /// Messages during login are small; a huge one means we are not talking to
 /// PostgreSQL.
@@ -37,6 +39,14 @@ pub struct Target {
     pub user: String,
     pub dbname: String,
     pub credential: Credential,
+    /// How to encrypt; replaced on reload (new backends use the new one).
+    pub tls: RwLock<Arc<Connector>>,
+}
+
+impl Target {
+    pub fn connector(&self) -> Arc<Connector> {
+        self.tls.read().unwrap().clone()
+    }
 }
 
 /// How pgdyno proves itself to PostgreSQL.
@@ -78,8 +88,8 @@ impl Backend {
     /// Connects and logs in, all within `timeout`.
     pub async fn connect(target: Arc<Target>, timeout: Duration) -> Result<Backend> {
         let login = async {
-            let stream = open_raw(&target.upstream).await?;
-            login(Conn::new(stream), target.clone()).await
+            let (stream, binding) = open(&target.upstream, &target.connector()).await?;
+            login(Conn::new(stream), target.clone(), binding).await
         };
         match tokio::time::timeout(timeout, login).await {
             Ok(Ok(mut backend)) => {
@@ -111,15 +121,7 @@ impl Backend {
     /// error (it is shutting down) or closed it. Such a backend is useless.
     /// Costs no system call: it reads the reactor's readiness state.
     pub fn has_pending_input(&self) -> bool {
-        if !self.conn.rbuf.is_empty() {
-            return true;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        let ready = match &self.conn.stream {
-            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
-            Stream::Unix(s) => s.poll_read_ready(&mut cx),
-        };
-        matches!(ready, Poll::Ready(_))
+        !self.conn.rbuf.is_empty() || self.conn.stream.readable()
     }
 
     /// Marks the backend lent (true) or idle (false) in SHOW SERVERS.
@@ -145,8 +147,10 @@ pub fn set_param(params: &mut Vec<(String, String)>, name: &str, value: &str) {
     }
 }
 
-/// Opens a socket to PostgreSQL, without logging in (for logins and cancels).
-pub async fn open_raw(upstream: &Upstream) -> Result<Stream> {
+/// Opens a connection to PostgreSQL, encrypted as `tls` says, without
+/// logging in (for logins and cancels). Over TLS, also returns the server
+/// certificate's channel binding data.
+pub async fn open(upstream: &Upstream, tls: &Connector) -> Result<(Stream, Option<Vec<u8>>)> {
     let connect_err =
         |e: std::io::Error| Error::BackendConnect(format!("{}: {e}", upstream.redacted()));
     match &upstream.host {
@@ -154,13 +158,13 @@ pub async fn open_raw(upstream: &Upstream) -> Result<Stream> {
             let stream = TcpStream::connect((host.as_str(), upstream.port))
                 .await
                 .map_err(connect_err)?;
-            Stream::tcp(stream).map_err(connect_err)
+            stream.set_nodelay(true).map_err(connect_err)?;
+            tls.negotiate(stream).await
         }
         Host::Unix(dir) => {
             let path = dir.join(format!(".s.PGSQL.{}", upstream.port));
-            Ok(Stream::Unix(
-                UnixStream::connect(path).await.map_err(connect_err)?,
-            ))
+            let stream = UnixStream::connect(path).await.map_err(connect_err)?;
+            Ok((Stream::Unix(stream), None))
         }
     }
 }
@@ -173,7 +177,7 @@ fn io_err(e: std::io::Error) -> Error {
     }
 }
 
-async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
+async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) -> Result<Backend> {
     let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.dbname)];
     for key in ["options", "application_name"] {
         if let Some(v) = target.upstream.param(key) {
@@ -212,7 +216,15 @@ async fn login(mut conn: Conn, target: Arc<Target>) -> Result<Backend> {
                     ));
                 }
                 let code = body.get_i32();
-                authenticate(&mut backend.conn, &target, code, &body, &mut scram).await?;
+                authenticate(
+                    &mut backend.conn,
+                    &target,
+                    code,
+                    &body,
+                    &mut scram,
+                    &binding,
+                )
+                .await?;
             }
             b'S' => {
                 if let Some((k, v)) = fields::parameter_status(&body) {
@@ -252,6 +264,7 @@ async fn authenticate(
     code: i32,
     body: &BytesMut,
     scram: &mut Option<Scram>,
+    tls_binding: &Option<Vec<u8>>,
 ) -> Result<()> {
     let no_password = || {
         Error::BackendConnect(format!(
@@ -264,6 +277,13 @@ async fn authenticate(
         _ => None,
     };
     match code {
+        // Without SCRAM no binding was made (with SCRAM, choose_binding
+        // has already insisted on it).
+        0 if scram.is_none() && target.connector().channel_binding == BindingMode::Require => {
+            return Err(Error::BackendConnect(
+                "channel_binding=require, but the server logged pgdyno in without SCRAM".into(),
+            ))
+        }
         0 => return Ok(()),
         3 => {
             let p = password.ok_or_else(no_password)?;
@@ -284,27 +304,29 @@ async fn authenticate(
                 .map_err(Error::BackendIo)?;
         }
         10 => {
-            let offers_scram = body[..]
-                .split(|&b| b == 0)
-                .any(|m| m == auth::scram::MECHANISM.as_bytes());
-            if !offers_scram {
-                return Err(Error::BackendConnect(
-                    "server offers no SASL mechanism pgdyno supports".into(),
-                ));
-            }
+            let binding = choose_binding(body, tls_binding, target.connector().channel_binding)?;
+            let mechanism = match binding {
+                ClientBinding::EndPoint(_) => MECHANISM_PLUS,
+                _ => MECHANISM,
+            };
             let (exchange, first) = match &target.credential {
                 Credential::Password(p) => {
-                    let e = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+                    let binding = match binding {
+                        ClientBinding::None => ChannelBinding::unsupported(),
+                        ClientBinding::Unused => ChannelBinding::unrequested(),
+                        ClientBinding::EndPoint(data) => ChannelBinding::tls_server_end_point(data),
+                    };
+                    let e = ScramSha256::new(p.as_bytes(), binding);
                     let first = e.message().to_vec();
                     (Scram::Password(e), first)
                 }
                 Credential::ScramKeys(keys) => {
-                    let (e, first) = KeyExchange::start(keys.clone());
+                    let (e, first) = KeyExchange::start(keys.clone(), binding);
                     (Scram::Keys(e), first.into_bytes())
                 }
                 _ => return Err(no_password()),
             };
-            frontend::sasl_initial_response(auth::scram::MECHANISM, &first, &mut conn.wbuf)
+            frontend::sasl_initial_response(mechanism, &first, &mut conn.wbuf)
                 .map_err(Error::BackendIo)?;
             *scram = Some(exchange);
         }
@@ -346,6 +368,36 @@ async fn authenticate(
         }
     }
     conn.flush().await.map_err(io_err)
+}
+
+/// Picks channel binding for a SCRAM login, as libpq does: bind when the
+/// connection is TLS and the server offers SCRAM-SHA-256-PLUS, unless
+/// `channel_binding=disable`; `require` refuses to log in without it.
+fn choose_binding(
+    offered: &[u8],
+    tls_binding: &Option<Vec<u8>>,
+    mode: BindingMode,
+) -> Result<ClientBinding> {
+    let offers = |m: &str| offered.split(|&b| b == 0).any(|o| o == m.as_bytes());
+    let binding = match (mode, tls_binding) {
+        (BindingMode::Disable, _) => ClientBinding::None,
+        (_, Some(data)) if offers(MECHANISM_PLUS) => ClientBinding::EndPoint(data.clone()),
+        (BindingMode::Require, _) => {
+            return Err(Error::BackendConnect(
+                "channel_binding=require, but the server did not offer SCRAM-SHA-256-PLUS \
+                 over a TLS connection"
+                    .into(),
+            ))
+        }
+        (BindingMode::Prefer, Some(_)) => ClientBinding::Unused,
+        (BindingMode::Prefer, None) => ClientBinding::None,
+    };
+    if !matches!(binding, ClientBinding::EndPoint(_)) && !offers(MECHANISM) {
+        return Err(Error::BackendConnect(
+            "server offers no SASL mechanism pgdyno supports".into(),
+        ));
+    }
+    Ok(binding)
 }
 
 impl Backend {

@@ -142,7 +142,7 @@ impl Cancels {
 }
 
 async fn forward(bound: &Bound) -> std::io::Result<()> {
-    let mut stream = crate::backend::open_raw(&bound.target.upstream)
+    let (mut stream, _) = crate::backend::open(&bound.target.upstream, &bound.target.connector())
         .await
         .map_err(std::io::Error::other)?;
     let mut buf = BytesMut::new();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::auth::client::authenticate;
+use crate::config::tls::SslMode;
 use crate::config::{Config, DatabaseConfig, PoolMode};
 use crate::error::{Error, Result, Side};
 use crate::pool::Pool;
@@ -21,6 +22,7 @@ use crate::registry::ClientEntry;
 use crate::relay::{Outcome, Relay, RelaySettings};
 use crate::session::{self, Session};
 use crate::stream::{Conn, Stream};
+use crate::tls::{Acceptor, ClientTlsInfo};
 
 /// What a client asked for in its StartupMessage.
 #[derive(Debug, Default)]
@@ -37,10 +39,29 @@ pub struct Startup {
 /// Serves one accepted connection to its end. Never panics on input; every
 /// failure ends in an ErrorResponse where the socket still works.
 pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
-    let mut conn = Conn::new(stream);
     let span = tracing::info_span!("client", client_addr = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async {
-        if let Err(e) = run(&pooler, &mut conn, &peer).await {
+        let login_deadline = tokio::time::Instant::now() + pooler.config().client_login_timeout;
+        let acceptor = pooler.acceptor();
+        let negotiated = tokio::time::timeout_at(
+            login_deadline,
+            crate::tls::accept::negotiate(stream, acceptor.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::ClientTls(
+                "timed out before the handshake ended (client_login_timeout)".into(),
+            ))
+        });
+        let (mut conn, tls) = match negotiated {
+            Ok(negotiated) => negotiated,
+            Err(e) => return log_failure(&e),
+        };
+        let encryption = Encryption {
+            acceptor: acceptor.as_deref(),
+            tls: tls.as_ref(),
+        };
+        if let Err(e) = run(&pooler, &mut conn, &peer, encryption, login_deadline).await {
             if e.client_reachable() {
                 let class = e.sqlstate().get(..2).unwrap_or("XX").to_owned();
                 *pooler
@@ -59,9 +80,26 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
 }
 
 async fn report(conn: &mut Conn, e: &Error) {
+    log_failure(e);
+    if e.client_reachable() {
+        conn.wbuf.clear();
+        write::error_response(
+            &mut conn.wbuf,
+            Severity::Fatal,
+            e.sqlstate(),
+            &e.client_message(),
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.flush()).await;
+    }
+}
+
+fn log_failure(e: &Error) {
     match (e.side(), e) {
         (_, Error::ClientGone | Error::ClientIo(_)) => {
             tracing::debug!(error = %e, "client connection ended")
+        }
+        (_, Error::ClientTls(why)) => {
+            tracing::warn!(event = "tls_handshake_failed", error = %why, "TLS handshake with client failed")
         }
         (_, Error::AuthFailed { .. }) => {
             tracing::warn!(event = "login_failed", sqlstate = e.sqlstate(), error = %e, "login failed")
@@ -76,15 +114,41 @@ async fn report(conn: &mut Conn, e: &Error) {
             tracing::warn!(event = "backend_error", sqlstate = e.sqlstate(), error = %e, "backend error")
         }
     }
-    if e.client_reachable() {
-        conn.wbuf.clear();
-        write::error_response(
-            &mut conn.wbuf,
-            Severity::Fatal,
-            e.sqlstate(),
-            &e.client_message(),
-        );
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.flush()).await;
+}
+
+/// How a client's connection is encrypted, and what pgdyno asks of it.
+#[derive(Clone, Copy)]
+struct Encryption<'a> {
+    acceptor: Option<&'a Acceptor>,
+    tls: Option<&'a ClientTlsInfo>,
+}
+
+impl Encryption<'_> {
+    /// Refuses what client_tls_sslmode forbids: plaintext over TCP under
+    /// require (Unix sockets are exempt, as in PgBouncer), and under
+    /// verify-full a certificate whose CN is not the user name.
+    fn check(&self, conn: &Conn, user: &str) -> Result<()> {
+        let Some(acceptor) = self.acceptor else {
+            return Ok(());
+        };
+        match self.tls {
+            None if acceptor.mode.requires_tls() && !matches!(conn.stream, Stream::Unix(_)) => {
+                Err(Error::TlsRequired)
+            }
+            Some(tls)
+                if acceptor.mode == SslMode::VerifyFull && tls.peer_cn.as_deref() != Some(user) =>
+            {
+                Err(Error::AuthUnsupported(format!(
+                    "certificate authentication failed for user \"{user}\": the certificate's CN is {}",
+                    tls.peer_cn.as_deref().map(|cn| format!("\"{cn}\"")).unwrap_or_else(|| "missing".into())
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn channel_binding(&self) -> Option<&[u8]> {
+        self.tls.and_then(|t| t.channel_binding.as_deref())
     }
 }
 
@@ -106,12 +170,18 @@ impl Drop for Counted<'_> {
     }
 }
 
-async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
+async fn run(
+    pooler: &Arc<Pooler>,
+    conn: &mut Conn,
+    peer: &str,
+    encryption: Encryption<'_>,
+    login_deadline: tokio::time::Instant,
+) -> Result<()> {
     let config = &pooler.config();
-    let login_deadline = tokio::time::Instant::now() + config.client_login_timeout;
-    let packet = tokio::time::timeout_at(login_deadline, read_startup(conn))
-        .await
-        .map_err(|_| Error::LoginTimeout)??;
+    let packet =
+        tokio::time::timeout_at(login_deadline, read_startup(conn, encryption.tls.is_some()))
+            .await
+            .map_err(|_| Error::LoginTimeout)??;
     let startup = match packet {
         StartupPacket::Cancel {
             process_id,
@@ -130,9 +200,14 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     let span = tracing::Span::current();
     span.record("user", startup.user.as_str());
     span.record("database", startup.database.as_str());
+    encryption.check(conn, &startup.user)?;
+    let how = Login {
+        deadline: login_deadline,
+        channel_binding: encryption.channel_binding(),
+    };
 
     if crate::admin::DATABASES.contains(&startup.database.as_str()) {
-        return console(pooler, conn, &startup, peer, login_deadline).await;
+        return console(pooler, conn, &startup, peer, how).await;
     }
     if pooler.clients.fetch_add(1, Ordering::Relaxed) >= config.max_client_conn {
         pooler.clients.fetch_sub(1, Ordering::Relaxed);
@@ -147,7 +222,7 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     let db = config
         .database(&startup.database)
         .ok_or_else(|| Error::NoSuchDatabase(startup.database.clone()))?;
-    let proof = login(pooler, conn, &startup.user, peer, login_deadline).await?;
+    let proof = login(pooler, conn, &startup.user, peer, how).await?;
     let pool = pooler.pool(db, &startup.user, &proof);
     let mut session = welcome(conn, config, &pool, &startup).await?;
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +268,14 @@ async fn run(pooler: &Arc<Pooler>, conn: &mut Conn, peer: &str) -> Result<()> {
     result
 }
 
+/// What the authentication exchange may take: until when, and the TLS
+/// channel binding data it may offer.
+#[derive(Clone, Copy)]
+struct Login<'a> {
+    deadline: tokio::time::Instant,
+    channel_binding: Option<&'a [u8]>,
+}
+
 /// Authenticates a client, slowing down and then refusing addresses that
 /// keep failing.
 async fn login(
@@ -200,7 +283,7 @@ async fn login(
     conn: &mut Conn,
     user: &str,
     peer: &str,
-    deadline: tokio::time::Instant,
+    how: Login<'_>,
 ) -> Result<crate::auth::client::Proof> {
     let ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     if ip.is_some_and(|ip| pooler.throttle.blocked(ip)) {
@@ -214,8 +297,14 @@ async fn login(
     }
     let secret = pooler.users().get(user);
     let result = tokio::time::timeout_at(
-        deadline,
-        authenticate(conn, pooler.config().auth_type, user, secret.as_deref()),
+        how.deadline,
+        authenticate(
+            conn,
+            pooler.config().auth_type,
+            user,
+            secret.as_deref(),
+            how.channel_binding,
+        ),
     )
     .await
     .map_err(|_| Error::LoginTimeout)?;
@@ -243,9 +332,9 @@ async fn console(
     conn: &mut Conn,
     startup: &Startup,
     peer: &str,
-    login_deadline: tokio::time::Instant,
+    how: Login<'_>,
 ) -> Result<()> {
-    login(pooler, conn, &startup.user, peer, login_deadline).await?;
+    login(pooler, conn, &startup.user, peer, how).await?;
     let role = crate::admin::role(pooler, &startup.user).ok_or_else(|| {
         Error::AuthUnsupported(format!(
             "user \"{}\" is not in admin_users or stats_users",
@@ -272,9 +361,11 @@ async fn console(
 }
 
 /// Reads the startup packet, answering SSLRequest/GSSENCRequest with 'N'
-/// (no TLS yet) and reading the packet that follows.
-async fn read_startup(conn: &mut Conn) -> Result<StartupPacket> {
-    let mut encryption_asked = false;
+/// and reading the packet that follows. (With TLS on, an SSLRequest never
+/// gets here: [`crate::tls::accept::negotiate`] took it; on an `encrypted`
+/// connection another one is an error.)
+async fn read_startup(conn: &mut Conn, encrypted: bool) -> Result<StartupPacket> {
+    let mut encryption_asked = encrypted;
     loop {
         while conn.rbuf.len() < 4 {
             fill(conn).await?;

@@ -22,6 +22,11 @@ pub enum Error {
     ClientGone,
     #[error("{0}")]
     ClientProtocol(String),
+    /// The client's TLS handshake failed; the socket carries nothing more.
+    #[error("TLS handshake failed: {0}")]
+    ClientTls(String),
+    #[error("SSL required: this server accepts only TLS connections (client_tls_sslmode)")]
+    TlsRequired,
     #[error("password authentication failed for user \"{user}\"")]
     AuthFailed { user: String },
     #[error("{0}")]
@@ -67,8 +72,9 @@ impl Error {
     /// The SQLSTATE a client receives for this error.
     pub fn sqlstate(&self) -> &str {
         match self {
-            Error::ClientIo(_) | Error::ClientGone => "08006",
+            Error::ClientIo(_) | Error::ClientGone | Error::ClientTls(_) => "08006",
             Error::ClientProtocol(_) => "08P01",
+            Error::TlsRequired => "28000",
             Error::AuthFailed { .. } => "28P01",
             Error::AuthUnsupported(_) => "28000",
             Error::NoSuchDatabase(_) => "3D000",
@@ -92,6 +98,8 @@ impl Error {
             Error::ClientIo(_)
             | Error::ClientGone
             | Error::ClientProtocol(_)
+            | Error::ClientTls(_)
+            | Error::TlsRequired
             | Error::AuthFailed { .. }
             | Error::AuthUnsupported(_)
             | Error::NoSuchDatabase(_)
@@ -115,7 +123,10 @@ impl Error {
 
     /// Whether the client connection can still carry an ErrorResponse.
     pub fn client_reachable(&self) -> bool {
-        !matches!(self, Error::ClientIo(_) | Error::ClientGone)
+        !matches!(
+            self,
+            Error::ClientIo(_) | Error::ClientGone | Error::ClientTls(_)
+        )
     }
 
     /// The message text a client sees.

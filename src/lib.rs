@@ -1,7 +1,8 @@
 //! pgdyno: a connection-pooling PostgreSQL proxy.
 //!
 //! Data flow: a client connects to a [`listener`]; its task
-//! ([`client`]) reads the startup packet ([`protocol`]), authenticates it
+//! ([`client`]) negotiates encryption ([`tls`]), reads the startup packet
+//! ([`protocol`]), authenticates it
 //! ([`auth`]) and finds its [`pool`] in the [`pooler`]. For each
 //! transaction (transaction mode) or for the whole session (session mode)
 //! it borrows a [`backend`] and the [`relay`] pumps bytes both ways until
@@ -38,3 +39,4 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod stats;
 pub mod stream;
+pub mod tls;

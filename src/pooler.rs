@@ -17,6 +17,7 @@ use crate::pool::{Limit, Pool, PoolSettings};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stats::{GlobalStats, Periods, Totals};
+use crate::tls::{Acceptor, Tls};
 
 pub struct Pooler {
     /// Swapped whole by a reload; read with [`Pooler::config`].
@@ -34,6 +35,8 @@ pub struct Pooler {
     pub stats: GlobalStats,
     /// Snapshots for SHOW STATS averages and the stats log line.
     pub periods: Periods,
+    /// Built from the configuration; swapped whole on reload.
+    tls: RwLock<Arc<Tls>>,
     pools: DashMap<(String, String), Arc<Pool>>,
     db_limits: DashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
@@ -50,6 +53,7 @@ impl Pooler {
         sources: Option<Sources>,
     ) -> Result<Arc<Pooler>, ConfigError> {
         let users = Users::load(&config)?;
+        let tls = Tls::new(&config)?;
         let db_limits = config
             .databases
             .iter()
@@ -71,6 +75,7 @@ impl Pooler {
             clients: AtomicUsize::new(0),
             stats: GlobalStats::default(),
             periods: Periods::default(),
+            tls: RwLock::new(Arc::new(tls)),
             pools: DashMap::new(),
             db_limits,
             user_limits: DashMap::new(),
@@ -99,6 +104,7 @@ impl Pooler {
                         .clone()
                         .unwrap_or_else(|| db.name.clone()),
                     credential: self.credential(db, user, proof),
+                    tls: RwLock::new(self.tls.read().unwrap().connector(&db.name)),
                 });
                 let db_limit = self
                     .db_limits
@@ -133,6 +139,11 @@ impl Pooler {
         self.users.read().unwrap().clone()
     }
 
+    /// What clients' TLS handshakes use (`None`: TLS is off for clients).
+    pub fn acceptor(&self) -> Option<Arc<Acceptor>> {
+        self.tls.read().unwrap().acceptor.clone()
+    }
+
     /// Reads the configuration again (SIGHUP, RELOAD). Pool sizes, limits,
     /// timeouts, users and databases change live without dropping anyone;
     /// a bad new configuration changes nothing. Addresses to listen on need
@@ -143,6 +154,7 @@ impl Pooler {
         };
         let mut new = Config::load(sources)?;
         let users = Users::load(&new)?;
+        let tls = Arc::new(Tls::new(&new)?);
         let old = self.config();
         // Sizes chosen by `auto` at startup stay (asking again needs a restart).
         for db in new.databases.iter_mut().filter(|d| d.auto_pool_size) {
@@ -173,7 +185,9 @@ impl Pooler {
         }
         *self.users.write().unwrap() = Arc::new(users);
         *self.config.write().unwrap() = Arc::new(new);
+        *self.tls.write().unwrap() = tls.clone();
         for pool in self.pools() {
+            *pool.target.tls.write().unwrap() = tls.connector(&pool.database);
             if let Some(db) = self.config().database(&pool.database) {
                 pool.update_settings(self.settings(db), self.config().server_check_query.clone());
             }

@@ -1,4 +1,4 @@
-//! A socket of either kind (TCP, Unix; TLS later) and a connection: the
+//! A socket of any kind (TCP, Unix, TLS either way) and a connection: the
 //! socket with its read and write buffers.
 //!
 //! The relay's hot path works on [`Conn`]'s buffers directly; the helpers
@@ -21,6 +21,10 @@ pub const READ_BUF: usize = 16 * 1024;
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client that asked for TLS.
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A backend over TLS.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -29,6 +33,41 @@ impl Stream {
         stream.set_nodelay(true)?;
         Ok(Stream::Tcp(stream))
     }
+
+    /// Whether encrypted bytes wait inside the TLS session for a flush:
+    /// a TLS stream's `poll_write` may accept bytes it could not send yet.
+    pub fn unflushed(&self) -> bool {
+        match self {
+            Stream::TlsServer(s) => s.get_ref().1.wants_write(),
+            Stream::TlsClient(s) => s.get_ref().1.wants_write(),
+            Stream::Tcp(_) | Stream::Unix(_) => false,
+        }
+    }
+
+    /// Whether the socket has input waiting, without a system call (it
+    /// reads the reactor's readiness state).
+    pub fn readable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ready = match self {
+            Stream::Tcp(s) => s.poll_read_ready(&mut cx),
+            Stream::Unix(s) => s.poll_read_ready(&mut cx),
+            Stream::TlsServer(s) => s.get_ref().0.poll_read_ready(&mut cx),
+            Stream::TlsClient(s) => s.get_ref().0.poll_read_ready(&mut cx),
+        };
+        matches!(ready, Poll::Ready(_))
+    }
+}
+
+/// Calls `$method` on whichever stream it is.
+macro_rules! each {
+    ($self:expr, $method:ident($($arg:expr),*)) => {
+        match $self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).$method($($arg),*),
+            Stream::Unix(s) => Pin::new(s).$method($($arg),*),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).$method($($arg),*),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).$method($($arg),*),
+        }
+    };
 }
 
 impl AsyncRead for Stream {
@@ -37,10 +76,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self, poll_read(cx, buf))
     }
 }
 
@@ -50,24 +86,15 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self, poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self, poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self, poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -75,10 +102,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        each!(self, poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -147,10 +171,49 @@ impl Conn {
         }
     }
 
-    /// Writes out and empties `wbuf`.
+    /// Writes out and empties `wbuf` (and pushes TLS records out).
     pub async fn flush(&mut self) -> io::Result<()> {
         self.stream.write_all(&self.wbuf).await?;
         self.wbuf.clear();
-        Ok(())
+        self.stream.flush().await
+    }
+
+    /// Whether anything written is not on the wire yet.
+    pub fn pending_output(&self) -> bool {
+        !self.wbuf.is_empty() || self.stream.unflushed()
+    }
+
+    /// Writes what it can of `wbuf` without waiting, then pushes out TLS
+    /// records: for the relay's poll loop. `Ready(Ok(n))` with the bytes of
+    /// `wbuf` taken (0 when only a TLS flush progressed); `Ready(Ok(0))`
+    /// from a zero-length write on a non-empty `wbuf` means the peer is gone
+    /// and is reported as `WriteZero`.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut sent = 0;
+        if !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    sent = n;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.stream.unflushed() {
+            let before = sent;
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // Bytes accepted but records still queued: progress all the same.
+                Poll::Pending if before > 0 => {}
+                Poll::Pending => return Poll::Pending,
+            }
+            if before == 0 {
+                return Poll::Ready(Ok(0));
+            }
+        }
+        Poll::Ready(Ok(sent))
     }
 }

@@ -6,7 +6,9 @@
 
 use bytes::Buf;
 
-use super::scram::{ScramError, ScramKeys, ScramSecret, ServerExchange, MECHANISM};
+use super::scram::{
+    Binding, ScramError, ScramKeys, ScramSecret, ServerExchange, MECHANISM, MECHANISM_PLUS,
+};
 use super::{md5_response, Secret};
 use crate::config::AuthType;
 use crate::error::{Error, Result};
@@ -26,14 +28,16 @@ pub struct Proof {
 }
 
 /// Runs the exchange `auth_type` asks for. `secret` is `None` for a user
-/// pgdyno does not know.
+/// pgdyno does not know. `channel_binding`: over TLS, our certificate's
+/// tls-server-end-point data, and SCRAM-SHA-256-PLUS is offered.
 pub async fn authenticate(
     conn: &mut Conn,
     auth_type: AuthType,
     user: &str,
     secret: Option<&Secret>,
+    channel_binding: Option<&[u8]>,
 ) -> Result<Proof> {
-    exchange(conn, auth_type, user, secret)
+    exchange(conn, auth_type, user, secret, channel_binding)
         .await
         .map_err(|e| match e {
             Error::AuthFailed { .. } => Error::AuthFailed {
@@ -48,6 +52,7 @@ async fn exchange(
     auth_type: AuthType,
     user: &str,
     secret: Option<&Secret>,
+    cb: Option<&[u8]>,
 ) -> Result<Proof> {
     match auth_type {
         AuthType::Trust => Ok(Proof::default()),
@@ -64,21 +69,21 @@ async fn exchange(
             }
         }
         AuthType::Md5 => match secret {
-            Some(Secret::Scram(s)) => scram(conn, s).await,
+            Some(Secret::Scram(s)) => scram(conn, s, cb).await,
             Some(s) => md5(conn, s.md5(user).as_deref()).await,
             None => md5(conn, None).await,
         },
         AuthType::ScramSha256 => match secret.map(|s| s.scram()) {
-            Some(Some(s)) => scram(conn, s).await,
+            Some(Some(s)) => scram(conn, s, cb).await,
             // md5-hashed secrets cannot serve SCRAM (PostgreSQL agrees).
             Some(None) => {
                 tracing::warn!(
                     user,
                     "auth_type scram-sha-256 cannot use this user's md5 secret"
                 );
-                scram(conn, &ScramSecret::decoy(user)).await
+                scram(conn, &ScramSecret::decoy(user), cb).await
             }
-            None => scram(conn, &ScramSecret::decoy(user)).await,
+            None => scram(conn, &ScramSecret::decoy(user), cb).await,
         },
     }
 }
@@ -130,17 +135,26 @@ async fn md5(conn: &mut Conn, secret: Option<&str>) -> Result<Proof> {
     }
 }
 
-async fn scram(conn: &mut Conn, secret: &ScramSecret) -> Result<Proof> {
+async fn scram(conn: &mut Conn, secret: &ScramSecret, cb: Option<&[u8]>) -> Result<Proof> {
     let malformed = |what: &str| Error::ClientProtocol(format!("malformed SCRAM message: {what}"));
-    write::authentication_sasl(&mut conn.wbuf, &[MECHANISM]);
+    let offered: &[&str] = match cb {
+        Some(_) => &[MECHANISM_PLUS, MECHANISM],
+        None => &[MECHANISM],
+    };
+    write::authentication_sasl(&mut conn.wbuf, offered);
     let mut body = password_message(conn).await?;
     // SASLInitialResponse: mechanism, Int32 length, client-first-message.
     let (mechanism, rest) = fields::cstr(&body).ok_or_else(|| malformed("no mechanism"))?;
-    if mechanism != MECHANISM.as_bytes() {
-        return Err(Error::ClientProtocol(
-            "client selected an invalid SASL authentication mechanism".into(),
-        ));
-    }
+    let binding = match (mechanism, cb) {
+        (m, Some(data)) if m == MECHANISM_PLUS.as_bytes() => Binding::Chosen(data),
+        (m, Some(_)) if m == MECHANISM.as_bytes() => Binding::NotChosen,
+        (m, None) if m == MECHANISM.as_bytes() => Binding::Unsupported,
+        _ => {
+            return Err(Error::ClientProtocol(
+                "client selected an invalid SASL authentication mechanism".into(),
+            ))
+        }
+    };
     let skip = mechanism.len() + 1;
     if rest.len() < 4 {
         return Err(malformed("truncated initial response"));
@@ -156,7 +170,8 @@ async fn scram(conn: &mut Conn, secret: &ScramSecret) -> Result<Proof> {
             user: String::new(),
         },
     };
-    let (exchange, server_first) = ServerExchange::start(&body, secret).map_err(scram_err)?;
+    let (exchange, server_first) =
+        ServerExchange::start(&body, secret, binding).map_err(scram_err)?;
     write::authentication_sasl_continue(&mut conn.wbuf, server_first.as_bytes());
     let body = password_message(conn).await?;
     let (server_final, client_key) = exchange.finish(&body, secret).map_err(scram_err)?;

@@ -8,6 +8,9 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+/// With channel binding (RFC 5929 tls-server-end-point), over TLS only.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+const BINDING_TYPE: &str = "tls-server-end-point";
 const NONCE_LEN: usize = 18;
 const DEFAULT_ITERATIONS: u32 = 4096;
 
@@ -113,41 +116,70 @@ pub enum ScramError {
     WrongProof,
 }
 
+/// Channel binding as the server side sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// Not offered: no TLS, or a certificate without one hash.
+    Unsupported,
+    /// SCRAM-SHA-256-PLUS was offered; the client chose SCRAM-SHA-256.
+    NotChosen,
+    /// The client chose SCRAM-SHA-256-PLUS; our tls-server-end-point data.
+    Chosen(&'a [u8]),
+}
+
 /// The server's state between its first and final messages.
 pub struct ServerExchange {
     client_first_bare: String,
     server_first: String,
-    gs2_header: String,
+    /// What the client-final's `c=` must decode to: the GS2 header, plus
+    /// the binding data when bound.
+    binding_input: Vec<u8>,
     nonce: String,
 }
 
 impl ServerExchange {
     /// Takes client-first-message; returns the state and server-first-message.
-    pub fn start(client_first: &[u8], secret: &ScramSecret) -> Result<(Self, String), ScramError> {
+    pub fn start(
+        client_first: &[u8],
+        secret: &ScramSecret,
+        binding: Binding<'_>,
+    ) -> Result<(Self, String), ScramError> {
         let text =
             std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        // gs2-header: "n,," or "y,," (no channel binding); "p=..." needs TLS.
-        let (gs2_header, bare) = match text.as_bytes().first() {
-            Some(b'n') | Some(b'y') => {
-                let mut parts = text.splitn(3, ',');
-                let (flag, authzid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let bare = parts
-                    .next()
-                    .ok_or(ScramError::Malformed("missing client-first-message-bare"))?;
-                if !authzid.is_empty() {
-                    return Err(ScramError::Malformed(
-                        "authorization identity is not supported",
-                    ));
-                }
-                (format!("{flag},,"), bare)
-            }
-            Some(b'p') => {
+        let mut parts = text.splitn(3, ',');
+        let (flag, authzid) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let bare = parts
+            .next()
+            .ok_or(ScramError::Malformed("missing client-first-message-bare"))?;
+        if !authzid.is_empty() {
+            return Err(ScramError::Malformed(
+                "authorization identity is not supported",
+            ));
+        }
+        let data: &[u8] = match (flag, binding) {
+            ("n", Binding::Chosen(_)) | ("y", Binding::Chosen(_)) => {
                 return Err(ScramError::Malformed(
-                    "channel binding is not supported on this connection",
+                    "SCRAM-SHA-256-PLUS chosen without channel binding",
+                ))
+            }
+            ("n", _) | ("y", Binding::Unsupported) => &[],
+            // A client that can bind thinks we cannot: a downgrade.
+            ("y", Binding::NotChosen) => {
+                return Err(ScramError::Malformed(
+                    "channel binding negotiation error: the client supports channel binding \
+                     and thinks the server does not, but this server does",
+                ))
+            }
+            (p, Binding::Chosen(data)) if p.strip_prefix("p=") == Some(BINDING_TYPE) => data,
+            (p, _) if p.starts_with("p=") => {
+                return Err(ScramError::Malformed(
+                    "unsupported channel binding type or mechanism",
                 ))
             }
             _ => return Err(ScramError::Malformed("invalid GS2 header")),
         };
+        let mut binding_input = format!("{flag},,").into_bytes();
+        binding_input.extend_from_slice(data);
         let client_nonce = bare
             .split(',')
             .find_map(|attr| attr.strip_prefix("r="))
@@ -165,7 +197,7 @@ impl ServerExchange {
             ServerExchange {
                 client_first_bare: bare.to_owned(),
                 server_first: server_first.clone(),
-                gs2_header,
+                binding_input,
                 nonce,
             },
             server_first,
@@ -189,7 +221,7 @@ impl ServerExchange {
             .next()
             .and_then(|a| a.strip_prefix("c="))
             .ok_or(ScramError::Malformed("missing channel binding"))?;
-        if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+        if B64.decode(binding).ok().as_deref() != Some(&self.binding_input[..]) {
             return Err(ScramError::Malformed("channel binding does not match"));
         }
         let nonce = attrs
@@ -230,9 +262,40 @@ pub struct ScramKeys {
     pub secret: ScramSecret,
 }
 
+/// Channel binding as a client chooses it (its GS2 header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientBinding {
+    /// "n": no TLS.
+    None,
+    /// "y": could bind, but the server did not offer it.
+    Unused,
+    /// "p=tls-server-end-point" with the server certificate's hash.
+    EndPoint(Vec<u8>),
+}
+
+impl ClientBinding {
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            ClientBinding::None => "n,,",
+            ClientBinding::Unused => "y,,",
+            ClientBinding::EndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+
+    /// The `c=` attribute's value.
+    fn encoded(&self) -> String {
+        let mut input = self.gs2_header().as_bytes().to_vec();
+        if let ClientBinding::EndPoint(data) = self {
+            input.extend_from_slice(data);
+        }
+        B64.encode(input)
+    }
+}
+
 /// The client side of SCRAM, proving a ClientKey instead of a password.
 pub struct KeyExchange {
     keys: ScramKeys,
+    binding: ClientBinding,
     client_first_bare: String,
     nonce: String,
     auth_message: String,
@@ -240,14 +303,15 @@ pub struct KeyExchange {
 
 impl KeyExchange {
     /// Returns the exchange and client-first-message.
-    pub fn start(keys: ScramKeys) -> (KeyExchange, String) {
+    pub fn start(keys: ScramKeys, binding: ClientBinding) -> (KeyExchange, String) {
         let mut raw = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut raw);
         let nonce = B64.encode(raw);
         let client_first_bare = format!("n=,r={nonce}");
-        let message = format!("n,,{client_first_bare}");
+        let message = format!("{}{client_first_bare}", binding.gs2_header());
         let exchange = KeyExchange {
             keys,
+            binding,
             client_first_bare,
             nonce,
             auth_message: String::new(),
@@ -280,7 +344,7 @@ impl KeyExchange {
                 "the server's SCRAM secret differs from the one in auth_file",
             ));
         }
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c={},r={nonce}", self.binding.encoded());
         self.auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
         let signature = hmac(
             &self.keys.secret.stored_key,
@@ -328,7 +392,8 @@ mod tests {
     fn exchange(client_password: &str, secret: &ScramSecret) -> Result<(), ScramError> {
         let mut client =
             ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
-        let (server, server_first) = ServerExchange::start(client.message(), secret)?;
+        let (server, server_first) =
+            ServerExchange::start(client.message(), secret, Binding::Unsupported)?;
         client.update(server_first.as_bytes()).unwrap();
         let (server_final, _key) = server.finish(client.message(), secret)?;
         client
@@ -353,7 +418,8 @@ mod tests {
         let secret = ScramSecret::from_password("hunter2");
         // A client logs in to us; we keep its ClientKey.
         let mut client = ScramSha256::new(b"hunter2", ChannelBinding::unsupported());
-        let (server, first) = ServerExchange::start(client.message(), &secret).unwrap();
+        let (server, first) =
+            ServerExchange::start(client.message(), &secret, Binding::Unsupported).unwrap();
         client.update(first.as_bytes()).unwrap();
         let (_, client_key) = server.finish(client.message(), &secret).unwrap();
         // We log in to a server holding the same secret with that key.
@@ -361,8 +427,9 @@ mod tests {
             client_key,
             secret: secret.clone(),
         };
-        let (mut ours, message) = KeyExchange::start(keys);
-        let (server, first) = ServerExchange::start(message.as_bytes(), &secret).unwrap();
+        let (mut ours, message) = KeyExchange::start(keys, ClientBinding::None);
+        let (server, first) =
+            ServerExchange::start(message.as_bytes(), &secret, Binding::Unsupported).unwrap();
         let last = ours.update(first.as_bytes()).unwrap();
         let (server_final, _) = server.finish(last.as_bytes(), &secret).unwrap();
         assert_eq!(ours.finish(server_final.as_bytes()), Ok(()));
@@ -372,10 +439,65 @@ mod tests {
     #[test]
     fn rejects_malformed_messages() {
         let secret = ScramSecret::from_password("x");
-        assert!(ServerExchange::start(b"garbage", &secret).is_err());
-        assert!(ServerExchange::start(b"n,,n=,r=", &secret).is_err());
-        assert!(ServerExchange::start(b"n,a=bob,n=,r=abc", &secret).is_err());
-        let (server, _) = ServerExchange::start(b"n,,n=,r=abc", &secret).unwrap();
+        assert!(ServerExchange::start(b"garbage", &secret, Binding::Unsupported).is_err());
+        assert!(ServerExchange::start(b"n,,n=,r=", &secret, Binding::Unsupported).is_err());
+        assert!(ServerExchange::start(b"n,a=bob,n=,r=abc", &secret, Binding::Unsupported).is_err());
+        let (server, _) =
+            ServerExchange::start(b"n,,n=,r=abc", &secret, Binding::Unsupported).unwrap();
         assert!(server.finish(b"c=biws,r=abc,p=AAAA", &secret).is_err());
+    }
+
+    /// A real client (postgres-protocol) binding to our certificate.
+    fn bound(client: ChannelBinding, ours: Binding<'_>) -> Result<(), ScramError> {
+        let secret = ScramSecret::from_password("pw");
+        let mut client = ScramSha256::new(b"pw", client);
+        let (server, first) = ServerExchange::start(client.message(), &secret, ours)?;
+        client.update(first.as_bytes()).unwrap();
+        let (last, _) = server.finish(client.message(), &secret)?;
+        client.finish(last.as_bytes()).unwrap();
+        Ok(())
+    }
+
+    #[test]
+    fn channel_binding_checks_the_certificate_hash() {
+        let hash = [7u8; 32];
+        let cb = || ChannelBinding::tls_server_end_point(hash.to_vec());
+        assert_eq!(bound(cb(), Binding::Chosen(&hash)), Ok(()));
+        // The client saw another certificate: a man in the middle.
+        assert!(bound(cb(), Binding::Chosen(&[8u8; 32])).is_err());
+        // PLUS chosen without binding, and binding without PLUS.
+        assert!(bound(ChannelBinding::unsupported(), Binding::Chosen(&hash)).is_err());
+        assert!(bound(cb(), Binding::NotChosen).is_err());
+        // "y" (client could bind) while we offered PLUS: a downgrade.
+        assert!(bound(ChannelBinding::unrequested(), Binding::NotChosen).is_err());
+        assert_eq!(
+            bound(ChannelBinding::unrequested(), Binding::Unsupported),
+            Ok(())
+        );
+        assert_eq!(
+            bound(ChannelBinding::unsupported(), Binding::NotChosen),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn key_exchange_binds_to_the_channel() {
+        let secret = ScramSecret::from_password("pw");
+        let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
+        let (server, first) =
+            ServerExchange::start(client.message(), &secret, Binding::Unsupported).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let (_, client_key) = server.finish(client.message(), &secret).unwrap();
+        let keys = ScramKeys {
+            client_key,
+            secret: secret.clone(),
+        };
+        let hash = [3u8; 48];
+        let (mut ours, message) = KeyExchange::start(keys, ClientBinding::EndPoint(hash.to_vec()));
+        let (server, first) =
+            ServerExchange::start(message.as_bytes(), &secret, Binding::Chosen(&hash)).unwrap();
+        let last = ours.update(first.as_bytes()).unwrap();
+        let (server_final, _) = server.finish(last.as_bytes(), &secret).unwrap();
+        assert_eq!(ours.finish(server_final.as_bytes()), Ok(()));
     }
 }

@@ -6,6 +6,7 @@
 //! the value came from.
 
 mod settings;
+pub mod tls;
 mod url;
 mod value;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use settings::{Setting, SETTINGS};
 pub use url::{Host, Upstream};
+pub use value::Parse;
 use value::{Origin, Raw};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,8 @@ pub struct Config {
     pub log_level: String,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    pub client_tls: tls::ClientTls,
+    pub server_tls: tls::ServerTls,
     pub databases: Vec<DatabaseConfig>,
     /// Things worth a log line once logging is up.
     pub warnings: Vec<String>,
@@ -209,6 +213,8 @@ impl Config {
             log_level: raw.string("log_level")?,
             log_connections: raw.parse("log_connections")?,
             log_disconnections: raw.parse("log_disconnections")?,
+            client_tls: tls::client(raw)?,
+            server_tls: tls::server(raw)?,
             databases: Vec::new(),
             warnings: Vec::new(),
         })

@@ -4,6 +4,9 @@
 
 use std::path::PathBuf;
 
+use super::tls::{ChannelBinding, SslMode};
+use super::value::Parse;
+
 /// Where and how to reach one PostgreSQL database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -62,18 +65,13 @@ pub fn parse(s: &str) -> Result<Upstream, String> {
             "expected postgres://user:password@host:port/dbname or host=... dbname=...".into(),
         );
     };
-    // TLS to PostgreSQL is not built yet: never downgrade silently.
-    if let Some(mode) = pairs
-        .iter()
-        .find(|(k, _)| k == "sslmode")
-        .map(|(_, v)| v.as_str())
-    {
-        if matches!(mode, "require" | "verify-ca" | "verify-full") {
-            return Err(format!(
-                "sslmode={mode}: pgdyno cannot connect to PostgreSQL over TLS yet; \
-                 use sslmode=prefer or disable for a server reachable without TLS"
-            ));
-        }
+    for (key, value) in &pairs {
+        let valid = match key.as_str() {
+            "sslmode" => SslMode::parse(value).map(drop),
+            "channel_binding" => ChannelBinding::parse(value).map(drop),
+            _ => Ok(()),
+        };
+        valid.map_err(|why| format!("invalid {key}=\"{value}\": {why}"))?;
     }
     let mut take = |key: &str| {
         let i = pairs.iter().rposition(|(k, _)| k == key)?;
@@ -223,7 +221,9 @@ mod tests {
         assert_eq!(u.password.as_deref(), Some("p:ss"));
         assert_eq!(u.dbname.as_deref(), Some("d1"));
         assert_eq!(u.param("sslmode"), Some("prefer"));
-        assert!(parse("postgres://h/d?sslmode=require").is_err());
+        assert!(parse("postgres://h/d?sslmode=require").is_ok());
+        assert!(parse("postgres://h/d?sslmode=required").is_err());
+        assert!(parse("postgres://h/d?channel_binding=maybe").is_err());
         assert!(!u.redacted().contains("p:ss"));
     }
 

@@ -21,8 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWrite;
+use bytes::BytesMut;
 use tokio_util::io::poll_read_buf;
 
 use crate::backend::Backend;
@@ -227,14 +226,11 @@ impl<'a> Relay<'a> {
             let mut progress = false;
 
             // Client -> backend.
-            if !self.backend.conn.wbuf.is_empty() {
-                match Pin::new(&mut self.backend.conn.stream)
-                    .poll_write(cx, &self.backend.conn.wbuf)
-                {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
-                    Poll::Ready(Ok(n)) => {
-                        self.backend.conn.wbuf.advance(n);
-                        progress = true;
+            if self.backend.conn.pending_output() {
+                match self.backend.conn.poll_send(cx) {
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::WriteZero => {
+                        return Poll::Ready(Err(Error::BackendGone))
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::BackendIo(e))),
                     Poll::Pending => {}
@@ -257,21 +253,20 @@ impl<'a> Relay<'a> {
                     Poll::Pending => {}
                 }
             }
-            if self.client_done && self.backend.conn.wbuf.is_empty() {
+            if self.client_done && !self.backend.conn.pending_output() {
                 return Poll::Ready(Ok(Outcome::ClientLeft {
                     clean: self.is_clean(),
                 }));
             }
 
             // Backend -> client.
-            if !self.client.wbuf.is_empty() {
-                match Pin::new(&mut self.client.stream).poll_write(cx, &self.client.wbuf) {
-                    Poll::Ready(Ok(n)) if n > 0 => {
+            if self.client.pending_output() {
+                match self.client.poll_send(cx) {
+                    Poll::Ready(Ok(n)) => {
                         self.tally.bytes_sent += n as u64;
-                        self.client.wbuf.advance(n);
                         progress = true;
                     }
-                    Poll::Ready(_) => {
+                    Poll::Ready(Err(_)) => {
                         // The client is gone; what it was owed no longer matters.
                         self.client.wbuf.clear();
                         return Poll::Ready(Ok(Outcome::ClientLeft { clean: false }));
@@ -298,7 +293,7 @@ impl<'a> Relay<'a> {
                 }
             }
 
-            if self.settings.transaction_mode && self.is_clean() && self.client.wbuf.is_empty() {
+            if self.settings.transaction_mode && self.is_clean() && !self.client.pending_output() {
                 return Poll::Ready(Ok(Outcome::Released));
             }
             if !progress {
@@ -354,7 +349,7 @@ impl<'a> Relay<'a> {
         self.pipeline.idle()
             && self.from_client.at_boundary()
             && self.from_backend.at_boundary()
-            && self.backend.conn.wbuf.is_empty()
+            && !self.backend.conn.pending_output()
             && self.backend.conn.rbuf.is_empty()
     }
 }
