@@ -105,6 +105,7 @@ impl Backend {
                     port,
                     connect_time_us: crate::registry::epoch_us(),
                     remote_pid: backend.process_id,
+                    tls: backend.conn.stream.tls_description(),
                     active: Default::default(),
                     request_time_us: Default::default(),
                 }));

@@ -249,6 +249,7 @@ async fn run(
         &startup.database,
         peer,
         &app_name,
+        conn.stream.tls_description(),
         cancel.slot.process_id,
         &pooler.shutdown,
     );

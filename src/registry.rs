@@ -28,6 +28,8 @@ pub struct ClientEntry {
     pub addr: String,
     pub port: u16,
     pub application_name: String,
+    /// TLS version and cipher, empty for plaintext.
+    pub tls: String,
     pub connect_time_us: u64,
     /// When it last sent a request (µs since the epoch).
     pub request_time_us: AtomicU64,
@@ -78,6 +80,8 @@ pub struct ServerEntry {
     pub port: u16,
     pub connect_time_us: u64,
     pub remote_pid: i32,
+    /// TLS version and cipher, empty for plaintext.
+    pub tls: String,
     /// Lent to a client (else idle in its pool).
     pub active: AtomicBool,
     pub request_time_us: AtomicU64,
@@ -110,6 +114,7 @@ impl Registry {
         database: &str,
         peer: &str,
         application_name: &str,
+        tls: String,
         process_id: i32,
         shutdown: &Shutdown,
     ) -> Listed<ClientEntry> {
@@ -123,6 +128,7 @@ impl Registry {
             addr,
             port,
             application_name: application_name.to_owned(),
+            tls,
             connect_time_us: now,
             request_time_us: AtomicU64::new(now),
             waiting_since_us: AtomicU64::new(0),

@@ -44,6 +44,29 @@ impl Stream {
         }
     }
 
+    /// "TLSv1.3/TLS13_AES_256_GCM_SHA384/ECDH=X25519" (SHOW CLIENTS and
+    /// SERVERS, as PgBouncer shows it), or empty without TLS.
+    pub fn tls_description(&self) -> String {
+        let common: &rustls::CommonState = match self {
+            Stream::TlsServer(s) => s.get_ref().1,
+            Stream::TlsClient(s) => s.get_ref().1,
+            Stream::Tcp(_) | Stream::Unix(_) => return String::new(),
+        };
+        let version = match common.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        let suite = common
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown");
+        match common.negotiated_key_exchange_group() {
+            Some(group) => format!("{version}/{suite}/ECDH={:?}", group.name()),
+            None => format!("{version}/{suite}"),
+        }
+    }
+
     /// Whether the socket has input waiting, without a system call (it
     /// reads the reactor's readiness state).
     pub fn readable(&self) -> bool {

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 
 use super::rows::{timestamp, v, Table, Type};
+use crate::config::tls::{Pem, Protocols};
 use crate::config::{Host, PoolMode, SETTINGS};
 use crate::pooler::Pooler;
 use crate::stats::Totals;
@@ -75,6 +76,27 @@ fn config(pooler: &Pooler) -> Table {
     let c = &pooler.config();
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
     let opt = |d: Option<std::time::Duration>| d.map(secs).unwrap_or_else(|| "0".into());
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let pem_file = |p: &Option<Pem>| match p {
+        Some(Pem::File(f)) => f.display().to_string(),
+        _ => String::new(),
+    };
+    let pem_text = |p: &Option<Pem>| match p {
+        Some(Pem::Text { .. }) => "(set)".to_owned(),
+        _ => String::new(),
+    };
+    let protocols = |p: Protocols| {
+        match (p.tls12, p.tls13) {
+            (true, true) => "secure",
+            (true, false) => "tlsv1.2",
+            _ => "tlsv1.3",
+        }
+        .to_owned()
+    };
     let mode = |m: PoolMode| match m {
         PoolMode::Session => "session",
         PoolMode::Transaction => "transaction",
@@ -116,6 +138,20 @@ fn config(pooler: &Pooler) -> Table {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             "metrics_listen" => c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+            "client_tls_sslmode" => c.client_tls.sslmode.name().into(),
+            "server_tls_sslmode" => c.server_tls.sslmode.name().into(),
+            "client_tls_cert_file" => pem_file(&c.client_tls.cert),
+            "client_tls_key_file" => pem_file(&c.client_tls.key),
+            "client_tls_ca_file" => pem_file(&c.client_tls.ca),
+            // PEM text is shown as set or not, never printed (keys are secret).
+            "client_tls_cert_pem" => pem_text(&c.client_tls.cert),
+            "client_tls_key_pem" => pem_text(&c.client_tls.key),
+            "client_tls_ca_pem" => pem_text(&c.client_tls.ca),
+            "client_tls_protocols" => protocols(c.client_tls.protocols),
+            "server_tls_protocols" => protocols(c.server_tls.protocols),
+            "server_tls_ca_file" => path(&c.server_tls.ca_file),
+            "server_tls_cert_file" => path(&c.server_tls.cert_file),
+            "server_tls_key_file" => path(&c.server_tls.key_file),
             // Never show secrets (upstream URLs carry passwords).
             "upstream" => String::new(),
             _ => s.default.to_owned(),
@@ -407,7 +443,7 @@ fn clients(pooler: &Pooler) -> Table {
             v(format!("{:x}", c.id)),
             None,
             v(c.process_id),
-            None,
+            v(&c.tls),
             v(&c.application_name),
             v(0),
             v(c.id),
@@ -447,7 +483,7 @@ fn servers(pooler: &Pooler) -> Table {
             v(format!("{:x}", s.id)),
             None,
             v(s.remote_pid),
-            None,
+            v(&s.tls),
             None,
             v(0),
             v(s.id),
