@@ -18,7 +18,7 @@ use crate::pooler::Pooler;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::write::{self, Severity};
 use crate::protocol::TransactionStatus;
-use crate::registry::ClientEntry;
+use crate::registry::{ClientEntry, NewClient};
 use crate::relay::{Outcome, Relay, RelaySettings};
 use crate::session::{self, Session};
 use crate::stream::{Conn, Stream};
@@ -245,12 +245,14 @@ async fn run(
         .unwrap_or_default()
         .to_owned();
     let listed = pooler.registry.add_client(
-        &startup.user,
-        &startup.database,
-        peer,
-        &app_name,
-        conn.stream.tls_description(),
-        cancel.slot.process_id,
+        NewClient {
+            user: &startup.user,
+            database: &startup.database,
+            peer,
+            application_name: &app_name,
+            tls: conn.stream.tls_description(),
+            process_id: cancel.slot.process_id,
+        },
         &pooler.shutdown,
     );
     let result = serve_queries(

@@ -70,6 +70,16 @@ impl ClientEntry {
     }
 }
 
+/// What [`Registry::add_client`] lists about a client that just logged in.
+pub struct NewClient<'a> {
+    pub user: &'a str,
+    pub database: &'a str,
+    pub peer: &'a str,
+    pub application_name: &'a str,
+    pub tls: String,
+    pub process_id: i32,
+}
+
 /// One backend connection.
 #[derive(Debug)]
 pub struct ServerEntry {
@@ -110,25 +120,21 @@ pub struct Listed<T: Unlist> {
 impl Registry {
     pub fn add_client(
         self: &Arc<Self>,
-        user: &str,
-        database: &str,
-        peer: &str,
-        application_name: &str,
-        tls: String,
-        process_id: i32,
+        client: NewClient<'_>,
         shutdown: &Shutdown,
     ) -> Listed<ClientEntry> {
         let id = self.next_client.fetch_add(1, Relaxed);
-        let (addr, port) = split_peer(peer);
+        let (addr, port) = split_peer(client.peer);
         let now = now_us();
+        let process_id = client.process_id;
         let entry = Arc::new(ClientEntry {
             id,
-            user: user.to_owned(),
-            database: database.to_owned(),
+            user: client.user.to_owned(),
+            database: client.database.to_owned(),
             addr,
             port,
-            application_name: application_name.to_owned(),
-            tls,
+            application_name: client.application_name.to_owned(),
+            tls: client.tls,
             connect_time_us: now,
             request_time_us: AtomicU64::new(now),
             waiting_since_us: AtomicU64::new(0),
