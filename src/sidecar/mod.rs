@@ -181,7 +181,11 @@ impl Sidecar {
             .iter()
             .map(|d| format!("{} -> {}", d.name, d.upstream.redacted()))
             .collect();
-        let mut app = spawn_app(&command, &vars, databases, local)?;
+        let sslmode = match pooler.config().client_tls.sslmode.requires_tls() {
+            true => "require",
+            false => "disable",
+        };
+        let mut app = spawn_app(&command, &vars, databases, (local, sslmode))?;
         let shutdown = pooler.shutdown.clone();
         let mut stop = Stopping {
             timeout: pooler.config().shutdown_timeout,
@@ -239,7 +243,8 @@ async fn start_pooling(
 impl UrlVar {
     /// `postgres://USER:PASSWORD@127.0.0.1:PORT/DBNAME?sslmode=disable`,
     /// percent-encoded; without the password unless `with_password`.
-    fn local_url(&self, local: SocketAddr, with_password: bool) -> String {
+    /// `sslmode=require` when pgdyno refuses plaintext clients.
+    fn local_url(&self, local: SocketAddr, with_password: bool, sslmode: &str) -> String {
         let host = match local.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
             IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
@@ -254,7 +259,7 @@ impl UrlVar {
             (None, _) => String::new(),
         };
         format!(
-            "postgres://{userinfo}{host}:{}/{}?sslmode=disable",
+            "postgres://{userinfo}{host}:{}/{}?sslmode={sslmode}",
             local.port(),
             encode(&self.database)
         )
@@ -266,19 +271,19 @@ fn spawn_app(
     command: &[String],
     vars: &[UrlVar],
     databases: Vec<String>,
-    local: SocketAddr,
+    (local, sslmode): (SocketAddr, &str),
 ) -> Result<Child, SidecarError> {
     let Some((program, args)) = command.split_first() else {
         return Err(SidecarError::Usage);
     };
     let rewritten: Vec<(&str, String)> = vars
         .iter()
-        .map(|v| (v.var.as_str(), v.local_url(local, true)))
+        .map(|v| (v.var.as_str(), v.local_url(local, true, sslmode)))
         .collect();
     tracing::info!(
         listen = %local,
         databases = ?databases,
-        rewritten = %vars.iter().map(|v| format!("{}={}", v.var, v.local_url(local, false))).collect::<Vec<_>>().join(" "),
+        rewritten = %vars.iter().map(|v| format!("{}={}", v.var, v.local_url(local, false, sslmode))).collect::<Vec<_>>().join(" "),
         command = %program,
         "pgdyno listening; starting the app with its database URLs pointing at pgdyno"
     );
@@ -590,101 +595,4 @@ fn encode(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn prepare(pairs: &[(&str, &str)]) -> Result<Sidecar, SidecarError> {
-        let sources = Sources {
-            env: env(pairs),
-            ..Sources::default()
-        };
-        Sidecar::prepare(sources, vec!["true".into()])
-    }
-
-    #[test]
-    fn var_names() {
-        assert_eq!(url_var_names(None), ["DATABASE_URL"]);
-        assert_eq!(
-            url_var_names(Some("DATABASE_URL, OTHER_URL,OTHER_URL  THIRD")),
-            ["DATABASE_URL", "OTHER_URL", "THIRD"]
-        );
-        assert_eq!(url_var_names(Some(" , ")), ["DATABASE_URL"]);
-    }
-
-    #[test]
-    fn rewritten_url() {
-        let v = UrlVar {
-            var: "DATABASE_URL".into(),
-            database: "d1".into(),
-            user: Some("u@x".into()),
-            password: Some("p:s/s%".into()),
-        };
-        let local: SocketAddr = "127.0.0.1:6432".parse().unwrap();
-        assert_eq!(
-            v.local_url(local, true),
-            "postgres://u%40x:p%3As%2Fs%25@127.0.0.1:6432/d1?sslmode=disable"
-        );
-        assert_eq!(
-            v.local_url("0.0.0.0:7000".parse().unwrap(), false),
-            "postgres://u%40x@127.0.0.1:7000/d1?sslmode=disable"
-        );
-    }
-
-    #[test]
-    fn databases_from_url_vars() {
-        let s = prepare(&[
-            (
-                "PGDYNO_URLS",
-                "DATABASE_URL HEROKU_POSTGRESQL_RED_URL OTHER_URL",
-            ),
-            ("DATABASE_URL", "postgres://u:p@db1.example:5432/d1"),
-            (
-                "HEROKU_POSTGRESQL_RED_URL",
-                "postgres://u:p@db1.example:5432/d1",
-            ),
-            ("OTHER_URL", "postgres://v:q@db2.example:5432/d1"),
-            ("PGDYNO_DEFAULT_POOL_SIZE", "3"),
-        ])
-        .unwrap();
-        let names: Vec<_> = s.config.databases.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["d1", "d1_2"]);
-        assert!(s.config.databases.iter().all(|d| d.pool_size == 3));
-        let dbs: Vec<_> = s.vars.iter().map(|v| v.database.as_str()).collect();
-        assert_eq!(dbs, ["d1", "d1", "d1_2"]);
-        assert_eq!(s.vars[2].user.as_deref(), Some("v"));
-    }
-
-    #[test]
-    fn errors_name_the_variable() {
-        let e = prepare(&[("DATABASE_URL", "postgres://u:sekrit%zz@h:5432/d")]).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("DATABASE_URL"), "{msg}");
-        assert!(!msg.contains("sekrit"), "{msg}");
-        assert_eq!(e.exit_code(), 2);
-        let e = prepare(&[
-            ("PGDYNO_URLS", "DATABASE_URL,RED_URL"),
-            ("DATABASE_URL", "postgres://u:p@h/d"),
-        ])
-        .unwrap_err();
-        assert!(e.to_string().starts_with("RED_URL is not set"), "{e}");
-        let e = prepare(&[
-            ("DATABASE_URL", "postgres://u:p@h/d"),
-            ("PGDYNO_UPSTREAM", "postgres://u:p@h/d"),
-        ])
-        .unwrap_err();
-        assert!(matches!(e, SidecarError::UpstreamGiven(_)), "{e}");
-        let e = prepare(&[
-            ("DATABASE_URL", "postgres://u:p@h/d"),
-            ("PGDYNO_POOL_MODE", "statement"),
-        ])
-        .unwrap_err();
-        assert!(e.to_string().contains("pool_mode"), "{e}");
-    }
-}
+mod tests;
