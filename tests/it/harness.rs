@@ -6,6 +6,8 @@
 //! - `client`: tokio-postgres, psql and pgbench pointed at pgdyno.
 //! - `raw`: hand-written protocol bytes for the cases no driver will send.
 //! - `extended`: the extended query protocol message by message (`Batch`).
+//! - `tls`: certificates made at test time, rustls clients, a tokio-postgres
+//!   TLS connector with channel binding.
 //!
 //! Everything a test run creates lives under one scratch directory,
 //! `$TMPDIR/pgdyno-it-<pid>`. A small shell watchdog (the janitor) waits for
@@ -17,12 +19,14 @@ mod cluster;
 mod extended;
 mod pgdyno;
 mod raw;
+mod tls;
 
 pub use client::*;
 pub use cluster::*;
 pub use extended::*;
 pub use pgdyno::*;
 pub use raw::*;
+pub use tls::*;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -25,4 +25,5 @@ mod queries;
 mod restart;
 mod sidecar;
 mod smoke;
+mod tls;
 mod transactions;

@@ -451,3 +451,40 @@ async fn hup_is_passed_on_and_an_app_ignoring_sigterm_is_killed_at_the_deadline(
     })
     .await
 }
+
+#[tokio::test]
+async fn app_urls_ask_for_tls_when_pgdyno_refuses_plaintext() {
+    within(60, async {
+        let certs = test_certs();
+        let url = Cluster::shared().url(APP_DB);
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let script = r#"
+            echo "url DATABASE_URL $DATABASE_URL"
+            echo "query $("$PSQL" "$DATABASE_URL" -XAtc "SELECT 'served'" 2>&1)"
+        "#;
+        let args = [
+            "--listen",
+            &listen,
+            "--client-tls-sslmode",
+            "require",
+            "--client-tls-cert-file",
+            certs.server.cert_path(),
+            "--client-tls-key-file",
+            certs.server.key_path(),
+        ];
+        let mut run = Run::start(&args, &[("DATABASE_URL", &url)], script);
+        let status = run.wait(30).await;
+        let log = run.log();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert_eq!(
+            line_after(&log, "url DATABASE_URL"),
+            format!(
+                "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DB}?sslmode=require"
+            )
+        );
+        // pgdyno refuses plaintext, so an answer means the app used TLS.
+        assert_eq!(line_after(&log, "query"), "served", "{log}");
+    })
+    .await
+}

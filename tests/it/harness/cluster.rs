@@ -4,17 +4,24 @@
 //! run as root). One shared cluster serves every test that leaves it intact;
 //! a test that stops PostgreSQL starts its own with `Cluster::dedicated`.
 //!
+//! Clusters with `ssl = on` (`Cluster::shared_tls`, `Cluster::dedicated_tls`)
+//! present a certificate from `harness::tls`, trust the test CA for client
+//! certificates, accept TLS and plaintext alike, except on database
+//! `CERT_DB`, which `app` may enter only over TLS with a client certificate
+//! from the test CA whose CN is `app`.
+//!
 //! Each cluster has the role `app` (password `app-secret`) owning the
 //! database `appdb`, and the superuser `postgres` for looking behind
 //! pgdyno's back (pg_stat_activity, setup).
 
-use super::{free_port, pg_tool, scratch_dir};
+use super::{free_port, pg_tool, scratch_dir, test_certs, CertKey};
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
@@ -24,6 +31,8 @@ pub const APP_PASSWORD: &str = "app-secret";
 pub const APP_DB: &str = "appdb";
 /// The one role PostgreSQL authenticates with md5 rather than SCRAM.
 pub const MD5_ROLE: &str = "md5_user";
+/// On TLS clusters: the database that wants a client certificate.
+pub const CERT_DB: &str = "certdb";
 const SUPERUSER: &str = "postgres";
 const SUPERUSER_PASSWORD: &str = "super-secret";
 
@@ -39,16 +48,30 @@ impl Cluster {
     /// The cluster shared by the whole test run, started on first use.
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
-        SHARED.get_or_init(Cluster::create)
+        SHARED.get_or_init(|| Cluster::create(None))
+    }
+
+    /// The TLS cluster shared by the tests that leave it intact: it
+    /// presents `test_certs().server` (127.0.0.1 and localhost, from the
+    /// test CA).
+    pub fn shared_tls() -> &'static Cluster {
+        static SHARED_TLS: OnceLock<Cluster> = OnceLock::new();
+        SHARED_TLS.get_or_init(|| Cluster::create(Some(&test_certs().server)))
+    }
+
+    /// A TLS cluster of one's own presenting `cert`, for tests that change
+    /// its certificate (`present_cert`).
+    pub fn dedicated_tls(cert: &CertKey) -> Cluster {
+        Cluster::create(Some(cert))
     }
 
     /// A cluster of one's own, for tests that stop or restart PostgreSQL.
     /// Stopped and deleted on drop.
     pub fn dedicated() -> Cluster {
-        Cluster::create()
+        Cluster::create(None)
     }
 
-    fn create() -> Cluster {
+    fn create(tls: Option<&CertKey>) -> Cluster {
         let dir = scratch_dir("pg");
         let owner = postgres_owner();
         let pwfile = dir.join("pwfile");
@@ -94,6 +117,9 @@ impl Cluster {
             dir.display()
         )
         .expect("append postgresql.conf");
+        if let Some(cert) = tls {
+            enable_tls(&dir, owner, cert);
+        }
 
         let cluster = Cluster {
             dir,
@@ -106,7 +132,51 @@ impl Cluster {
             &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
             &format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"),
         ]);
+        if tls.is_some() {
+            cluster.psql_admin(&[&format!("CREATE DATABASE {CERT_DB} OWNER {APP_USER}")]);
+        }
         cluster
+    }
+
+    /// Makes a running TLS cluster present `cert` to new connections
+    /// (ssl_cert_file, ssl_key_file, reload), returning once it does.
+    pub fn present_cert(&self, cert: &CertKey) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (cert_file, key_file) =
+            install_cert(&self.dir, self.owner, cert, &format!("server-{n}"));
+        let cert_file = cert_file.display().to_string();
+        self.psql_admin(&[
+            &format!("ALTER SYSTEM SET ssl_cert_file = '{cert_file}'"),
+            &format!("ALTER SYSTEM SET ssl_key_file = '{}'", key_file.display()),
+            "SELECT pg_reload_conf()",
+        ]);
+        // The postmaster reloads the certificate in the same breath as the
+        // settings: a new session that sees the new file gets the new cert.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.psql_value("SHOW ssl_cert_file") != cert_file {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not take ssl_cert_file = {cert_file} within 10 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The single value `sql` returns, through psql as the superuser.
+    fn psql_value(&self, sql: &str) -> String {
+        let out = self
+            .psql_command()
+            .args(["-Atc", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed on {sql}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// A new cluster's first start: if the port we picked was taken in the
@@ -289,6 +359,64 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `ssl = on` with `cert`, client certificates checked against the test
+/// CA, and pg_hba rules that let `app` into CERT_DB only over TLS with a
+/// client certificate whose CN is `app`.
+fn enable_tls(dir: &Path, owner: Option<(u32, u32)>, cert: &CertKey) {
+    let (cert_file, key_file) = install_cert(dir, owner, cert, "server");
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, &test_certs().ca.cert_pem).expect("write ca.crt");
+    chown(&ca_file, owner);
+    let mut conf = OpenOptions::new()
+        .append(true)
+        .open(dir.join("data/postgresql.conf"))
+        .expect("open postgresql.conf");
+    write!(
+        conf,
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'\n",
+        cert_file.display(),
+        key_file.display(),
+        ca_file.display()
+    )
+    .expect("append postgresql.conf");
+    let hba = dir.join("data/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    std::fs::write(
+        &hba,
+        format!(
+            "hostssl {CERT_DB} {APP_USER} 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n\
+             host {CERT_DB} all 127.0.0.1/32 reject\n{rules}"
+        ),
+    )
+    .expect("write pg_hba.conf");
+}
+
+/// Copies `cert` into `dir` as `<stem>.crt` and `<stem>.key`, owned by the
+/// PostgreSQL user, the key mode 0600 (PostgreSQL refuses a key others
+/// can read).
+fn install_cert(
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    cert: &CertKey,
+    stem: &str,
+) -> (PathBuf, PathBuf) {
+    let cert_file = dir.join(format!("{stem}.crt"));
+    let key_file = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).expect("write server certificate");
+    std::fs::write(&key_file, &cert.key_pem).expect("write server key");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod server key");
+    chown(&cert_file, owner);
+    chown(&key_file, owner);
+    (cert_file, key_file)
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to nobody");
     }
 }
 

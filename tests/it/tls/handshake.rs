@@ -1,0 +1,220 @@
+//! The TLS handshake itself: versions 1.2 and 1.3 and the
+//! client_tls_protocols that narrows them, PostgreSQL 17's direct TLS
+//! (ALPN "postgresql" required), and handshakes that stall or send garbage
+//! while other clients carry on.
+
+use super::wire::{sasl_mechanisms, Scram, WireConn};
+use super::*;
+use rustls::ProtocolVersion;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::config::SslNegotiation;
+
+/// After a TLS handshake on `tls`: a SCRAM-SHA-256-PLUS login as `app`
+/// and `SELECT <n>`.
+async fn login_and_select(tls: tokio_rustls::client::TlsStream<TcpStream>, n: i32) {
+    let hash = tls_server_end_point(tls.get_ref().1).expect("server certificate");
+    let mut conn = WireConn::new(tls);
+    let first = conn.start(APP_DB).await.expect("an answer to startup");
+    conn.scram_login(&first, Scram::Plus(hash))
+        .await
+        .unwrap_or_else(|e| panic!("login over TLS: {e:?}"));
+    let rows = conn.simple_query(&format!("SELECT {n}")).await;
+    assert_eq!(rows.unwrap(), [n.to_string()]);
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_both_work() {
+    within(60, async {
+        // The default (secure), and the same spelled out.
+        for protocols in [None, Some("all"), Some("tlsv1.2,tlsv1.3")] {
+            let pgdyno = match protocols {
+                Some(p) => tls_pgdyno("require", &["--client-tls-protocols", p]).await,
+                None => tls_pgdyno("require", &[]).await,
+            };
+            for (tls, version) in [
+                (ClientTls::new().tls12_only(), ProtocolVersion::TLSv1_2),
+                (ClientTls::new().tls13_only(), ProtocolVersion::TLSv1_3),
+                (ClientTls::new(), ProtocolVersion::TLSv1_3),
+            ] {
+                let stream = ssl_request_handshake(pgdyno.port(), tls.config())
+                    .await
+                    .unwrap_or_else(|e| panic!("{version:?} under {protocols:?}: {e}"));
+                assert_eq!(stream.get_ref().1.protocol_version(), Some(version));
+                login_and_select(stream, 1).await;
+            }
+            let client = connect_with(&pgdyno, &ClientTls::new().tls12_only()).await;
+            assert_select(&client, 2).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_tls_protocols_tlsv1_3_refuses_a_tls_1_2_client() {
+    within(60, async {
+        let pgdyno = tls_pgdyno("require", &["--client-tls-protocols", "tlsv1.3"]).await;
+        let old =
+            ssl_request_handshake(pgdyno.port(), ClientTls::new().tls12_only().config()).await;
+        assert!(old.is_err(), "a TLS 1.2-only client must be refused");
+        wait_for_log(&pgdyno, &["tls_handshake_failed"]).await;
+        let stream = ssl_request_handshake(pgdyno.port(), ClientTls::new().config())
+            .await
+            .expect("TLS 1.3 handshake");
+        assert_eq!(
+            stream.get_ref().1.protocol_version(),
+            Some(ProtocolVersion::TLSv1_3)
+        );
+        login_and_select(stream, 3).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_tls_protocols_tlsv1_2_refuses_a_tls_1_3_client() {
+    within(60, async {
+        let pgdyno = tls_pgdyno("require", &["--client-tls-protocols", "tlsv1.2"]).await;
+        let new =
+            ssl_request_handshake(pgdyno.port(), ClientTls::new().tls13_only().config()).await;
+        assert!(new.is_err(), "a TLS 1.3-only client must be refused");
+        let stream = ssl_request_handshake(pgdyno.port(), ClientTls::new().config())
+            .await
+            .expect("TLS 1.2 handshake");
+        assert_eq!(
+            stream.get_ref().1.protocol_version(),
+            Some(ProtocolVersion::TLSv1_2)
+        );
+        login_and_select(stream, 4).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn direct_tls_with_alpn_postgresql() {
+    within(60, async {
+        let pgdyno = tls_pgdyno("require", &[]).await;
+        let tls = ClientTls::new().alpn_postgresql();
+        let stream = direct_handshake(pgdyno.port(), tls.config())
+            .await
+            .expect("direct TLS handshake");
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"postgresql"[..]));
+        let hash = tls_server_end_point(stream.get_ref().1).expect("server certificate");
+        let mut conn = WireConn::new(stream);
+        let first = conn.start(APP_DB).await.expect("an answer to startup");
+        assert!(
+            sasl_mechanisms(&first).contains(&"SCRAM-SHA-256-PLUS".to_owned()),
+            "direct TLS is TLS: channel binding on offer"
+        );
+        conn.scram_login(&first, Scram::Plus(hash))
+            .await
+            .unwrap_or_else(|e| panic!("login over direct TLS: {e:?}"));
+        assert_eq!(conn.simple_query("SELECT 17").await.unwrap(), ["17"]);
+        assert_eq!(
+            conn.simple_query("SELECT current_user::text")
+                .await
+                .unwrap(),
+            [APP_USER]
+        );
+
+        // A PostgreSQL 17 driver asking for it: tokio-postgres's
+        // sslnegotiation=direct.
+        let mut config = tls_config(&pgdyno);
+        config.ssl_negotiation(SslNegotiation::Direct);
+        let client = connect_tls(&config, tls.connector())
+            .await
+            .unwrap_or_else(|e| panic!("sslnegotiation=direct: {e} ({:?})", e.as_db_error()));
+        assert_select(&client, 18).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn direct_tls_without_alpn_is_refused() {
+    within(60, async {
+        let pgdyno = tls_pgdyno("require", &[]).await;
+        // Refused in the handshake, or closed before a startup gets an answer.
+        if let Ok(stream) = direct_handshake(pgdyno.port(), ClientTls::new().config()).await {
+            let mut conn = WireConn::new(stream);
+            let answer = conn.start(APP_DB).await;
+            assert!(
+                answer.is_none(),
+                "direct TLS without ALPN served: {answer:?}"
+            );
+        }
+        wait_for_log(&pgdyno, &["tls_handshake_failed", "alpn"]).await;
+        // Still serving the right way in.
+        let client = connect_with(&pgdyno, &ClientTls::new()).await;
+        assert_select(&client, 1).await;
+    })
+    .await
+}
+
+/// Connects, sends SSLRequest and reads pgdyno's 'S'.
+async fn accepted_ssl_request(port: u16) -> TcpStream {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(&ssl_request()).await.unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+    tcp
+}
+
+#[tokio::test]
+async fn silent_and_garbage_handshakes_hold_up_no_one() {
+    within(60, async {
+        let pgdyno = tls_pgdyno("require", &[]).await;
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(accepted_ssl_request(pgdyno.port()).await);
+        }
+        let mut garbage = accepted_ssl_request(pgdyno.port()).await;
+        garbage
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+
+        // Other clients are served at once meanwhile.
+        for n in 0..3 {
+            let started = Instant::now();
+            let client = connect_with(&pgdyno, &ClientTls::new()).await;
+            assert_select(&client, n).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "a TLS login and query took {:?} beside stalled handshakes",
+                started.elapsed()
+            );
+        }
+
+        // The garbage one is closed (after a TLS alert, perhaps).
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 256];
+            loop {
+                match garbage.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "pgdyno kept a garbage handshake open");
+        wait_for_log(&pgdyno, &["tls_handshake_failed"]).await;
+        drop(silent);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_silent_handshake_ends_at_client_login_timeout() {
+    within(60, async {
+        let pgdyno = tls_pgdyno("require", &["--client-login-timeout", "1"]).await;
+        let mut silent = accepted_ssl_request(pgdyno.port()).await;
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "a handshake silent for {:?} is still open: {read:?}",
+            started.elapsed()
+        );
+        wait_for_log(&pgdyno, &["tls_handshake_failed", "client_login_timeout"]).await;
+    })
+    .await
+}
