@@ -218,3 +218,48 @@ async fn a_silent_handshake_ends_at_client_login_timeout() {
     })
     .await
 }
+
+#[tokio::test]
+async fn sighup_swaps_the_certificate_and_keeps_it_when_the_new_one_is_broken() {
+    within(60, async {
+        let certs = test_certs();
+        let dir = scratch_dir("tls-reload");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let present = |c: &CertKey| {
+            std::fs::write(&cert, &c.cert_pem).expect("write cert");
+            std::fs::write(&key, &c.key_pem).expect("write key");
+        };
+        // First a certificate the client cannot accept for 127.0.0.1.
+        present(&certs.wrong_name);
+        let config = dir.join("pgdyno.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{}\"\n\
+                 client_tls_key_file = \"{}\"\n[databases]\n{APP_DB} = \"{}\"\n",
+                cert.display(),
+                key.display(),
+                Cluster::shared().url(APP_DB)
+            ),
+        )
+        .expect("write config");
+        let pgdyno = Pgdyno::start(&["--config", config.to_str().unwrap()]).await;
+        let handshake = || ssl_request_handshake(pgdyno.port(), ClientTls::new().config());
+        assert!(handshake().await.is_err(), "wrong.example accepted");
+
+        present(&certs.server);
+        pgdyno.signal("HUP");
+        wait_for_log(&pgdyno, &["configuration reloaded"]).await;
+        let stream = handshake().await.expect("the reloaded certificate");
+        let shown = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(shown, certs.server.cert_der);
+        login_and_select(stream, 4).await;
+
+        // A broken certificate is refused; the one in use stays.
+        std::fs::write(&cert, "not a certificate").expect("write cert");
+        pgdyno.signal("HUP");
+        wait_for_log(&pgdyno, &["reload_failed"]).await;
+        login_and_select(handshake().await.expect("the kept certificate"), 5).await;
+    })
+    .await
+}
