@@ -9,18 +9,27 @@
 #
 #   pooler_us    the pooler process's utime+stime (all threads) per transaction:
 #                the figure to compare (see shared/PERFORMANCE.md)
-#   cpu_vs_pgb   pooler_us relative to PgBouncer's in the same mode: the
-#                machine-independent form of it
+#   cpu_vs_pgb   pooler_us relative to PgBouncer's in the same mode and TLS
+#                setting: the machine-independent form of it
 #   postgres_us  postmaster + all backends, per transaction
 #   pgbench_us   the pgbench client, per transaction
 #   other_cpu%   busy CPU on the machine that is none of the above, as a share
 #                of all cores over the run: anything above a few percent means
 #                something else (a build, a test run) disturbed the figures
 #
+# TLS=1 measures the same with TLS on every hop (sslmode=require): PostgreSQL
+# gets ssl=on and a server certificate, the poolers a certificate for their
+# clients and server_tls_sslmode=require toward PostgreSQL, pgbench connects
+# with sslmode=require. Certificates (ECDSA P-256, a throwaway CA) are made
+# at run time with the openssl CLI. pgbench keeps its connections (no -C), so
+# this is the per-transaction cost of encryption, not of handshakes. TLS=both
+# runs every target plain and then with TLS against the same PostgreSQL. Each
+# row has tls=off|on, and the ratios compare rows of the same TLS setting.
+#
 # Usage: benches/load.sh [--quick] [--help]
-# Env:   DURATION CLIENTS JOBS POOL SCALE MODES TARGETS SCRIPT WARMUP IDLE_WAIT
-#        NOISE_MAX NOISE_RETRIES PGDYNO_BIN PGDYNO_EXTRA_ARGS RESULTS_DIR
-#        KEEP_TMP (see --help)
+# Env:   DURATION CLIENTS JOBS POOL SCALE MODES TARGETS SCRIPT TLS WARMUP
+#        IDLE_WAIT NOISE_MAX NOISE_RETRIES PGDYNO_BIN PGDYNO_EXTRA_ARGS
+#        RESULTS_DIR KEEP_TMP (see --help)
 #
 # Traffic goes only to 127.0.0.1. Everything started here is stopped by PID on exit.
 set -euo pipefail
@@ -46,6 +55,11 @@ Environment (defaults in brackets):
   MODES              pgbench query modes (-M): simple extended prepared ["simple extended"]
   TARGETS            any of: direct pgbouncer pgdyno ["direct pgbouncer pgdyno"]
   SCRIPT             select (pgbench -S) or tpcb (tpcb-like, 7 statements) [select]
+  TLS                0: plain TCP; 1: TLS (sslmode=require) from pgbench to the
+                     pooler and from the pooler to PostgreSQL (direct: pgbench
+                     to PostgreSQL), certificates made with openssl at run
+                     time; both: every target plain, then every target with
+                     TLS. Ratios compare runs of the same TLS setting. [0]
   PGDYNO_BIN         use this pgdyno binary instead of `cargo build --release`
   PGDYNO_EXTRA_ARGS  extra arguments appended to pgdyno's command line
   IDLE_WAIT          seconds to wait, before each run, for other load on the
@@ -81,6 +95,7 @@ SCALE=${SCALE:-10}
 MODES=${MODES:-simple extended}
 TARGETS=${TARGETS:-direct pgbouncer pgdyno}
 SCRIPT=${SCRIPT:-select}
+TLS=${TLS:-0}
 PGDYNO_BIN=${PGDYNO_BIN:-}
 PGDYNO_EXTRA_ARGS=${PGDYNO_EXTRA_ARGS:-}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -120,6 +135,12 @@ case $SCRIPT in
   tpcb) SCRIPT_ARGS=() ;;
   *) die "SCRIPT must be 'select' or 'tpcb', got '$SCRIPT'" ;;
 esac
+case $TLS in
+  0) TLS_RUNS=off ;;
+  1) TLS_RUNS=on ;;
+  both) TLS_RUNS="off on" ;;
+  *) die "TLS must be 0, 1 or both, got '$TLS'" ;;
+esac
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- tools
@@ -146,6 +167,10 @@ POSTGRES=$(pgtool postgres) || die "postgres not found (apt-get install postgres
 PSQL=$(pgtool psql) || die "psql not found"
 PGBENCH=$(pgtool pgbench) || die "pgbench not found"
 PG_ISREADY=$(pgtool pg_isready) || die "pg_isready not found"
+OPENSSL=none
+if [[ $TLS_RUNS == *on* ]]; then
+  OPENSSL=$(command -v openssl) || die "TLS=$TLS needs the openssl command (apt-get install openssl)"
+fi
 PGBOUNCER=/usr/sbin/pgbouncer
 PGB_VERSION=none
 if has_target pgbouncer; then
@@ -178,6 +203,11 @@ cd "$WORK" # services started as nobody need a readable working directory
 PG_PID="" PGB_PID="" DYN_PID="" BENCH_PID=""
 PGDATA=$WORK/pgdata
 SOCKDIR=$WORK/sock
+TLS_DIR=$WORK/tls
+TLS_NOTES=$WORK/tls-notes
+# The TLS setting of the runs under way (set_tls): on|off, the sslmode pgbench
+# and psql use, and a suffix for file names and log labels.
+TLS_NOW=off SSLMODE=disable SSLROOTCERT="" TLS_SUFFIX=""
 ROWS=$WORK/rows.tsv
 : >"$ROWS"
 STARTED_OK=1
@@ -277,8 +307,8 @@ wait_login() {
       tail -n 30 "$logf" >&2 || true
       return 1
     fi
-    if PGPASSWORD=$PGPASS PGCONNECT_TIMEOUT=3 "$PSQL" -h 127.0.0.1 -p "$port" -U "$DBUSER" -d "$DB" \
-      -X -q -A -t -c 'SELECT 1' >/dev/null 2>&1; then
+    if PGPASSWORD=$PGPASS PGCONNECT_TIMEOUT=3 PGSSLMODE=$SSLMODE PGSSLROOTCERT=$SSLROOTCERT \
+      "$PSQL" -h 127.0.0.1 -p "$port" -U "$DBUSER" -d "$DB" -X -q -A -t -c 'SELECT 1' >/dev/null 2>&1; then
       return 0
     fi
     sleep 0.1
@@ -416,8 +446,8 @@ pg_prepare_run() {
 run_pgbench() {
   local port=$1 mode=$2 secs=$3 out=$4 rc=0
   times >"$WORK/times0"
-  PGPASSWORD=$PGPASS "$PGBENCH" -h 127.0.0.1 -p "$port" -U "$DBUSER" -n "${SCRIPT_ARGS[@]}" \
-    -c "$CLIENTS" -j "$JOBS" -T "$secs" -M "$mode" "$DB" >"$out" 2>&1 &
+  PGPASSWORD=$PGPASS PGSSLMODE=$SSLMODE PGSSLROOTCERT=$SSLROOTCERT "$PGBENCH" -h 127.0.0.1 -p "$port" \
+    -U "$DBUSER" -n "${SCRIPT_ARGS[@]}" -c "$CLIENTS" -j "$JOBS" -T "$secs" -M "$mode" "$DB" >"$out" 2>&1 &
   BENCH_PID=$!
   wait "$BENCH_PID" || rc=$?
   BENCH_PID=""
@@ -444,6 +474,99 @@ if has_target pgdyno; then
   [[ -x $PGDYNO_BIN ]] || die "pgdyno binary not found: $PGDYNO_BIN"
 fi
 
+# ---------------------------------------------------------------- TLS
+
+# A throwaway CA and two certificates it signs for 127.0.0.1 and localhost:
+# postgres.crt for PostgreSQL and pooler.crt for the poolers' clients. ECDSA
+# P-256 with PKCS#8 keys, mode 0600 and owned by the user the services run
+# as (PostgreSQL refuses a key that others can read).
+make_certs() {
+  local name
+  mkdir -p "$TLS_DIR"
+  chmod 755 "$TLS_DIR"
+  cat >"$TLS_DIR/openssl.cnf" <<'EOF'
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = pgdyno bench
+[bench_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[bench_leaf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+  (
+    set -e
+    cd "$TLS_DIR"
+    umask 077
+    "$OPENSSL" genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key
+    "$OPENSSL" req -new -x509 -config openssl.cnf -extensions bench_ca -key ca.key \
+      -subj "/CN=pgdyno bench CA" -days 2 -out ca.crt
+    for name in postgres pooler; do
+      "$OPENSSL" genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$name.key"
+      "$OPENSSL" req -new -config openssl.cnf -key "$name.key" -subj "/CN=localhost" -out "$name.csr"
+      "$OPENSSL" x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key \
+        -set_serial "0x$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')" -days 2 \
+        -extfile openssl.cnf -extensions bench_leaf -out "$name.crt"
+    done
+    "$OPENSSL" verify -CAfile ca.crt -purpose sslserver postgres.crt pooler.crt
+    rm -f ./*.csr
+  ) >"$WORK/openssl.log" 2>&1 || { tail -n 30 "$WORK/openssl.log" >&2; die "making certificates with openssl failed"; }
+  chmod 644 "$TLS_DIR"/*.crt
+  chmod 600 "$TLS_DIR"/*.key
+  if [[ $EUID == 0 ]]; then chown nobody: "$TLS_DIR"/postgres.* "$TLS_DIR"/pooler.*; fi
+}
+
+# Switches the runs that follow to TLS on or off. With TLS, pgbench and psql
+# use sslmode=require; PGSSLROOTCERT names our CA so that a
+# ~/.postgresql/root.crt cannot get in the way (with a root certificate at
+# hand, libpq's require also checks the chain, as verify-ca does).
+set_tls() {
+  TLS_NOW=$1
+  if [[ $TLS_NOW == on ]]; then
+    SSLMODE=require SSLROOTCERT=$TLS_DIR/ca.crt TLS_SUFFIX=-tls
+  else
+    SSLMODE=disable SSLROOTCERT="" TLS_SUFFIX=""
+  fi
+}
+
+# "" if the pooler's backends use TLS as the current setting says, else a
+# status for the row: backend-plain (TLS on but some backend in plaintext,
+# or no backend found) or backend-tls (TLS off but some backend encrypted).
+backend_tls_status() {
+  local n_tls n_plain
+  read -r n_tls n_plain < <(pg_admin -F ' ' -c "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+      FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = '$DBUSER'")
+  if [[ $TLS_NOW == on ]] && ((n_plain > 0 || n_tls == 0)); then
+    printf 'backend-plain(%s/%s)\n' "$n_plain" "$((n_tls + n_plain))"
+  elif [[ $TLS_NOW == off ]] && ((n_tls > 0)); then
+    printf 'backend-tls(%s/%s)\n' "$n_tls" "$((n_tls + n_plain))"
+  fi
+}
+
+# A line for the report: the TLS version and cipher psql gets from PORT and,
+# for a pooler, those of its backends now (pg_stat_ssl), with their counts.
+tls_note() {
+  local target=$1 port=$2 pooler_pid=$3 client backends
+  client=$(PGPASSWORD=$PGPASS PGSSLMODE=$SSLMODE PGSSLROOTCERT=$SSLROOTCERT "$PSQL" -h 127.0.0.1 -p "$port" \
+    -U "$DBUSER" -d "$DB" -X -c '\conninfo' 2>&1 | sed -n 's/^SSL connection (protocol: \([^,]*\), cipher: \([^,)]*\).*/\1 \2/p')
+  printf -- '- tls=%s %s: client %s' "$TLS_NOW" "$target" "${client:-plaintext}"
+  if [[ -n $pooler_pid ]]; then
+    backends=$(pg_admin -c "SELECT string_agg(t || ' x' || n, ', ') FROM (
+        SELECT CASE WHEN s.ssl THEN s.version || ' ' || s.cipher ELSE 'plaintext' END AS t, count(*) AS n
+        FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = '$DBUSER' GROUP BY 1) q")
+    printf '; backends %s' "${backends:-none}"
+  fi
+  printf '\n'
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 PG_PORT=$(free_port)
@@ -468,6 +591,14 @@ full_page_writes = off
 shared_buffers = 256MB
 password_encryption = 'scram-sha-256'
 EOF
+if [[ $TLS_RUNS == *on* ]]; then
+  make_certs
+  cat >>"$PGDATA/postgresql.conf" <<EOF
+ssl = on
+ssl_cert_file = '$TLS_DIR/postgres.crt'
+ssl_key_file = '$TLS_DIR/postgres.key'
+EOF
+fi
 
 "${AS_SVC[@]}" "$POSTGRES" -D "$PGDATA" >"$WORK/postgres.log" 2>&1 &
 PG_PID=$!
@@ -481,7 +612,7 @@ log "postgres pid $PG_PID on 127.0.0.1:$PG_PORT"
 
 pg_admin -c "CREATE ROLE $DBUSER LOGIN PASSWORD '$PGPASS'" -c "CREATE DATABASE $DB OWNER $DBUSER"
 log "pgbench -i -s $SCALE"
-PGPASSWORD=$PGPASS "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$DBUSER" "$DB" \
+PGPASSWORD=$PGPASS PGSSLMODE=disable "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$DBUSER" "$DB" \
   >"$WORK/pgbench-init.log" 2>&1 || { tail -n 30 "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
 SCRAM_SECRET=$(pg_admin -c "SELECT rolpassword FROM pg_authid WHERE rolname = '$DBUSER'")
 [[ $SCRAM_SECRET == SCRAM-SHA-256* ]] || die "unexpected password hash for $DBUSER"
@@ -511,8 +642,16 @@ pool_mode = transaction
 default_pool_size = $POOL
 max_client_conn = $MAX_CLIENT_CONN
 ignore_startup_parameters = extra_float_digits
-logfile = $WORK/pgbouncer.log
+logfile = $WORK/pgbouncer$TLS_SUFFIX.log
 EOF
+  if [[ $TLS_NOW == on ]]; then
+    cat >>"$dir/pgbouncer.ini" <<EOF
+client_tls_sslmode = require
+client_tls_cert_file = $TLS_DIR/pooler.crt
+client_tls_key_file = $TLS_DIR/pooler.key
+server_tls_sslmode = require
+EOF
+  fi
   # Named prepared statements in transaction mode need PgBouncer 1.21+
   # (Debian 12 ships 1.18: `-M prepared` fails there with "prepared statement
   # ... already exists"); 1.24 made 200 the default.
@@ -520,38 +659,48 @@ EOF
     echo "max_prepared_statements = 200" >>"$dir/pgbouncer.ini"
   fi
   if [[ $EUID == 0 ]]; then chown -R nobody: "$dir"; fi
-  : >"$WORK/pgbouncer.log"
-  if [[ $EUID == 0 ]]; then chown nobody: "$WORK/pgbouncer.log"; fi
-  "${AS_SVC[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini" >"$WORK/pgbouncer.stderr.log" 2>&1 &
+  : >"$WORK/pgbouncer$TLS_SUFFIX.log"
+  if [[ $EUID == 0 ]]; then chown nobody: "$WORK/pgbouncer$TLS_SUFFIX.log"; fi
+  "${AS_SVC[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini" >"$WORK/pgbouncer$TLS_SUFFIX.stderr.log" 2>&1 &
   PGB_PID=$!
-  wait_login "$PGB_PORT" pgbouncer "$PGB_PID" "$WORK/pgbouncer.stderr.log" || return 1
-  log "pgbouncer pid $PGB_PID on 127.0.0.1:$PGB_PORT (PgBouncer $PGB_VERSION)"
+  wait_login "$PGB_PORT" pgbouncer "$PGB_PID" "$WORK/pgbouncer$TLS_SUFFIX.stderr.log" || return 1
+  log "pgbouncer pid $PGB_PID on 127.0.0.1:$PGB_PORT (PgBouncer $PGB_VERSION, tls=$TLS_NOW)"
 }
 
 start_pgdyno() {
   DYN_PORT=$(free_port)
-  local -a extra=()
+  local -a extra=() tls=()
   read -ra extra <<<"$PGDYNO_EXTRA_ARGS"
+  if [[ $TLS_NOW == on ]]; then
+    tls=(--client-tls-sslmode require --client-tls-cert-file "$TLS_DIR/pooler.crt"
+      --client-tls-key-file "$TLS_DIR/pooler.key" --server-tls-sslmode require)
+  elif [[ $TLS_RUNS == *on* ]]; then
+    # pgdyno's server_tls_sslmode defaults to prefer (PgBouncer's to disable),
+    # and this PostgreSQL has ssl=on
+    tls=(--server-tls-sslmode disable)
+  fi
   # pgdyno reads every PGDYNO_* env var as a setting and rejects unknown
   # ones, so this script's own knobs must not reach it.
   env -u PGDYNO_BIN -u PGDYNO_EXTRA_ARGS "$PGDYNO_BIN" --listen "127.0.0.1:$DYN_PORT" \
     --upstream "postgres://$DBUSER:$PGPASS@127.0.0.1:$PG_PORT/$DB" \
     --pool-mode transaction --pool-size "$POOL" --max-client-conn "$MAX_CLIENT_CONN" \
-    "${extra[@]}" >"$WORK/pgdyno.log" 2>&1 &
+    "${tls[@]}" "${extra[@]}" >"$WORK/pgdyno$TLS_SUFFIX.log" 2>&1 &
   DYN_PID=$!
-  wait_login "$DYN_PORT" pgdyno "$DYN_PID" "$WORK/pgdyno.log" || return 1
-  log "pgdyno pid $DYN_PID on 127.0.0.1:$DYN_PORT ($PGDYNO_BIN)"
+  wait_login "$DYN_PORT" pgdyno "$DYN_PID" "$WORK/pgdyno$TLS_SUFFIX.log" || return 1
+  log "pgdyno pid $DYN_PID on 127.0.0.1:$DYN_PORT ($PGDYNO_BIN, tls=$TLS_NOW)"
 }
 
 # ---------------------------------------------------------------- measuring
 
 # Measures TARGET in MODE against PORT (the pooler is POOLER_PID, "" for
-# direct): a warm-up, then up to 1 + NOISE_RETRIES measured runs, stopping at
-# the first that other processes disturbed by at most NOISE_MAX percent of
-# the CPUs; the least disturbed one goes into $ROWS.
+# direct) with the current TLS setting: a warm-up, then up to 1 +
+# NOISE_RETRIES measured runs, stopping at the first that other processes
+# disturbed by at most NOISE_MAX percent of the CPUs; the least disturbed one
+# goes into $ROWS.
 measure() {
   local target=$1 mode=$2 port=$3 pooler_pid=$4
-  local out=$WORK/pgbench-$target-$mode.out attempt best="" best_pct="" pct row
+  local out=$WORK/pgbench-$target-$mode$TLS_SUFFIX.out attempt best="" best_pct="" pct row
+  local label=$target/$mode${TLS_SUFFIX/-//}
 
   if ((WARMUP > 0)); then
     run_pgbench "$port" "$mode" "$WARMUP" "$WORK/warmup.out" || true
@@ -559,7 +708,7 @@ measure() {
   for ((attempt = 1; attempt <= NOISE_RETRIES + 1; attempt++)); do
     pg_prepare_run
     if ((IDLE_WAIT > 0)); then wait_idle; fi
-    log "$target/$mode: pgbench -c $CLIENTS -j $JOBS -T $DURATION -M $mode ${SCRIPT_ARGS[*]}$( ((attempt == 1)) || echo " (attempt $attempt)")"
+    log "$label: pgbench -c $CLIENTS -j $JOBS -T $DURATION -M $mode ${SCRIPT_ARGS[*]}$( ((attempt == 1)) || echo " (attempt $attempt)")"
     # not in $(...): a subshell would hide pgbench's PID from cleanup
     measure_once "$target" "$mode" "$port" "$pooler_pid" "$WORK/pgbench.out" >"$WORK/row"
     row=$(<"$WORK/row")
@@ -573,17 +722,17 @@ measure() {
     [[ $(cut -f14 <<<"$row") == ok ]] || break
     ((pct > NOISE_MAX * 10)) || break
     if ((attempt <= NOISE_RETRIES)); then
-      log "$target/$mode: disturbed ($((pct / 10)).$((pct % 10))% of the CPUs went to other processes: $(cut -f15 <<<"$row")); measuring again"
+      log "$label: disturbed ($((pct / 10)).$((pct % 10))% of the CPUs went to other processes: $(cut -f15 <<<"$row")); measuring again"
     fi
   done
-  printf '%s\t%s\n' "$best" "$((attempt > NOISE_RETRIES + 1 ? NOISE_RETRIES + 1 : attempt))" >>"$ROWS"
+  printf '%s\t%s\t%s\n' "$best" "$((attempt > NOISE_RETRIES + 1 ? NOISE_RETRIES + 1 : attempt))" "$TLS_NOW" >>"$ROWS"
 }
 
 # One measured pgbench run; prints its row (see the awk below) and leaves
 # pgbench's output in OUT.
 measure_once() {
   local target=$1 mode=$2 port=$3 pooler_pid=$4 out=$5 rc=0 status=ok
-  local b0 st0 w0 w1 pooler_ticks pooler_sys pg_ticks others
+  local b0 st0 w0 w1 pooler_ticks pooler_sys pg_ticks others tls_status
 
   pg_quiesce
   proc_snapshot >"$WORK/snap0"
@@ -595,18 +744,23 @@ measure_once() {
   w1=${EPOCHREALTIME/./}
   sys_ticks
   if [[ -n $pooler_pid ]] && ! alive "$pooler_pid"; then status=pooler-died; fi
+  # pgbench's sslmode settles the client side; the backends' side is checked
+  if [[ -n $pooler_pid && $status == ok && $TLS_RUNS == *on* ]]; then
+    tls_status=$(backend_tls_status)
+    status=${tls_status:-ok}
+  fi
   read -r pooler_ticks pooler_sys pg_ticks others < <(cpu_deltas "$WORK/snap0" "$WORK/snap1" "$pooler_pid")
   if ((rc != 0)); then
     if [[ $status == ok ]]; then status=pgbench-exit-$rc; else status+=",pgbench-exit-$rc"; fi
   fi
   if [[ $status != ok ]]; then
-    log "$target/$mode: $status; pgbench said:"
+    log "$target/$mode${TLS_SUFFIX/-//}: $status; pgbench said:"
     grep -m 5 -iE 'error|abort|fatal' "$out" >&2 || tail -n 5 "$out" >&2
   fi
 
   # A row: target mode tps latency failed transactions pooler_ticks has_pooler
   # postgres_ticks pgbench_ticks busy_ticks steal_ticks wall_us status others
-  # pooler_sys_ticks (measure adds: attempts)
+  # pooler_sys_ticks (measure adds: attempts tls)
   awk -v target="$target" -v mode="$mode" -v pt="$pooler_ticks" -v haspooler="${pooler_pid:+1}" \
     -v gt="$pg_ticks" -v bt="$BENCH_TICKS" -v wall="$((w1 - w0))" -v status="$status" -v others="$others" \
     -v sys="$((SYS_BUSY - b0))\t$((SYS_STEAL - st0))" -v psys="$pooler_sys" '
@@ -654,6 +808,9 @@ run_target() {
       break
     fi
   done
+  if [[ $TLS_RUNS == *on* ]] && { [[ -z $pid ]] || alive "$pid"; }; then
+    tls_note "$target" "$port" "$pid" >>"$TLS_NOTES"
+  fi
   case $target in
     pgbouncer) stop_pid "$PGB_PID" pgbouncer TERM; PGB_PID="" ;;
     pgdyno) stop_pid "$DYN_PID" pgdyno TERM; DYN_PID="" ;;
@@ -664,16 +821,20 @@ record_failure() {
   local mode
   STARTED_OK=0
   for mode in $MODES; do
-    printf '%s\t%s\tNA\tNA\tNA\t0\t0\t0\t0\t0\t0\t0\t0\t%s\t-\t0\t0\n' "$1" "$mode" "$2" >>"$ROWS"
+    printf '%s\t%s\tNA\tNA\tNA\t0\t0\t0\t0\t0\t0\t0\t0\t%s\t-\t0\t0\t%s\n' "$1" "$mode" "$2" "$TLS_NOW" >>"$ROWS"
   done
 }
 
 # ---------------------------------------------------------------- main
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-log "targets: $TARGETS; modes: $MODES; script: $SCRIPT; clients $CLIENTS, jobs $JOBS, pool $POOL, scale $SCALE, ${DURATION}s (+${WARMUP}s warm-up)"
-for t in $TARGETS; do
-  run_target "$t"
+log "targets: $TARGETS; modes: $MODES; script: $SCRIPT; tls: $TLS_RUNS; clients $CLIENTS, jobs $JOBS, pool $POOL, scale $SCALE, ${DURATION}s (+${WARMUP}s warm-up)"
+: >"$TLS_NOTES"
+for tls in $TLS_RUNS; do
+  set_tls "$tls"
+  for t in $TARGETS; do
+    run_target "$t"
+  done
 done
 
 # ---------------------------------------------------------------- report
@@ -682,18 +843,19 @@ mkdir -p "$RESULTS_DIR"
 CSV=$RESULTS_DIR/load-$STAMP.csv
 MD=$RESULTS_DIR/load-$STAMP.md
 
-# Derived figures per row; ratios are against the same mode's direct / pgbouncer tps.
+# Derived figures per row; ratios are against the direct / pgbouncer row of
+# the same mode and TLS setting.
 awk -F'\t' -v OFS=',' -v hz="$CLK_TCK" -v ncpu="$NCPU" '
   function us(ticks) { return (txns > 0 && ticks >= 0) ? sprintf("%.1f", ticks / hz * 1e6 / txns) : "NA" }
   function pct(ticks) { return (wall > 0.01) ? sprintf("%.1f", (ticks < 0 ? 0 : 100 * ticks / (hz * wall * ncpu))) : "NA" }
   function ratio(a, b) { return (a != "NA" && b != "" && b > 0) ? sprintf("%.2f", a / b) : "-" }
   {
     row[NR] = $0
-    if ($14 == "ok") base[$1, $2] = $3
-    if ($14 == "ok" && $1 == "pgbouncer" && $6 > 0 && $7 >= 0) pgb_cpu[$2] = $7 / $6
+    if ($14 == "ok") base[$1, $2, $18] = $3
+    if ($14 == "ok" && $1 == "pgbouncer" && $6 > 0 && $7 >= 0) pgb_cpu[$2, $18] = $7 / $6
   }
   END {
-    print "target", "mode", "tps", "latency_ms", "failed", "transactions", "pooler_us_per_txn",
+    print "target", "mode", "tls", "tps", "latency_ms", "failed", "transactions", "pooler_us_per_txn",
       "postgres_us_per_txn", "pgbench_us_per_txn", "total_us_per_txn", "other_cpu_pct",
       "steal_pct", "tps_vs_direct", "tps_vs_pgbouncer", "status", "top_other_processes", "pooler_sys_share_pct",
       "pooler_cpu_vs_pgbouncer", "attempts"
@@ -701,11 +863,11 @@ awk -F'\t' -v OFS=',' -v hz="$CLK_TCK" -v ncpu="$NCPU" '
       split(row[i], f, "\t")
       txns = f[6]; wall = f[13] / 1e6
       tps = (f[3] == "NA") ? "NA" : sprintf("%.0f", f[3])
-      print f[1], f[2], tps, f[4], f[5], txns, (f[8] == 1 ? us(f[7]) : "-"), us(f[9]), us(f[10]),
+      print f[1], f[2], f[18], tps, f[4], f[5], txns, (f[8] == 1 ? us(f[7]) : "-"), us(f[9]), us(f[10]),
         us(f[11]), pct(f[11] - f[7] - f[9] - f[10]), pct(f[12]),
-        ratio(f[3], base["direct", f[2]]), ratio(f[3], base["pgbouncer", f[2]]), f[14], f[15],
+        ratio(f[3], base["direct", f[2], f[18]]), ratio(f[3], base["pgbouncer", f[2], f[18]]), f[14], f[15],
         (f[8] == 1 && f[7] > 0 ? sprintf("%.0f", 100 * f[16] / f[7]) : "-"),
-        (f[8] == 1 && f[7] >= 0 && txns > 0 && pgb_cpu[f[2]] > 0 ? sprintf("%.2f", f[7] / txns / pgb_cpu[f[2]]) : "-"), f[17]
+        (f[8] == 1 && f[7] >= 0 && txns > 0 && pgb_cpu[f[2], f[18]] > 0 ? sprintf("%.2f", f[7] / txns / pgb_cpu[f[2], f[18]]) : "-"), f[17]
     }
   }' "$ROWS" >"$CSV"
 
@@ -723,6 +885,10 @@ if [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev
     echo "- pgdyno: $PGDYNO_BIN (given with PGDYNO_BIN; the repository is at git $GIT_REV) $PGDYNO_EXTRA_ARGS"
   fi
   echo "- $("$POSTGRES" --version), PgBouncer $PGB_VERSION, $("$PGBENCH" --version)"
+  if [[ $TLS_RUNS == *on* ]]; then
+    echo "- TLS: runs with tls=on use sslmode=require from pgbench to the pooler and from the pooler to PostgreSQL (direct: pgbench to PostgreSQL), long-lived connections; ECDSA P-256 certificates from a throwaway CA ($("$OPENSSL" version | cut -d" " -f1-2)); ratios compare rows of the same tls. Negotiated, after each target's runs:"
+    sed 's/^/  /' "$TLS_NOTES"
+  fi
   echo "- $NCPU CPUs, $(uname -sr), load average before: $LOAD_BEFORE"
   echo "- CPU figures are µs per transaction from /proc: processes' utime+stime (threads and exited children included); total = all busy CPU of the machine (/proc/stat); pooler_sys_share_pct = the pooler's stime as a share of its CPU"
   echo "- other_cpu_pct: busy process CPU outside pgbench, PostgreSQL and the pooler; steal_pct: vCPU time the hypervisor took; both as a share of all $NCPU CPUs over the run, and both should be near 0"
@@ -732,14 +898,16 @@ if [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev
 } >"$MD"
 
 echo
-awk -F, -v OFS=, -v cols="target mode tps latency_ms failed pooler_us_per_txn pooler_cpu_vs_pgbouncer postgres_us_per_txn pgbench_us_per_txn other_cpu_pct steal_pct tps_vs_direct tps_vs_pgbouncer status" '
+awk -F, -v OFS=, -v cols="target mode tls tps latency_ms failed pooler_us_per_txn pooler_cpu_vs_pgbouncer postgres_us_per_txn pgbench_us_per_txn other_cpu_pct steal_pct tps_vs_direct tps_vs_pgbouncer status" '
   NR == 1 { for (i = 1; i <= NF; i++) at[$i] = i; n = split(cols, c, " ") }
   { l = ""; for (k = 1; k <= n; k++) l = l (k > 1 ? OFS : "") $at[c[k]]; print l }' "$CSV" |
   sed 's/_per_txn//g; s/_pct/%/g; s/pooler_cpu_vs_pgbouncer/cpu_vs_pgb/' | column -t -s,
 echo
 
-noisy=$(awk -F, 'NR > 1 && $11 != "NA" && ($11 + 0 > 5 || $12 + 0 > 5) {
-    print "  " $1 "/" $2 ": other " $11 "%, steal " $12 "% (" $16 ")" }' "$CSV")
+noisy=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) at[$i] = i; next }
+  { o = $at["other_cpu_pct"]; st = $at["steal_pct"] }
+  o != "NA" && (o + 0 > 5 || st + 0 > 5) {
+    print "  " $1 "/" $2 (($at["tls"] == "on") ? "/tls" : "") ": other " o "%, steal " st "% (" $at["top_other_processes"] ")" }' "$CSV")
 if [[ -n $noisy ]]; then
   log "warning: something else used the CPUs during these runs; their figures are disturbed:"
   printf '%s\n' "$noisy" >&2
