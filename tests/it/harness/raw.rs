@@ -76,15 +76,8 @@ impl RawConn {
     /// Panics if nothing arrives within 10 s.
     pub async fn recv(&mut self) -> Option<Msg> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                assert!(len >= 4, "backend message with length {len}");
-                if self.buf.len() > len {
-                    let tag = self.buf.get_u8();
-                    self.buf.advance(4);
-                    let body = self.buf.split_to(len - 4).freeze();
-                    return Some(Msg { tag, body });
-                }
+            if let Some(msg) = take_message(&mut self.buf) {
+                return Some(msg);
             }
             if !self.fill(Duration::from_secs(10)).await {
                 assert!(self.buf.is_empty(), "connection closed mid-message");
@@ -326,4 +319,17 @@ pub fn assert_refused(msgs: &[Msg], what: &str) -> Option<ErrorFields> {
             first.tag as char
         ),
     }
+}
+
+/// Splits one whole backend message off the front of `buf`, if it holds one.
+pub fn take_message(buf: &mut BytesMut) -> Option<Msg> {
+    let len = u32::from_be_bytes(buf.get(1..5)?.try_into().unwrap()) as usize;
+    assert!(len >= 4, "backend message with length {len}");
+    if buf.len() <= len {
+        return None;
+    }
+    let tag = buf.get_u8();
+    buf.advance(4);
+    let body = buf.split_to(len - 4).freeze();
+    Some(Msg { tag, body })
 }

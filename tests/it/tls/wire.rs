@@ -50,15 +50,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WireConn<S> {
     /// (or reset it, or ended TLS). Panics if nothing comes within 10 s.
     pub async fn recv(&mut self) -> Option<Msg> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                assert!(len >= 4, "backend message with length {len}");
-                if self.buf.len() > len {
-                    let tag = self.buf.get_u8();
-                    self.buf.advance(4);
-                    let body = self.buf.split_to(len - 4).freeze();
-                    return Some(Msg { tag, body });
-                }
+            if let Some(msg) = take_message(&mut self.buf) {
+                return Some(msg);
             }
             let read = self.stream.read_buf(&mut self.buf);
             match tokio::time::timeout(Duration::from_secs(10), read).await {
