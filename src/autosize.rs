@@ -48,6 +48,7 @@ pub async fn resolve(config: &mut Config) -> Result<(), ConfigError> {
                 &config.server_tls,
                 &mut None,
             )?)),
+            scram_cache: Default::default(),
         });
         let fail = |e: crate::error::Error| {
             ConfigError(format!(

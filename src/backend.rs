@@ -8,12 +8,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth;
-use crate::auth::scram::{ClientBinding, KeyExchange, ScramKeys, MECHANISM, MECHANISM_PLUS};
+use crate::auth::scram::{
+    ClientBinding, KeyCache, KeyExchange, KeyProof, ScramKeys, MECHANISM, MECHANISM_PLUS,
+};
 use crate::cancel::CancelGate;
 use crate::config::tls::ChannelBinding as BindingMode;
 use crate::config::{Host, Upstream};
@@ -41,6 +42,9 @@ pub struct Target {
     pub credential: Credential,
     /// How to encrypt; replaced on reload (new backends use the new one).
     pub tls: RwLock<Arc<Connector>>,
+    /// SCRAM keys derived from the password, so that PBKDF2 runs once
+    /// per server secret rather than once per backend.
+    pub scram_cache: Arc<KeyCache>,
 }
 
 impl Target {
@@ -187,7 +191,7 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
     }
     frontend::startup_message(params, &mut conn.wbuf).map_err(Error::BackendIo)?;
     conn.flush().await.map_err(io_err)?;
-    let mut scram: Option<Scram> = None;
+    let mut scram: Option<KeyExchange> = None;
     let mut backend = Backend {
         conn,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -253,18 +257,12 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
     }
 }
 
-/// The SCRAM exchange under way with PostgreSQL.
-enum Scram {
-    Password(ScramSha256),
-    Keys(KeyExchange),
-}
-
 async fn authenticate(
     conn: &mut Conn,
     target: &Target,
     code: i32,
     body: &BytesMut,
-    scram: &mut Option<Scram>,
+    scram: &mut Option<KeyExchange>,
     tls_binding: &Option<Vec<u8>>,
 ) -> Result<()> {
     let no_password = || {
@@ -310,24 +308,16 @@ async fn authenticate(
                 ClientBinding::EndPoint(_) => MECHANISM_PLUS,
                 _ => MECHANISM,
             };
-            let (exchange, first) = match &target.credential {
-                Credential::Password(p) => {
-                    let binding = match binding {
-                        ClientBinding::None => ChannelBinding::unsupported(),
-                        ClientBinding::Unused => ChannelBinding::unrequested(),
-                        ClientBinding::EndPoint(data) => ChannelBinding::tls_server_end_point(data),
-                    };
-                    let e = ScramSha256::new(p.as_bytes(), binding);
-                    let first = e.message().to_vec();
-                    (Scram::Password(e), first)
-                }
-                Credential::ScramKeys(keys) => {
-                    let (e, first) = KeyExchange::start(keys.clone(), binding);
-                    (Scram::Keys(e), first.into_bytes())
-                }
+            let proof = match &target.credential {
+                Credential::Password(password) => KeyProof::Password {
+                    password: password.clone(),
+                    cache: target.scram_cache.clone(),
+                },
+                Credential::ScramKeys(keys) => KeyProof::Keys(keys.clone()),
                 _ => return Err(no_password()),
             };
-            frontend::sasl_initial_response(mechanism, &first, &mut conn.wbuf)
+            let (exchange, first) = KeyExchange::start(proof, binding);
+            frontend::sasl_initial_response(mechanism, first.as_bytes(), &mut conn.wbuf)
                 .map_err(Error::BackendIo)?;
             *scram = Some(exchange);
         }
@@ -335,27 +325,17 @@ async fn authenticate(
             let exchange = scram
                 .as_mut()
                 .ok_or_else(|| Error::BackendProtocol("unexpected SASL continue".into()))?;
-            let message = match exchange {
-                Scram::Password(e) => e
-                    .update(body)
-                    .map(|()| e.message().to_vec())
-                    .map_err(|e| Error::BackendProtocol(format!("SCRAM: {e}")))?,
-                Scram::Keys(e) => e
-                    .update(body)
-                    .map(String::into_bytes)
-                    .map_err(|e| Error::BackendConnect(format!("SCRAM: {e:?}")))?,
-            };
-            frontend::sasl_response(&message, &mut conn.wbuf).map_err(Error::BackendIo)?;
+            let message = exchange
+                .update(body)
+                .map_err(|e| Error::BackendConnect(format!("SCRAM: {e:?}")))?;
+            frontend::sasl_response(message.as_bytes(), &mut conn.wbuf)
+                .map_err(Error::BackendIo)?;
         }
         12 => {
             let exchange = scram
                 .as_mut()
                 .ok_or_else(|| Error::BackendProtocol("unexpected SASL final".into()))?;
-            let verified = match exchange {
-                Scram::Password(e) => e.finish(body).is_ok(),
-                Scram::Keys(e) => e.finish(body).is_ok(),
-            };
-            if !verified {
+            if exchange.finish(body).is_err() {
                 return Err(Error::BackendProtocol(
                     "invalid SCRAM server signature".into(),
                 ));

@@ -105,6 +105,7 @@ impl Pooler {
                         .unwrap_or_else(|| db.name.clone()),
                     credential: self.credential(db, user, proof),
                     tls: RwLock::new(self.tls.read().unwrap().connector(&db.name)),
+                    scram_cache: Default::default(),
                 });
                 let db_limit = self
                     .db_limits

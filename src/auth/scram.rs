@@ -6,6 +6,7 @@ use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
 /// With channel binding (RFC 5929 tls-server-end-point), over TLS only.
@@ -80,14 +81,7 @@ impl ScramSecret {
     }
 
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
-        let salted = salted_password(password, salt, iterations);
-        let client_key = hmac(&salted, &[b"Client Key"]);
-        ScramSecret {
-            iterations,
-            salt: salt.to_vec(),
-            stored_key: sha256(&client_key),
-            server_key: hmac(&salted, &[b"Server Key"]),
-        }
+        ScramKeys::from_password(password, salt, iterations).secret
     }
 
     /// Whether `password` is the one this secret was made from.
@@ -292,9 +286,58 @@ impl ClientBinding {
     }
 }
 
-/// The client side of SCRAM, proving a ClientKey instead of a password.
+/// What pgdyno proves a SCRAM login to PostgreSQL with.
+pub enum KeyProof {
+    /// A ClientKey (SCRAM pass-through): the server must hold this secret.
+    Keys(ScramKeys),
+    /// A password. Its PBKDF2 (thousands of HMACs) is done once per server
+    /// secret (salt and iteration count) and kept in `cache`.
+    Password {
+        password: String,
+        cache: Arc<KeyCache>,
+    },
+}
+
+/// The keys a password gave for the server's last salt and iteration count.
+#[derive(Debug, Default)]
+pub struct KeyCache(Mutex<Option<ScramKeys>>);
+
+impl KeyCache {
+    fn keys(&self, password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
+        let mut cached = self.0.lock().unwrap();
+        match &*cached {
+            Some(k) if k.secret.salt == salt && k.secret.iterations == iterations => k.clone(),
+            _ => {
+                let keys = ScramKeys::from_password(password, salt, iterations);
+                *cached = Some(keys.clone());
+                keys
+            }
+        }
+    }
+}
+
+impl ScramKeys {
+    /// The keys a password gives with this salt and iteration count.
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
+        let salted = salted_password(password, salt, iterations);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        ScramKeys {
+            client_key,
+            secret: ScramSecret {
+                iterations,
+                salt: salt.to_vec(),
+                stored_key: sha256(&client_key),
+                server_key: hmac(&salted, &[b"Server Key"]),
+            },
+        }
+    }
+}
+
+/// The client side of SCRAM, toward PostgreSQL.
 pub struct KeyExchange {
-    keys: ScramKeys,
+    proof: KeyProof,
+    /// The keys in use, known once the server has said its salt.
+    keys: Option<ScramKeys>,
     binding: ClientBinding,
     client_first_bare: String,
     nonce: String,
@@ -303,14 +346,15 @@ pub struct KeyExchange {
 
 impl KeyExchange {
     /// Returns the exchange and client-first-message.
-    pub fn start(keys: ScramKeys, binding: ClientBinding) -> (KeyExchange, String) {
+    pub fn start(proof: KeyProof, binding: ClientBinding) -> (KeyExchange, String) {
         let mut raw = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut raw);
         let nonce = B64.encode(raw);
         let client_first_bare = format!("n=,r={nonce}");
         let message = format!("{}{client_first_bare}", binding.gs2_header());
         let exchange = KeyExchange {
-            keys,
+            proof,
+            keys: None,
             binding,
             client_first_bare,
             nonce,
@@ -337,32 +381,35 @@ impl KeyExchange {
         let nonce = nonce
             .filter(|n| n.starts_with(&self.nonce) && n.len() > self.nonce.len())
             .ok_or(ScramError::Malformed("server nonce does not extend ours"))?;
-        if salt.as_deref() != Some(&self.keys.secret.salt[..])
-            || iterations != Some(self.keys.secret.iterations)
-        {
-            return Err(ScramError::Malformed(
-                "the server's SCRAM secret differs from the one in auth_file",
-            ));
-        }
+        let (Some(salt), Some(iterations)) = (salt, iterations.filter(|&i| i > 0)) else {
+            return Err(ScramError::Malformed("missing salt or iteration count"));
+        };
+        let keys = match &self.proof {
+            KeyProof::Keys(k) if k.secret.salt == salt && k.secret.iterations == iterations => {
+                k.clone()
+            }
+            KeyProof::Keys(_) => {
+                return Err(ScramError::Malformed(
+                    "the server's SCRAM secret differs from the one in auth_file",
+                ))
+            }
+            KeyProof::Password { password, cache } => cache.keys(password, &salt, iterations),
+        };
         let without_proof = format!("c={},r={nonce}", self.binding.encoded());
         self.auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
-        let signature = hmac(
-            &self.keys.secret.stored_key,
-            &[self.auth_message.as_bytes()],
-        );
-        let mut proof = self.keys.client_key;
+        let signature = hmac(&keys.secret.stored_key, &[self.auth_message.as_bytes()]);
+        let mut proof = keys.client_key;
         for (p, s) in proof.iter_mut().zip(signature) {
             *p ^= s;
         }
+        self.keys = Some(keys);
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
 
     /// Checks server-final-message.
     pub fn finish(&self, server_final: &[u8]) -> Result<(), ScramError> {
-        let expected = hmac(
-            &self.keys.secret.server_key,
-            &[self.auth_message.as_bytes()],
-        );
+        let keys = self.keys.as_ref().ok_or(ScramError::WrongProof)?;
+        let expected = hmac(&keys.secret.server_key, &[self.auth_message.as_bytes()]);
         let given = std::str::from_utf8(server_final)
             .ok()
             .and_then(|t| t.strip_prefix("v="))
@@ -427,7 +474,7 @@ mod tests {
             client_key,
             secret: secret.clone(),
         };
-        let (mut ours, message) = KeyExchange::start(keys, ClientBinding::None);
+        let (mut ours, message) = KeyExchange::start(KeyProof::Keys(keys), ClientBinding::None);
         let (server, first) =
             ServerExchange::start(message.as_bytes(), &secret, Binding::Unsupported).unwrap();
         let last = ours.update(first.as_bytes()).unwrap();
@@ -493,11 +540,43 @@ mod tests {
             secret: secret.clone(),
         };
         let hash = [3u8; 48];
-        let (mut ours, message) = KeyExchange::start(keys, ClientBinding::EndPoint(hash.to_vec()));
+        let (mut ours, message) =
+            KeyExchange::start(KeyProof::Keys(keys), ClientBinding::EndPoint(hash.to_vec()));
         let (server, first) =
             ServerExchange::start(message.as_bytes(), &secret, Binding::Chosen(&hash)).unwrap();
         let last = ours.update(first.as_bytes()).unwrap();
         let (server_final, _) = server.finish(last.as_bytes(), &secret).unwrap();
         assert_eq!(ours.finish(server_final.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn password_logins_derive_keys_once_per_server_secret() {
+        let cache = Arc::new(KeyCache::default());
+        let login = |password: &str, secret: &ScramSecret| -> Result<(), ScramError> {
+            let proof = KeyProof::Password {
+                password: password.into(),
+                cache: cache.clone(),
+            };
+            let (mut ours, first) = KeyExchange::start(proof, ClientBinding::None);
+            let (server, server_first) =
+                ServerExchange::start(first.as_bytes(), secret, Binding::Unsupported)?;
+            let last = ours.update(server_first.as_bytes())?;
+            let (server_final, _) = server.finish(last.as_bytes(), secret)?;
+            ours.finish(server_final.as_bytes())
+        };
+        let cached = || cache.0.lock().unwrap().as_ref().map(|k| k.secret.clone());
+        let secret = ScramSecret::from_password("pw");
+        assert_eq!(login("pw", &secret), Ok(()));
+        assert_eq!(cached(), Some(secret.clone()));
+        // From the cache this time.
+        assert_eq!(login("pw", &secret), Ok(()));
+        // The password was set again on the server: a new salt, new keys.
+        let again = ScramSecret::from_password("pw");
+        assert_eq!(login("pw", &again), Ok(()));
+        assert_eq!(cached(), Some(again.clone()));
+        assert_eq!(
+            login("wrong", &ScramSecret::from_password("other")),
+            Err(ScramError::WrongProof)
+        );
     }
 }
