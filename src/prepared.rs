@@ -53,8 +53,13 @@ impl Statement {
         h.update(query);
         h.update(types);
         let digest = h.finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        let server_name = format!("__pgdyno_{hex}");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut server_name = String::with_capacity(9 + 32);
+        server_name.push_str("__pgdyno_");
+        for b in &digest[..16] {
+            server_name.push(HEX[(b >> 4) as usize] as char);
+            server_name.push(HEX[(b & 15) as usize] as char);
+        }
         let mut parse = BytesMut::with_capacity(query.len() + types.len() + 64);
         message(&mut parse, b'P', |b| {
             put_cstr(b, server_name.as_bytes());
@@ -161,6 +166,17 @@ impl BackendStatements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_names_are_the_first_16_bytes_of_sha256_in_hex() {
+        let s = Statement::new(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let mut h = Sha256::new();
+        h.update(9u64.to_be_bytes());
+        h.update(b"SELECT $1");
+        h.update([0, 1, 0, 0, 0, 23]);
+        let hex: String = h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(s.server_name, format!("__pgdyno_{hex}"));
+    }
 
     #[test]
     fn same_text_same_name_and_types_matter() {
