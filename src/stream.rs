@@ -201,6 +201,26 @@ impl Conn {
         self.stream.flush().await
     }
 
+    /// Gives back both buffers' memory while the connection is idle (as
+    /// PgBouncer's idle connections hold no buffer): `fill` takes a read
+    /// buffer again when input comes. Only with nothing buffered.
+    pub fn release_buffers(&mut self) {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        self.rbuf = BytesMut::new();
+        self.wbuf = BytesMut::new();
+    }
+
+    /// Waits until the socket has input, holding no buffer meanwhile. A
+    /// TLS stream may hold decrypted input the socket does not show: it
+    /// returns at once, and the caller's read waits instead.
+    pub async fn readable(&self) -> io::Result<()> {
+        match &self.stream {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+            Stream::TlsServer(_) | Stream::TlsClient(_) => Ok(()),
+        }
+    }
+
     /// Whether anything written is not on the wire yet.
     pub fn pending_output(&self) -> bool {
         !self.wbuf.is_empty() || self.stream.unflushed()

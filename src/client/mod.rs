@@ -36,7 +36,9 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
         let acceptor = pooler.acceptor();
         let negotiated = tokio::time::timeout_at(
             login_deadline,
-            crate::tls::accept::negotiate(stream, acceptor.as_deref()),
+            // Boxed, like the other login steps: a client's task then stays
+            // small for its whole idle life (see `serve_queries`).
+            Box::pin(crate::tls::accept::negotiate(stream, acceptor.as_deref())),
         )
         .await
         .unwrap_or_else(|_| {
@@ -142,7 +144,7 @@ async fn run(
             process_id,
             secret_key,
         } => {
-            pooler.cancels.cancel(process_id, secret_key).await;
+            Box::pin(pooler.cancels.cancel(process_id, secret_key)).await;
             return Ok(());
         }
         StartupPacket::Startup { minor, params } => parse_startup(minor, params, config)?,
@@ -162,7 +164,7 @@ async fn run(
     };
 
     if crate::admin::DATABASES.contains(&startup.database.as_str()) {
-        return console(pooler, conn, &startup, peer, how).await;
+        return Box::pin(console(pooler, conn, &startup, peer, how)).await;
     }
     if pooler.clients.fetch_add(1, Ordering::Relaxed) >= config.max_client_conn {
         pooler.clients.fetch_sub(1, Ordering::Relaxed);
@@ -177,9 +179,9 @@ async fn run(
     let db = config
         .database(&startup.database)
         .ok_or_else(|| Error::NoSuchDatabase(startup.database.clone()))?;
-    let proof = login(pooler, conn, &startup.user, peer, how).await?;
+    let proof = Box::pin(login(pooler, conn, &startup.user, peer, how)).await?;
     let pool = pooler.pool(db, &startup.user, &proof);
-    let mut session = welcome(conn, config, &pool, &startup).await?;
+    let mut session = Box::pin(welcome(conn, config, &pool, &startup)).await?;
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
     pool.clients.fetch_add(1, Ordering::Relaxed);
     let _in_pool = InPool(&pool);
@@ -371,7 +373,8 @@ async fn serve_queries(
             Ok(Outcome::Released) => release(pool, backend, true),
             Ok(Outcome::ClientLeft { clean }) => {
                 let reusable = clean
-                    && (transaction_mode || reset(&mut backend, &config.server_reset_query).await);
+                    && (transaction_mode
+                        || Box::pin(reset(&mut backend, &config.server_reset_query)).await);
                 release(pool, backend, reusable);
                 return Ok(());
             }
@@ -407,9 +410,14 @@ async fn idle_wait(conn: &mut Conn, limit: Option<std::time::Duration>) -> Resul
 }
 
 /// Waits, unbound, until the client has sent a message header. `false`
-/// when it sent Terminate or closed the connection.
+/// when it sent Terminate or closed the connection. A client waiting with
+/// nothing buffered holds no buffer (an idle client costs little memory).
 async fn next_message(conn: &mut Conn) -> Result<bool> {
     while conn.rbuf.len() < 5 {
+        if conn.rbuf.is_empty() && !conn.pending_output() {
+            conn.release_buffers();
+            conn.readable().await.map_err(Error::ClientIo)?;
+        }
         match conn.fill().await {
             Ok(0) => return Ok(false),
             Ok(_) => {}

@@ -158,7 +158,28 @@ impl Pool {
     }
 
     /// [`Pool::checkout`] without counting an assignment (pgdyno's own use).
+    ///
+    /// The common case, an idle backend that needs no check, allocates
+    /// nothing; waiting, connecting and checking run boxed, which keeps
+    /// small the future every client task holds for its whole life.
     pub async fn lend(&self) -> Result<Backend> {
+        if !self.paused.load(Relaxed) {
+            let idle = self.take_idle(&mut self.state.lock().unwrap());
+            if let Some(backend) = idle {
+                if !self.needs_check(&backend) {
+                    return Ok(backend);
+                }
+                if let Some(backend) = Box::pin(self.checked(backend)).await {
+                    return Ok(backend);
+                }
+            }
+        }
+        Box::pin(self.lend_waiting()).await
+    }
+
+    /// [`Pool::lend`]'s general case: wait for a backend or a slot to
+    /// open one, in FIFO order.
+    async fn lend_waiting(&self) -> Result<Backend> {
         let started = Instant::now();
         while self.paused.load(Relaxed) {
             let resumed = self.resumed.notified();
@@ -264,13 +285,7 @@ impl Pool {
     /// An idle healthy backend, or a slot to open one if `open < max` and
     /// the shared limits allow.
     fn take_or_reserve(&self, s: &mut State, max: usize) -> Option<Grant> {
-        while let Some(backend) = s.idle.pop_back() {
-            if backend.has_pending_input() {
-                // PostgreSQL closed it or is shutting down: never lend it.
-                self.forget(s, backend);
-                continue;
-            }
-            backend.set_active(true);
+        if let Some(backend) = self.take_idle(s) {
             return Some(Grant::Backend(backend));
         }
         if s.open < max && self.acquire_limits() {
@@ -278,6 +293,26 @@ impl Pool {
             return Some(Grant::Slot);
         }
         None
+    }
+
+    /// The most recently used idle backend that is still sound.
+    fn take_idle(&self, s: &mut State) -> Option<Backend> {
+        while let Some(backend) = s.idle.pop_back() {
+            if backend.has_pending_input() {
+                // PostgreSQL closed it or is shutting down: never lend it.
+                self.forget(s, backend);
+                continue;
+            }
+            backend.set_active(true);
+            return Some(backend);
+        }
+        None
+    }
+
+    /// Whether a backend has been idle long enough to be checked first.
+    fn needs_check(&self, backend: &Backend) -> bool {
+        backend.last_used.elapsed() >= self.settings().check_delay
+            && !self.check_query.read().unwrap().is_empty()
     }
 
     fn acquire_limits(&self) -> bool {
@@ -305,7 +340,8 @@ impl Pool {
                 }
                 // The slot goes back if this future is dropped half-way.
                 let slot = SlotGuard(Some(self));
-                let connected = self.connect().await;
+                // Boxed: the rare path keeps every checkout's future small.
+                let connected = Box::pin(self.connect()).await;
                 slot.disarm();
                 match connected {
                     Ok(mut b) => {
@@ -330,14 +366,17 @@ impl Pool {
     /// A backend idle longer than `server_check_delay` is checked with
     /// `server_check_query` first; `None` if it failed (it is then closed).
     async fn checked(&self, mut backend: Backend) -> Option<Backend> {
-        let settings = self.settings();
-        let query = self.check_query.read().unwrap().clone();
-        if query.is_empty() || backend.last_used.elapsed() < settings.check_delay {
+        if !self.needs_check(&backend) {
             return Some(backend);
         }
+        let settings = self.settings();
+        let query = self.check_query.read().unwrap().clone();
         let slot = SlotGuard(Some(self));
-        let check =
-            tokio::time::timeout(settings.connect_timeout, backend.simple_query(&query)).await;
+        let check = Box::pin(tokio::time::timeout(
+            settings.connect_timeout,
+            backend.simple_query(&query),
+        ))
+        .await;
         slot.disarm();
         if matches!(check, Ok(Ok(()))) {
             return Some(backend);
