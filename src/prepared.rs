@@ -174,7 +174,10 @@ mod tests {
         h.update(9u64.to_be_bytes());
         h.update(b"SELECT $1");
         h.update([0, 1, 0, 0, 0, 23]);
-        let hex: String = h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(s.server_name, format!("__pgdyno_{hex}"));
     }
 

@@ -138,6 +138,9 @@ pub struct Conn {
     pub stream: Stream,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
+    /// Part of a message went out that will never be finished (the backend
+    /// failed mid-DataRow): nothing more may be written, only a close.
+    pub mid_message: bool,
 }
 
 /// A message read whole during login: tag and body.
@@ -152,6 +155,7 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_BUF),
             wbuf: BytesMut::with_capacity(1024),
+            mid_message: false,
         }
     }
 

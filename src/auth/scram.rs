@@ -91,8 +91,16 @@ impl ScramSecret {
 
     /// A secret that no password matches, the same for a given user every
     /// time, so an unknown user is indistinguishable from a wrong password.
+    /// The salt is keyed with a random per-process secret (PostgreSQL's
+    /// mock_auth_nonce), so nobody can compute it to tell the user is unknown.
     pub fn decoy(user: &str) -> ScramSecret {
-        let salt = sha256(format!("pgdyno-decoy-{user}").as_bytes());
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            let mut key = [0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            key
+        });
+        let salt = hmac(key, &[b"pgdyno-decoy-", user.as_bytes()]);
         ScramSecret {
             iterations: DEFAULT_ITERATIONS,
             salt: salt[..16].to_vec(),

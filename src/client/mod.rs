@@ -74,7 +74,9 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
 
 async fn report(conn: &mut Conn, e: &Error) {
     log_failure(e);
-    if e.client_reachable() {
+    // Inside a message that will never be finished, an ErrorResponse would
+    // be read as that message's bytes: the client only sees a close.
+    if e.client_reachable() && !conn.mid_message {
         conn.wbuf.clear();
         write::error_response(
             &mut conn.wbuf,
@@ -367,6 +369,7 @@ async fn serve_queries(
             // Dropping the relay mid-transaction: the backend is closed below.
             _ = &mut stop => Err(stopped()),
         };
+        let mid_message = relay.client_mid_message();
         drop(relay);
         cancel.unbind();
         match result {
@@ -380,6 +383,15 @@ async fn serve_queries(
             }
             Err(e) => {
                 release(pool, backend, false);
+                if mid_message {
+                    conn.mid_message = true;
+                } else {
+                    // Whole messages still queued go first: the error
+                    // then starts at a message boundary.
+                    let flush =
+                        tokio::time::timeout(std::time::Duration::from_secs(1), conn.flush());
+                    let _ = flush.await;
+                }
                 return Err(e);
             }
         }

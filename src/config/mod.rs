@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use settings::{Setting, SETTINGS};
-pub use url::{Host, Upstream};
+pub use url::{parse as parse_upstream, Host, Upstream};
 pub use value::Parse;
 use value::{Origin, Raw};
 
@@ -369,8 +369,24 @@ fn database_entry(
 pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-    text.parse::<toml::Table>()
-        .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))
+    text.parse::<toml::Table>().map_err(|e| {
+        // toml's own text quotes the offending line, which may hold a
+        // password (an upstream URL): say where, and what, only.
+        let at = e
+            .span()
+            .map(|s| {
+                let before = text.get(..s.start).unwrap_or(&text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        ConfigError(format!(
+            "invalid config file {}{at}: {}",
+            path.display(),
+            e.message()
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -664,10 +664,18 @@ async fn maintain(pool: Weak<Pool>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         pool.grant_slots();
-        for _ in 0..pool.sweep() {
+        let granted = pool.sweep();
+        for opened in 0..granted {
             match pool.use_grant(Grant::Slot).await {
                 Ok(b) => pool.release(b, true),
-                Err(_) => break,
+                Err(_) => {
+                    // use_grant gave this slot back; the rest, counted open
+                    // by sweep, go back too (else each outage shrinks the pool).
+                    for _ in opened + 1..granted {
+                        pool.free_slot();
+                    }
+                    break;
+                }
             }
         }
     }

@@ -344,6 +344,11 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Whether the client got the start of a backend message and not its end.
+    pub fn client_mid_message(&self) -> bool {
+        !self.from_backend.at_boundary()
+    }
+
     /// The backend owes nothing and no byte is half-way in either direction.
     fn is_clean(&self) -> bool {
         self.pipeline.idle()

@@ -8,6 +8,8 @@
 //! - `extended`: the extended query protocol message by message (`Batch`).
 //! - `tls`: certificates made at test time, rustls clients, a tokio-postgres
 //!   TLS connector with channel binding.
+//! - `faults`: a TCP relay between pgdyno and PostgreSQL that cuts, stalls,
+//!   truncates or refuses connections on command.
 //!
 //! Everything a test run creates lives under one scratch directory,
 //! `$TMPDIR/pgdyno-it-<pid>`. A small shell watchdog (the janitor) waits for
@@ -17,6 +19,7 @@
 mod client;
 mod cluster;
 mod extended;
+mod faults;
 mod pgdyno;
 mod raw;
 mod tls;
@@ -24,6 +27,7 @@ mod tls;
 pub use client::*;
 pub use cluster::*;
 pub use extended::*;
+pub use faults::*;
 pub use pgdyno::*;
 pub use raw::*;
 pub use tls::*;

@@ -267,6 +267,50 @@ impl Cluster {
         *self.port.lock().unwrap()
     }
 
+    /// The postmaster's process id, while PostgreSQL runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.postmaster.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// Kills PostgreSQL as a crash would: SIGKILL to the postmaster and
+    /// every process it started, none of them given a chance to say
+    /// goodbye. Returns once they are all gone; `start` brings it back
+    /// (through crash recovery).
+    pub fn crash(&self) {
+        let mut guard = self.postmaster.lock().unwrap();
+        let mut child = guard.take().expect("PostgreSQL is not running");
+        let pid = child.id();
+        // Stopped first, so it starts no process while we list them.
+        send_signal("STOP", &[pid]);
+        let mut all = children_of(pid);
+        all.push(pid);
+        send_signal("KILL", &all);
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while all.iter().any(|&p| process_alive(p)) {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL processes survived SIGKILL for 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Freezes PostgreSQL: SIGSTOP to the postmaster and every process it
+    /// started. They resume (SIGCONT) when the returned guard is dropped
+    /// or thawed, so a failing test never leaves PostgreSQL stopped.
+    pub fn freeze(&self) -> Frozen<'_> {
+        let pid = self.postmaster_pid().expect("PostgreSQL is not running");
+        send_signal("STOP", &[pid]);
+        let mut all = children_of(pid);
+        send_signal("STOP", &all);
+        all.push(pid);
+        Frozen {
+            _cluster: self,
+            pids: all,
+        }
+    }
+
     /// The upstream URL pgdyno is given: the app role on database `db`.
     pub fn url(&self, db: &str) -> String {
         format!(
@@ -444,4 +488,59 @@ fn run_as(cmd: &mut Command, owner: Option<(u32, u32)>, dir: &Path) {
     if let Some((uid, gid)) = owner {
         cmd.uid(uid).gid(gid).env("HOME", dir);
     }
+}
+
+/// A frozen PostgreSQL (see `Cluster::freeze`); resumes it on drop.
+pub struct Frozen<'a> {
+    _cluster: &'a Cluster,
+    pids: Vec<u32>,
+}
+
+impl Frozen<'_> {
+    /// Resumes PostgreSQL (SIGCONT to every process frozen).
+    pub fn thaw(self) {}
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        send_signal("CONT", &self.pids);
+    }
+}
+
+/// `kill -<signal> <pids...>`; processes already gone are no error.
+fn send_signal(signal: &str, pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|(_, ppid)| ppid == parent))
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// State and parent pid from /proc/<pid>/stat ("pid (comm) S ppid ...";
+/// comm may hold spaces and parentheses, so fields count from the last ')').
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }

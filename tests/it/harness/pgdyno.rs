@@ -67,6 +67,11 @@ impl Pgdyno {
         self.port
     }
 
+    /// The pgdyno process's id (for /proc and prlimit).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Client settings for this pgdyno: user `app`, the right password.
     pub fn config(&self, db: &str) -> tokio_postgres::Config {
         self.config_as(db, APP_USER, APP_PASSWORD)
