@@ -26,7 +26,7 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(pooler: &Pooler) -> std::io::Result<Listeners> {
         let config = &pooler.config();
-        let tcp = TcpListener::bind(config.listen).await?;
+        let tcp = bind_tcp(config.listen, config.listen_backlog)?;
         let unix = match &config.unix_socket_dir {
             None => None,
             Some(dir) => {
@@ -103,6 +103,19 @@ impl Listeners {
             }
         }
     }
+}
+
+/// A TCP listener with room for `backlog` pending connections: a burst
+/// beyond the default 128 would otherwise see SYNs dropped and clients
+/// retrying a second later.
+fn bind_tcp(addr: std::net::SocketAddr, backlog: usize) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.clamp(1, i32::MAX as usize) as i32)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn accept_unix(

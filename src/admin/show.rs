@@ -104,6 +104,7 @@ fn config(pooler: &Pooler) -> Table {
     for s in SETTINGS {
         let value = match s.name {
             "listen" => c.listen.to_string(),
+            "listen_backlog" => c.listen_backlog.to_string(),
             "pool_mode" => mode(c.pool_mode).into(),
             "default_pool_size" => c.default_pool_size.to_string(),
             "min_pool_size" => c.min_pool_size.to_string(),

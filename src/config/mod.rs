@@ -42,6 +42,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub listen_backlog: usize,
     pub worker_threads: usize,
     pub unix_socket_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
@@ -166,6 +167,7 @@ impl Config {
     fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {
         Ok(Config {
             listen: raw.parse("listen")?,
+            listen_backlog: raw.parse("listen_backlog")?,
             worker_threads: raw.parse("worker_threads")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
             metrics_listen: raw.optional("metrics_listen")?,

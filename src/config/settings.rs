@@ -22,6 +22,7 @@ const fn s(name: &'static str, default: &'static str, help: &'static str) -> Set
 pub const SETTINGS: &[Setting] = &[
     s("worker_threads", "0", "threads serving clients (0: one per four cores, at least one)"),
     s("listen", "127.0.0.1:6432", "TCP address clients connect to"),
+    s("listen_backlog", "1024", "connections the kernel queues until pgdyno accepts them (PgBouncer: 128; capped by net.core.somaxconn)"),
     s("metrics_listen", "", "address for HTTP GET /metrics (Prometheus), /health and /ready (empty: off)"),
     s("unix_socket_dir", "", "directory for a Unix socket .s.PGSQL.<port> (empty: none)"),
     s("upstream", "", "PostgreSQL URL of the one database (default: $DATABASE_URL)"),
