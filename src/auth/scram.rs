@@ -14,6 +14,8 @@ pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 const BINDING_TYPE: &str = "tls-server-end-point";
 const NONCE_LEN: usize = 18;
 const DEFAULT_ITERATIONS: u32 = 4096;
+/// The most PBKDF2 iterations pgdyno runs for a server (about a second).
+const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,6 +394,13 @@ impl KeyExchange {
         let (Some(salt), Some(iterations)) = (salt, iterations.filter(|&i| i > 0)) else {
             return Err(ScramError::Malformed("missing salt or iteration count"));
         };
+        // PBKDF2 runs on a worker thread: a server asking for billions of
+        // iterations would hold it for hours. PostgreSQL's default is 4096.
+        if iterations > MAX_ITERATIONS {
+            return Err(ScramError::Malformed(
+                "the server asks for more than 1,000,000 SCRAM iterations",
+            ));
+        }
         let keys = match &self.proof {
             KeyProof::Keys(k) if k.secret.salt == salt && k.secret.iterations == iterations => {
                 k.clone()

@@ -73,9 +73,11 @@ pub fn parse(s: &str) -> Result<Upstream, String> {
         };
         valid.map_err(|why| format!("invalid {key}=\"{value}\": {why}"))?;
     }
+    // The last of a repeated key wins, and none of them stays behind.
     let mut take = |key: &str| {
-        let i = pairs.iter().rposition(|(k, _)| k == key)?;
-        Some(pairs.remove(i).1)
+        let value = pairs.iter().rev().find(|(k, _)| k == key)?.1.clone();
+        pairs.retain(|(k, _)| k != key);
+        Some(value)
     };
     let host = take("host").filter(|h| !h.is_empty());
     let port = match take("port").filter(|p| !p.is_empty()) {
@@ -150,6 +152,7 @@ fn decode(s: &str) -> Result<String, String> {
         if bytes[i] == b'%' {
             let hex = s
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or("invalid percent-encoding (a % must be followed by two hex digits)")?;
             out.push(hex);
@@ -205,6 +208,20 @@ fn parse_keywords(s: &str) -> Result<Vec<(String, String)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_percent_decoding_and_the_last_repeated_key_wins() {
+        assert!(parse("postgres://u:p%+f@h/d").is_err());
+        assert!(parse("postgres://u:p%-1@h/d").is_err());
+        assert_eq!(
+            parse("postgres://u:p%2F@h/d").unwrap().password.as_deref(),
+            Some("p/")
+        );
+        let u = parse("host=a host=b dbname=x user=u user=v").unwrap();
+        assert_eq!(u.host, Host::Tcp("b".into()));
+        assert_eq!(u.user.as_deref(), Some("v"));
+        assert!(u.params.is_empty(), "{:?}", u.params);
+    }
 
     #[test]
     fn heroku_url() {
