@@ -2,65 +2,109 @@
 # Load benchmark: a direct connection to PostgreSQL vs PgBouncer vs pgdyno, with pgbench.
 #
 # One run starts a throwaway PostgreSQL (initdb into a temp dir, fsync=off,
-# scram-sha-256 on 127.0.0.1), then, for each target in TARGETS (in that
-# order), starts the pooler, runs `pgbench -S` (or tpcb-like) for each query
-# mode in MODES after a short warm-up, and stops the pooler again. Besides
-# pgbench's tps, latency and failures it reads CPU time from /proc:
+# scram-sha-256 on 127.0.0.1), then, REPEAT times, for each scenario in
+# SCENARIOS and each target in TARGETS (interleaved: every target runs a
+# scenario before the next scenario starts, and the order of the targets
+# rotates from one repetition to the next), starts the pooler with the
+# scenario's pool size and TLS setting, runs pgbench for a short warm-up and
+# then for DURATION seconds, and stops the pooler again. The scenarios:
 #
-#   pooler_us    the pooler process's utime+stime (all threads) per transaction:
-#                the figure to compare (see shared/PERFORMANCE.md)
-#   cpu_vs_pgb   pooler_us relative to PgBouncer's in the same mode and TLS
-#                setting: the machine-independent form of it
+#   select-simple    pgbench -S -M simple, CLIENTS (16) clients on a pool of POOL (16)
+#   select-extended  the same with -M extended
+#   select-prepared  the same with -M prepared
+#   select-400       pgbench -S, CLIENTS_400 (400) clients on a pool of POOL_400 (20)
+#   connect          pgbench -S -C: a new connection (and SCRAM login) per
+#                    transaction, CONNECT_CLIENTS (8) clients
+#   tpcb             the tpcb-like script (7 statements), CLIENTS on POOL
+#   tls              select-simple with TLS on both legs (sslmode=require)
+#   idle             memory: each pooler's RSS with 0 and with IDLE_CLIENTS
+#                    (10000) idle logged-in clients (benches/idle_clients.py)
+#
+# Per run it takes pgbench's tps, average latency and failed transactions,
+# the 99th percentile latency from pgbench's per-transaction log (--log with
+# --sampling-rate), the pooler's peak RSS (VmHWM) and CPU time from /proc:
+#
+#   pooler_us    the pooler process's utime+stime (all threads) per transaction
+#                (for connect: per new client connection): the figure to
+#                compare (see shared/PERFORMANCE.md)
+#   cpu_vs_pgb   pooler_us relative to PgBouncer's in the same scenario: the
+#                machine-independent form of it
 #   postgres_us  postmaster + all backends, per transaction
 #   pgbench_us   the pgbench client, per transaction
 #   other_cpu%   busy CPU on the machine that is none of the above, as a share
 #                of all cores over the run: anything above a few percent means
 #                something else (a build, a test run) disturbed the figures
 #
-# TLS=1 measures the same with TLS on every hop (sslmode=require): PostgreSQL
-# gets ssl=on and a server certificate, the poolers a certificate for their
-# clients and server_tls_sslmode=require toward PostgreSQL, pgbench connects
-# with sslmode=require. Certificates (ECDSA P-256, a throwaway CA) are made
-# at run time with the openssl CLI. pgbench keeps its connections (no -C), so
-# this is the per-transaction cost of encryption, not of handshakes. TLS=both
-# runs every target plain and then with TLS against the same PostgreSQL. Each
-# row has tls=off|on, and the ratios compare rows of the same TLS setting.
+# With REPEAT > 1 the report gives each figure's median over the repetitions.
+# benches/load_report.py turns the runs into the tables, the ratios against
+# PgBouncer, the targets met or missed and an SVG plot.
 #
-# Usage: benches/load.sh [--quick] [--help]
-# Env:   DURATION CLIENTS JOBS POOL SCALE MODES TARGETS SCRIPT TLS WARMUP
-#        IDLE_WAIT NOISE_MAX NOISE_RETRIES PGDYNO_BIN PGDYNO_EXTRA_ARGS
-#        RESULTS_DIR KEEP_TMP (see --help)
+# TLS: PostgreSQL gets ssl=on and a server certificate, the poolers a
+# certificate for their clients and server_tls_sslmode=require toward
+# PostgreSQL, pgbench connects with sslmode=require. Certificates (ECDSA
+# P-256, a throwaway CA) are made at run time with the openssl CLI. TLS=1 runs
+# every scenario with TLS, TLS=both each plain and then with TLS.
+#
+# Usage: benches/load.sh [--quick] [--write-benchmarks] [--help]
 #
 # Traffic goes only to 127.0.0.1. Everything started here is stopped by PID on exit.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "load.sh: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >&2' ERR
+
+ALL_SCENARIOS="select-simple select-extended select-prepared select-400 connect tpcb tls idle"
 
 usage() {
-  cat <<'EOF'
-Usage: benches/load.sh [--quick]
+  cat <<EOF
+Usage: benches/load.sh [--quick] [--write-benchmarks]
 
 Compares a direct connection to PostgreSQL, PgBouncer and pgdyno with pgbench
-(transaction pooling, pool of POOL backends, CLIENTS clients).
+(transaction pooling) in named scenarios, interleaved, REPEAT times.
 
-  --quick      smoke check: DURATION=3, WARMUP=1, IDLE_WAIT=0 and
-               NOISE_RETRIES=0 unless set
-  -h, --help   this text
+  --quick             the regression check before submitting a hot-path change:
+                      every scenario once for a few seconds against PgBouncer
+                      only (DURATION=3, WARMUP=1, REPEAT=1, IDLE_WAIT=0,
+                      NOISE_RETRIES=0, TARGETS="pgbouncer pgdyno" unless set);
+                      prints the ratios and says which targets pgdyno misses
+  --write-benchmarks  also write BENCHMARKS.md and benches/load.svg in the
+                      repository from this run
+  -h, --help          this text
+
+Scenarios (SCENARIOS, default all):
+  select-simple     pgbench -S -M simple, CLIENTS clients, pool POOL
+  select-extended   pgbench -S -M extended, CLIENTS clients, pool POOL
+  select-prepared   pgbench -S -M prepared, CLIENTS clients, pool POOL
+  select-400        pgbench -S, CLIENTS_400 clients, pool POOL_400, JOBS_400 threads
+  connect           pgbench -S -C (a login per transaction), CONNECT_CLIENTS clients
+  tpcb              tpcb-like (also tpcb-extended, tpcb-prepared), CLIENTS, pool POOL
+  tls               select-simple with TLS on both legs
+  idle              RSS of each pooler with 0 and IDLE_CLIENTS idle clients
 
 Environment (defaults in brackets):
+  SCENARIOS          any of the above [$ALL_SCENARIOS]
+  TARGETS            any of: direct pgbouncer pgdyno ["direct pgbouncer pgdyno"]
+  REPEAT             repetitions of every scenario; the report gives medians [1]
   DURATION           seconds per measured pgbench run [15]
   WARMUP             seconds of unmeasured pgbench before each run [3]
-  CLIENTS            pgbench clients (-c) [16]
-  JOBS               pgbench threads (-j) [2]
-  POOL               pool size of both poolers [16]
+  CLIENTS            pgbench clients in the 16-client scenarios [16]
+  JOBS               pgbench threads (-j) in those [2]
+  POOL               pool size of both poolers in those [16]
+  CLIENTS_400        clients of select-400 [400]
+  POOL_400           pool size of select-400 [20]
+  JOBS_400           pgbench threads of select-400 [8]
+  CONNECT_CLIENTS    clients of connect [8]
+  IDLE_CLIENTS       idle clients of idle, capped by the open files limit [10000]
+  SAMPLING           pgbench --sampling-rate for the p99 latency
+                     [0.1; connect 1, tpcb 0.5]
   SCALE              pgbench -i scale factor [10]
-  MODES              pgbench query modes (-M): simple extended prepared ["simple extended"]
-  TARGETS            any of: direct pgbouncer pgdyno ["direct pgbouncer pgdyno"]
-  SCRIPT             select (pgbench -S) or tpcb (tpcb-like, 7 statements) [select]
-  TLS                0: plain TCP; 1: TLS (sslmode=require) from pgbench to the
-                     pooler and from the pooler to PostgreSQL (direct: pgbench
-                     to PostgreSQL), certificates made with openssl at run
-                     time; both: every target plain, then every target with
-                     TLS. Ratios compare runs of the same TLS setting. [0]
-  PGDYNO_BIN         use this pgdyno binary instead of `cargo build --release`
+  MODES, SCRIPT      the old knobs: without SCENARIOS, SCRIPT=select|tpcb and
+                     MODES="simple extended prepared" pick the scenarios
+                     SCRIPT-MODE (tpcb-simple is tpcb)
+  TLS                0: as the scenarios say (only tls has TLS); 1: every
+                     scenario with TLS (sslmode=require) from pgbench to the
+                     pooler and from the pooler to PostgreSQL; both: each
+                     scenario plain and then with TLS. Ratios compare runs of
+                     the same TLS setting. [0]
+  PGDYNO_BIN         use this pgdyno binary instead of \`cargo build --release\`
   PGDYNO_EXTRA_ARGS  extra arguments appended to pgdyno's command line
   IDLE_WAIT          seconds to wait, before each run, for other load on the
                      machine to stop (0: don't wait) [60]
@@ -68,42 +112,56 @@ Environment (defaults in brackets):
                      of the CPUs counts as disturbed [5]
   NOISE_RETRIES      measure a disturbed run again up to this many times and
                      keep the least disturbed one [2]
-  RESULTS_DIR        where the .md/.csv results and logs go [benches/results]
+  RESULTS_DIR        where the .md/.csv/.svg results and logs go [benches/results]
   KEEP_TMP           1 keeps the temporary data directory [0]
 EOF
 }
 
-QUICK=0
+QUICK=0 WRITE_BENCHMARKS=0
 for arg in "$@"; do
   case $arg in
     --quick) QUICK=1 ;;
+    --write-benchmarks) WRITE_BENCHMARKS=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "load.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
+# The knobs given in the environment, for the report's command line.
+KNOBS="SCENARIOS TARGETS REPEAT DURATION WARMUP CLIENTS JOBS POOL CLIENTS_400 POOL_400 JOBS_400
+  CONNECT_CLIENTS IDLE_CLIENTS SAMPLING SCALE MODES SCRIPT TLS PGDYNO_BIN PGDYNO_EXTRA_ARGS
+  IDLE_WAIT NOISE_MAX NOISE_RETRIES RESULTS_DIR KEEP_TMP"
+COMMAND=""
+for v in $KNOBS; do
+  if [[ -n ${!v+set} ]]; then COMMAND+="$v=${!v@Q} "; fi
+done
+COMMAND+="benches/load.sh${*:+ $*}"
+
+if [[ $QUICK == 1 ]]; then
+  DURATION=${DURATION:-3} WARMUP=${WARMUP:-1} REPEAT=${REPEAT:-1}
+  IDLE_WAIT=${IDLE_WAIT:-0} NOISE_RETRIES=${NOISE_RETRIES:-0}
+  TARGETS=${TARGETS:-pgbouncer pgdyno}
+fi
 DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-3}
-if [[ $QUICK == 1 ]]; then
-  DURATION=3
-  WARMUP=1
-fi
+REPEAT=${REPEAT:-1}
 CLIENTS=${CLIENTS:-16}
 JOBS=${JOBS:-2}
 POOL=${POOL:-16}
+CLIENTS_400=${CLIENTS_400:-400}
+POOL_400=${POOL_400:-20}
+JOBS_400=${JOBS_400:-8}
+CONNECT_CLIENTS=${CONNECT_CLIENTS:-8}
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
+SAMPLING=${SAMPLING:-}
 SCALE=${SCALE:-10}
-MODES=${MODES:-simple extended}
 TARGETS=${TARGETS:-direct pgbouncer pgdyno}
-SCRIPT=${SCRIPT:-select}
 TLS=${TLS:-0}
 PGDYNO_BIN=${PGDYNO_BIN:-}
 PGDYNO_EXTRA_ARGS=${PGDYNO_EXTRA_ARGS:-}
 KEEP_TMP=${KEEP_TMP:-0}
-if [[ $QUICK == 1 ]]; then
-  IDLE_WAIT=${IDLE_WAIT:-0} NOISE_RETRIES=${NOISE_RETRIES:-0}
-else
-  IDLE_WAIT=${IDLE_WAIT:-60} NOISE_RETRIES=${NOISE_RETRIES:-2}
-fi
+IDLE_WAIT=${IDLE_WAIT:-60}
+NOISE_RETRIES=${NOISE_RETRIES:-2}
 NOISE_MAX=${NOISE_MAX:-5}
 MAX_CLIENT_CONN=1000
 DB=bench
@@ -117,32 +175,99 @@ die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- validation
 
-for v in DURATION CLIENTS JOBS POOL SCALE; do
+for v in DURATION REPEAT CLIENTS JOBS POOL CLIENTS_400 POOL_400 JOBS_400 CONNECT_CLIENTS IDLE_CLIENTS SCALE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 for v in WARMUP IDLE_WAIT NOISE_RETRIES NOISE_MAX; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
-((JOBS <= CLIENTS)) || JOBS=$CLIENTS
-for m in $MODES; do
-  case $m in simple | extended | prepared) ;; *) die "unknown mode '$m' in MODES" ;; esac
-done
+if [[ -n $SAMPLING ]] && ! awk -v s="$SAMPLING" 'BEGIN { exit !(s ~ /^[0-9.]+$/ && s > 0 && s <= 1) }'; then
+  die "SAMPLING must be a number in (0, 1], got '$SAMPLING'"
+fi
 for t in $TARGETS; do
   case $t in direct | pgbouncer | pgdyno) ;; *) die "unknown target '$t' in TARGETS" ;; esac
 done
-case $SCRIPT in
-  select) SCRIPT_ARGS=(-S) ;;
-  tpcb) SCRIPT_ARGS=() ;;
-  *) die "SCRIPT must be 'select' or 'tpcb', got '$SCRIPT'" ;;
-esac
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+# The old knobs: SCRIPT and MODES name the scenarios when SCENARIOS does not.
+if [[ -z ${SCENARIOS:-} ]]; then
+  if [[ -n ${MODES:-} || -n ${SCRIPT:-} ]]; then
+    SCENARIOS=""
+    for m in ${MODES:-simple extended}; do SCENARIOS+="${SCRIPT:-select}-$m "; done
+  else
+    SCENARIOS=$ALL_SCENARIOS
+  fi
+fi
+SCENARIOS=${SCENARIOS//tpcb-simple/tpcb}
+for s in $SCENARIOS; do
+  case $s in
+    select-simple | select-extended | select-prepared | select-400 | connect | tpcb | tpcb-extended | tpcb-prepared | tls | idle) ;;
+    *) die "unknown scenario '$s' in SCENARIOS (see --help)" ;;
+  esac
+done
+has_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 case $TLS in
   0) TLS_RUNS=off ;;
   1) TLS_RUNS=on ;;
   both) TLS_RUNS="off on" ;;
   *) die "TLS must be 0, 1 or both, got '$TLS'" ;;
 esac
-has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
+# The pgbench runs as scenario:tls units, in order; idle is measured apart.
+UNITS=()
+for s in $SCENARIOS; do
+  case $s in
+    idle) ;;
+    tls)
+      if [[ $TLS != 0 ]] && has_scenario select-simple; then
+        log "scenario tls is select-simple with TLS, which TLS=$TLS runs already; skipping it"
+      else
+        UNITS+=("tls:on")
+      fi
+      ;;
+    *) for t in $TLS_RUNS; do UNITS+=("$s:$t"); done ;;
+  esac
+done
+TLS_ANY=0
+[[ " ${UNITS[*]} " == *:on\ * ]] && TLS_ANY=1
+RUN_IDLE=0
+if has_scenario idle && { has_target pgbouncer || has_target pgdyno; }; then RUN_IDLE=1; fi
+((${#UNITS[@]} > 0 || RUN_IDLE == 1)) || die "nothing to run: SCENARIOS='$SCENARIOS', TARGETS='$TARGETS'"
+
+# Sets the S_* variables of a scenario: pgbench's script arguments, query
+# mode, clients, threads, the pool size, -C or not, the log sampling rate.
+scenario_setup() {
+  S_NAME=$1 S_MODE=simple S_CLIENTS=$CLIENTS S_JOBS=$JOBS S_POOL=$POOL S_CONNECT=0 S_SAMPLING=0.1
+  S_SCRIPT_ARGS=(-S)
+  case $1 in
+    select-simple | tls) ;;
+    select-extended) S_MODE=extended ;;
+    select-prepared) S_MODE=prepared ;;
+    select-400) S_CLIENTS=$CLIENTS_400 S_JOBS=$JOBS_400 S_POOL=$POOL_400 ;;
+    connect) S_CLIENTS=$CONNECT_CLIENTS S_CONNECT=1 S_SAMPLING=1 ;;
+    tpcb | tpcb-extended | tpcb-prepared)
+      S_SCRIPT_ARGS=() S_SAMPLING=0.5
+      [[ $1 == tpcb ]] || S_MODE=${1#tpcb-}
+      ;;
+  esac
+  [[ -z $SAMPLING ]] || S_SAMPLING=$SAMPLING
+  ((S_JOBS <= S_CLIENTS)) || S_JOBS=$S_CLIENTS
+  # pgbench prepares its statements with a blocking call, so a thread whose
+  # client waits for a backend held by another client of the same thread
+  # never gets on: with more clients than backends, a thread per client.
+  if [[ $S_MODE == prepared ]] && ((S_CLIENTS > S_POOL)); then S_JOBS=$S_CLIENTS; fi
+}
+
+# The largest number of clients a direct run opens: PostgreSQL's
+# max_connections must hold them, the poolers' pools and a few more.
+MAX_DIRECT=0
+if has_target direct; then
+  for u in "${UNITS[@]}"; do
+    scenario_setup "${u%%:*}"
+    ((S_CLIENTS <= MAX_DIRECT)) || MAX_DIRECT=$S_CLIENTS
+  done
+fi
+PG_MAX_CONNECTIONS=$((MAX_DIRECT + 30 > 200 ? MAX_DIRECT + 30 : 200))
 # ---------------------------------------------------------------- tools
 
 # A PostgreSQL program: from PATH, else from the newest /usr/lib/postgresql/*/bin.
@@ -168,17 +293,15 @@ PSQL=$(pgtool psql) || die "psql not found"
 PGBENCH=$(pgtool pgbench) || die "pgbench not found"
 PG_ISREADY=$(pgtool pg_isready) || die "pg_isready not found"
 OPENSSL=none
-if [[ $TLS_RUNS == *on* ]]; then
-  OPENSSL=$(command -v openssl) || die "TLS=$TLS needs the openssl command (apt-get install openssl)"
+if ((TLS_ANY)); then
+  OPENSSL=$(command -v openssl) || die "TLS needs the openssl command (apt-get install openssl)"
 fi
+PYTHON=$(command -v python3) || die "python3 not found: the report and the idle clients need it (apt-get install python3)"
 PGBOUNCER=/usr/sbin/pgbouncer
 PGB_VERSION=none
 if has_target pgbouncer; then
   [[ -x $PGBOUNCER ]] || die "$PGBOUNCER not found (apt-get install pgbouncer)"
   PGB_VERSION=$("$PGBOUNCER" --version | awk 'NR == 1 { print $2 }')
-fi
-if has_target direct && ((CLIENTS > 190)); then
-  die "CLIENTS=$CLIENTS: the direct target needs a backend per client and PostgreSQL here has max_connections=200"
 fi
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
@@ -189,9 +312,18 @@ if [[ $EUID == 0 ]]; then
   AS_SVC=(setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups --)
 fi
 
-# pgbouncer wants a file descriptor per client and per backend.
-if [[ $(ulimit -n) != unlimited ]] && (($(ulimit -n) < 4096)); then
-  ulimit -n 4096 2>/dev/null || log "warning: could not raise the open files limit to 4096"
+# A pooler wants a file descriptor per client and per backend, and so does
+# the idle clients' process: IDLE_CLIENTS of each, and some to spare.
+NOFILE_WANT=4096
+if ((RUN_IDLE && IDLE_CLIENTS + 256 > NOFILE_WANT)); then NOFILE_WANT=$((IDLE_CLIENTS + 256)); fi
+if [[ $(ulimit -n) != unlimited ]] && (($(ulimit -n) < NOFILE_WANT)); then
+  ulimit -n "$NOFILE_WANT" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null ||
+    log "warning: could not raise the open files limit to $NOFILE_WANT"
+fi
+if [[ $(ulimit -n) != unlimited ]] && ((RUN_IDLE && IDLE_CLIENTS + 256 > $(ulimit -n))); then
+  log "warning: the open files limit is $(ulimit -n); idle measures $(($(ulimit -n) - 256)) clients, not $IDLE_CLIENTS"
+  IDLE_CLIENTS=$(($(ulimit -n) - 256))
+  ((IDLE_CLIENTS > 0)) || die "the open files limit ($(ulimit -n)) leaves no room for idle clients"
 fi
 
 # ---------------------------------------------------------------- state and cleanup
@@ -200,7 +332,7 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 WORK=$(mktemp -d /tmp/pgdyno-bench.XXXXXX)
 chmod 755 "$WORK"
 cd "$WORK" # services started as nobody need a readable working directory
-PG_PID="" PGB_PID="" DYN_PID="" BENCH_PID=""
+PG_PID="" PGB_PID="" DYN_PID="" BENCH_PID="" IDLE_PID=""
 PGDATA=$WORK/pgdata
 SOCKDIR=$WORK/sock
 TLS_DIR=$WORK/tls
@@ -208,10 +340,15 @@ TLS_NOTES=$WORK/tls-notes
 # The TLS setting of the runs under way (set_tls): on|off, the sslmode pgbench
 # and psql use, and a suffix for file names and log labels.
 TLS_NOW=off SSLMODE=disable SSLROOTCERT="" TLS_SUFFIX=""
+# What the next pooler's log file names carry: scenario, TLS, repetition.
+LOG_TAG=""
+# The pool size and client limit the next pooler starts with.
+CUR_POOL=$POOL CUR_MAX_CLIENT_CONN=$MAX_CLIENT_CONN
 ROWS=$WORK/rows.tsv
-: >"$ROWS"
+IDLE_ROWS=$WORK/idle.tsv
+printf '%s\n' "rep scenario tls target mode clients jobs pool connect tps latency_ms p99_ms failed transactions conn_ms samples pooler_ticks pooler_sys_ticks has_pooler postgres_ticks pgbench_ticks busy_ticks steal_ticks wall_us other_pml status top_other_processes attempts pooler_hwm_kb" | tr ' ' '\t' >"$ROWS"
+printf '%s\n' "rep target clients ok failed login_s rss0_kb rss_kb hwm_kb fds0 fds login_ticks status" | tr ' ' '\t' >"$IDLE_ROWS"
 STARTED_OK=1
-
 # True while PID exists and is not a zombie.
 alive() {
   local s
@@ -255,6 +392,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   stop_pid "$BENCH_PID" pgbench TERM
+  stop_pid "$IDLE_PID" idle_clients TERM
   stop_pid "$DYN_PID" pgdyno TERM
   stop_pid "$PGB_PID" pgbouncer TERM
   stop_pid "$PG_PID" postgres INT # fast shutdown
@@ -276,7 +414,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- helpers
-
 # A TCP port on 127.0.0.1 that nothing listens on, below the ephemeral range.
 USED_PORTS=" "
 free_port() {
@@ -438,17 +575,48 @@ pg_prepare_run() {
   sync -f "$PGDATA"
 }
 
-# Runs pgbench against PORT with its output in OUT, and sets BENCH_TICKS to
-# its CPU time (user+sys, all threads): the difference in this shell's
-# children times, so pgbench must be the only child reaped in between.
-# Waits in the background so that a signal to this script is handled at once.
-# Returns pgbench's status.
-run_pgbench() {
-  local port=$1 mode=$2 secs=$3 out=$4 rc=0
+# Seconds that pgbench -T needs on top of the run for its clients to log in
+# (pgbench counts the time from before its connections, and a SCRAM login
+# costs libpq some milliseconds of CPU, a direct connection a backend too):
+# none for a few clients; for many, 1.5 times the initial connection time
+# pgbench reported in OUT (the warm-up's), else a generous 30 ms per client
+# and core.
+connect_slack() {
+  local out=${1:-} cores=$((S_JOBS < NCPU ? S_JOBS : NCPU)) ms=""
+  if ((S_CONNECT || S_CLIENTS < 64)); then
+    echo 0
+    return
+  fi
+  if [[ -n $out && -f $out ]]; then
+    ms=$(awk '/^initial connection time =/ { printf "%d\n", $5 }' "$out")
+  fi
+  if [[ -n $ms ]]; then echo $((ms * 3 / 2000 + 1)); else echo $((S_CLIENTS * 30 / 1000 / cores + 1)); fi
+}
+
+# Starts pgbench in the background for the current scenario (S_*) against
+# PORT for SECS seconds with its output in OUT and, given LOGPREFIX, a
+# sampled per-transaction log in LOGPREFIX.*. Sets BENCH_PID.
+start_pgbench() {
+  local port=$1 secs=$2 out=$3 logprefix=${4:-}
+  local -a args=(-n "${S_SCRIPT_ARGS[@]}" -c "$S_CLIENTS" -j "$S_JOBS" -T "$secs" -M "$S_MODE")
+  if ((S_CONNECT)); then args+=(-C); fi
+  if [[ -n $logprefix ]]; then
+    rm -f "$logprefix".*
+    args+=(--log --log-prefix="$logprefix" --sampling-rate="$S_SAMPLING")
+  fi
   times >"$WORK/times0"
   PGPASSWORD=$PGPASS PGSSLMODE=$SSLMODE PGSSLROOTCERT=$SSLROOTCERT "$PGBENCH" -h 127.0.0.1 -p "$port" \
-    -U "$DBUSER" -n "${SCRIPT_ARGS[@]}" -c "$CLIENTS" -j "$JOBS" -T "$secs" -M "$mode" "$DB" >"$out" 2>&1 &
+    -U "$DBUSER" "${args[@]}" "$DB" >"$out" 2>&1 &
   BENCH_PID=$!
+}
+
+# Waits for the pgbench of start_pgbench and returns its status; sets
+# BENCH_TICKS to its CPU time (user+sys, all threads): the difference in this
+# shell's children times, so pgbench must be the only child reaped in
+# between. Waits in the background so that a signal to this script is
+# handled at once.
+finish_pgbench() {
+  local rc=0
   wait "$BENCH_PID" || rc=$?
   BENCH_PID=""
   times >"$WORK/times1"
@@ -458,6 +626,64 @@ run_pgbench() {
     }
     END { printf "%d\n", (t[ARGV[2]] - t[ARGV[1]]) * hz + 0.5 }' "$WORK/times0" "$WORK/times1")
   return "$rc"
+}
+
+# An unmeasured pgbench run (the warm-up).
+run_pgbench() {
+  start_pgbench "$@"
+  finish_pgbench
+}
+
+# Waits until the running pgbench has a socket per client, that is, until it
+# has opened all its connections and starts its transactions (up to 120 s).
+wait_connected() {
+  local i n
+  for ((i = 0; i < 6000; i++)); do
+    alive "$BENCH_PID" || return 0
+    # pgbench opens and closes files as it connects: find may miss some
+    n=$({ find "/proc/$BENCH_PID/fd" -mindepth 1 -maxdepth 1 -lname 'socket:*' 2>/dev/null || true; } | wc -l)
+    ((n < S_CLIENTS)) || return 0
+    sleep 0.02
+  done
+  log "warning: pgbench did not connect its $S_CLIENTS clients within 120 s"
+}
+
+# "p99_ms samples" from pgbench's per-transaction logs LOGPREFIX.* (the third
+# field is the latency in µs; failed and skipped transactions have a word
+# there), "NA 0" without samples. Removes the logs.
+txlog_p99() {
+  local prefix=$1 f
+  local -a files=()
+  for f in "$prefix".*; do [[ -f $f ]] && files+=("$f"); done
+  if ((${#files[@]} == 0)); then
+    echo "NA 0"
+    return
+  fi
+  awk '$3 ~ /^[0-9]+$/ { print $3 }' "${files[@]}" | sort -n |
+    awk '{ v[NR] = $1 } END {
+      if (NR == 0) { print "NA 0"; exit }
+      i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1
+      printf "%.3f %d\n", v[i] / 1000, NR }'
+  rm -f "${files[@]}"
+}
+
+# A field of /proc/PID/status in kB (VmRSS, VmHWM), NA if PID is gone.
+status_kb() {
+  awk -v k="$2:" '$1 == k { print $2; found = 1 } END { if (!found) print "NA" }' "/proc/$1/status" 2>/dev/null || echo NA
+}
+
+# The open file descriptors of PID.
+count_fds() {
+  { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null || true; } | wc -l
+}
+
+# utime+stime+cutime+cstime of PID in ticks.
+pid_ticks() {
+  local s
+  local -a f
+  read -r s <"/proc/$1/stat"
+  read -ra f <<<"${s##*) }"
+  echo $((f[11] + f[12] + f[13] + f[14]))
 }
 
 # ---------------------------------------------------------------- pgdyno build
@@ -585,13 +811,13 @@ cat >>"$PGDATA/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$SOCKDIR'
-max_connections = 200
+max_connections = $PG_MAX_CONNECTIONS
 fsync = off
 full_page_writes = off
 shared_buffers = 256MB
 password_encryption = 'scram-sha-256'
 EOF
-if [[ $TLS_RUNS == *on* ]]; then
+if ((TLS_ANY)); then
   make_certs
   cat >>"$PGDATA/postgresql.conf" <<EOF
 ssl = on
@@ -639,10 +865,10 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $dir/userlist.txt
 pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = $MAX_CLIENT_CONN
+default_pool_size = $CUR_POOL
+max_client_conn = $CUR_MAX_CLIENT_CONN
 ignore_startup_parameters = extra_float_digits
-logfile = $WORK/pgbouncer$TLS_SUFFIX.log
+logfile = $WORK/pgbouncer$LOG_TAG.log
 EOF
   if [[ $TLS_NOW == on ]]; then
     cat >>"$dir/pgbouncer.ini" <<EOF
@@ -659,11 +885,11 @@ EOF
     echo "max_prepared_statements = 200" >>"$dir/pgbouncer.ini"
   fi
   if [[ $EUID == 0 ]]; then chown -R nobody: "$dir"; fi
-  : >"$WORK/pgbouncer$TLS_SUFFIX.log"
-  if [[ $EUID == 0 ]]; then chown nobody: "$WORK/pgbouncer$TLS_SUFFIX.log"; fi
-  "${AS_SVC[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini" >"$WORK/pgbouncer$TLS_SUFFIX.stderr.log" 2>&1 &
+  : >"$WORK/pgbouncer$LOG_TAG.log"
+  if [[ $EUID == 0 ]]; then chown nobody: "$WORK/pgbouncer$LOG_TAG.log"; fi
+  "${AS_SVC[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini" >"$WORK/pgbouncer$LOG_TAG.stderr.log" 2>&1 &
   PGB_PID=$!
-  wait_login "$PGB_PORT" pgbouncer "$PGB_PID" "$WORK/pgbouncer$TLS_SUFFIX.stderr.log" || return 1
+  wait_login "$PGB_PORT" pgbouncer "$PGB_PID" "$WORK/pgbouncer$LOG_TAG.stderr.log" || return 1
   log "pgbouncer pid $PGB_PID on 127.0.0.1:$PGB_PORT (PgBouncer $PGB_VERSION, tls=$TLS_NOW)"
 }
 
@@ -674,7 +900,7 @@ start_pgdyno() {
   if [[ $TLS_NOW == on ]]; then
     tls=(--client-tls-sslmode require --client-tls-cert-file "$TLS_DIR/pooler.crt"
       --client-tls-key-file "$TLS_DIR/pooler.key" --server-tls-sslmode require)
-  elif [[ $TLS_RUNS == *on* ]]; then
+  elif ((TLS_ANY)); then
     # pgdyno's server_tls_sslmode defaults to prefer (PgBouncer's to disable),
     # and this PostgreSQL has ssl=on
     tls=(--server-tls-sslmode disable)
@@ -683,69 +909,88 @@ start_pgdyno() {
   # ones, so this script's own knobs must not reach it.
   env -u PGDYNO_BIN -u PGDYNO_EXTRA_ARGS "$PGDYNO_BIN" --listen "127.0.0.1:$DYN_PORT" \
     --upstream "postgres://$DBUSER:$PGPASS@127.0.0.1:$PG_PORT/$DB" \
-    --pool-mode transaction --pool-size "$POOL" --max-client-conn "$MAX_CLIENT_CONN" \
-    "${tls[@]}" "${extra[@]}" >"$WORK/pgdyno$TLS_SUFFIX.log" 2>&1 &
+    --pool-mode transaction --pool-size "$CUR_POOL" --max-client-conn "$CUR_MAX_CLIENT_CONN" \
+    "${tls[@]}" "${extra[@]}" >"$WORK/pgdyno$LOG_TAG.log" 2>&1 &
   DYN_PID=$!
-  wait_login "$DYN_PORT" pgdyno "$DYN_PID" "$WORK/pgdyno$TLS_SUFFIX.log" || return 1
+  wait_login "$DYN_PORT" pgdyno "$DYN_PID" "$WORK/pgdyno$LOG_TAG.log" || return 1
   log "pgdyno pid $DYN_PID on 127.0.0.1:$DYN_PORT ($PGDYNO_BIN, tls=$TLS_NOW)"
 }
 
 # ---------------------------------------------------------------- measuring
 
-# Measures TARGET in MODE against PORT (the pooler is POOLER_PID, "" for
-# direct) with the current TLS setting: a warm-up, then up to 1 +
-# NOISE_RETRIES measured runs, stopping at the first that other processes
-# disturbed by at most NOISE_MAX percent of the CPUs; the least disturbed one
-# goes into $ROWS.
+# Measures TARGET in the current scenario (S_*) against PORT (the pooler is
+# POOLER_PID, "" for direct) with the current TLS setting: a warm-up, then up
+# to 1 + NOISE_RETRIES measured runs, stopping at the first that other
+# processes disturbed by at most NOISE_MAX percent of the CPUs; the least
+# disturbed one goes into $ROWS with the pooler's peak RSS.
 measure() {
-  local target=$1 mode=$2 port=$3 pooler_pid=$4
-  local out=$WORK/pgbench-$target-$mode$TLS_SUFFIX.out attempt best="" best_pct="" pct row
-  local label=$target/$mode${TLS_SUFFIX/-//}
+  local rep=$1 target=$2 port=$3 pooler_pid=$4
+  local out attempt best="" best_pml="" hwm=NA
+  local label=$S_NAME/$target${TLS_SUFFIX/-//}
+  out=$WORK/pgbench-$S_NAME-$target$TLS_SUFFIX$( ((REPEAT == 1)) || echo "-r$rep").out
 
+  rm -f "$WORK/warmup.out"
   if ((WARMUP > 0)); then
-    run_pgbench "$port" "$mode" "$WARMUP" "$WORK/warmup.out" || true
+    run_pgbench "$port" "$((WARMUP + $(connect_slack)))" "$WORK/warmup.out" || true
   fi
+  SLACK=$(connect_slack "$WORK/warmup.out")
   for ((attempt = 1; attempt <= NOISE_RETRIES + 1; attempt++)); do
     pg_prepare_run
     if ((IDLE_WAIT > 0)); then wait_idle; fi
-    log "$label: pgbench -c $CLIENTS -j $JOBS -T $DURATION -M $mode ${SCRIPT_ARGS[*]}$( ((attempt == 1)) || echo " (attempt $attempt)")"
+    log "$label: pgbench -c $S_CLIENTS -j $S_JOBS -T $DURATION -M $S_MODE ${S_SCRIPT_ARGS[*]}$( ((S_CONNECT)) && echo " -C")$( ((SLACK)) && echo " (+${SLACK}s for the logins)")$( ((attempt == 1)) || echo " (attempt $attempt)")"
     # not in $(...): a subshell would hide pgbench's PID from cleanup
-    measure_once "$target" "$mode" "$port" "$pooler_pid" "$WORK/pgbench.out" >"$WORK/row"
-    row=$(<"$WORK/row")
-    # other CPU, in tenths of a percent: busy - pooler - postgres - pgbench
-    pct=$(awk -F'\t' -v hz="$CLK_TCK" -v ncpu="$NCPU" '{
-        w = $13 / 1e6; printf "%d\n", (w > 0 ? 1000 * ($11 - $7 - $9 - $10) / (hz * w * ncpu) : 0) }' <<<"$row")
-    if [[ -z $best ]] || ((pct < best_pct)); then
-      best=$row best_pct=$pct
+    measure_once "$target" "$port" "$pooler_pid" "$WORK/pgbench.out"
+    if [[ -z $best ]] || ((R_OTHER_PML < best_pml)); then
+      best=$R_ROW best_pml=$R_OTHER_PML
       mv "$WORK/pgbench.out" "$out"
     fi
-    [[ $(cut -f14 <<<"$row") == ok ]] || break
-    ((pct > NOISE_MAX * 10)) || break
+    [[ $R_STATUS == ok ]] || break
+    ((R_OTHER_PML > NOISE_MAX * 10)) || break
     if ((attempt <= NOISE_RETRIES)); then
-      log "$label: disturbed ($((pct / 10)).$((pct % 10))% of the CPUs went to other processes: $(cut -f15 <<<"$row")); measuring again"
+      log "$label: disturbed ($((R_OTHER_PML / 10)).$((R_OTHER_PML % 10))% of the CPUs went to other processes: $R_OTHERS); measuring again"
     fi
   done
-  printf '%s\t%s\t%s\n' "$best" "$((attempt > NOISE_RETRIES + 1 ? NOISE_RETRIES + 1 : attempt))" "$TLS_NOW" >>"$ROWS"
+  if [[ -n $pooler_pid ]]; then hwm=$(status_kb "$pooler_pid" VmHWM); fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$rep" "$S_NAME" "$TLS_NOW" "$best" \
+    "$((attempt > NOISE_RETRIES + 1 ? NOISE_RETRIES + 1 : attempt))	$hwm" >>"$ROWS"
 }
 
-# One measured pgbench run; prints its row (see the awk below) and leaves
-# pgbench's output in OUT.
+# One measured pgbench run. Sets R_ROW (the columns from target to status and
+# the other processes, tab-separated, as $ROWS has them), R_STATUS,
+# R_OTHER_PML (busy CPU outside pgbench, PostgreSQL and the pooler, in tenths
+# of a percent of all CPUs) and R_OTHERS; leaves pgbench's output in OUT.
 measure_once() {
-  local target=$1 mode=$2 port=$3 pooler_pid=$4 out=$5 rc=0 status=ok
-  local b0 st0 w0 w1 pooler_ticks pooler_sys pg_ticks others tls_status
+  local target=$1 port=$2 pooler_pid=$3 out=$4 rc=0 status=ok
+  local b0 st0 w0 w1 pooler_ticks pooler_sys pg_ticks others tls_status bench0
+  local tps lat failed txns conn p99 samples wall busy
 
-  pg_quiesce
-  proc_snapshot >"$WORK/snap0"
-  sys_ticks
-  b0=$SYS_BUSY st0=$SYS_STEAL w0=${EPOCHREALTIME/./}
-  run_pgbench "$port" "$mode" "$DURATION" "$out" || rc=$?
+  # The CPU figures start once pgbench's clients are logged in (with -C,
+  # logging in is what is measured): pgbench's tps leaves the initial
+  # connection time out too.
+  bench0=0
+  if ((S_CONNECT)); then
+    pg_quiesce
+    proc_snapshot >"$WORK/snap0"
+    sys_ticks
+    b0=$SYS_BUSY st0=$SYS_STEAL w0=${EPOCHREALTIME/./}
+    start_pgbench "$port" "$DURATION" "$out" "$WORK/txlog"
+  else
+    start_pgbench "$port" "$((DURATION + SLACK))" "$out" "$WORK/txlog"
+    wait_connected
+    bench0=$(pid_ticks "$BENCH_PID" 2>/dev/null || echo 0)
+    proc_snapshot >"$WORK/snap0"
+    sys_ticks
+    b0=$SYS_BUSY st0=$SYS_STEAL w0=${EPOCHREALTIME/./}
+  fi
+  finish_pgbench || rc=$?
+  BENCH_TICKS=$((BENCH_TICKS - bench0))
   pg_quiesce
   proc_snapshot >"$WORK/snap1"
   w1=${EPOCHREALTIME/./}
   sys_ticks
   if [[ -n $pooler_pid ]] && ! alive "$pooler_pid"; then status=pooler-died; fi
   # pgbench's sslmode settles the client side; the backends' side is checked
-  if [[ -n $pooler_pid && $status == ok && $TLS_RUNS == *on* ]]; then
+  if [[ -n $pooler_pid && $status == ok && $TLS_ANY == 1 ]]; then
     tls_status=$(backend_tls_status)
     status=${tls_status:-ok}
   fi
@@ -754,166 +999,224 @@ measure_once() {
     if [[ $status == ok ]]; then status=pgbench-exit-$rc; else status+=",pgbench-exit-$rc"; fi
   fi
   if [[ $status != ok ]]; then
-    log "$target/$mode${TLS_SUFFIX/-//}: $status; pgbench said:"
+    log "$S_NAME/$target${TLS_SUFFIX/-//}: $status; pgbench said:"
     grep -m 5 -iE 'error|abort|fatal' "$out" >&2 || tail -n 5 "$out" >&2
   fi
-
-  # A row: target mode tps latency failed transactions pooler_ticks has_pooler
-  # postgres_ticks pgbench_ticks busy_ticks steal_ticks wall_us status others
-  # pooler_sys_ticks (measure adds: attempts tls)
-  awk -v target="$target" -v mode="$mode" -v pt="$pooler_ticks" -v haspooler="${pooler_pid:+1}" \
-    -v gt="$pg_ticks" -v bt="$BENCH_TICKS" -v wall="$((w1 - w0))" -v status="$status" -v others="$others" \
-    -v sys="$((SYS_BUSY - b0))\t$((SYS_STEAL - st0))" -v psys="$pooler_sys" '
+  read -r tps lat failed txns conn < <(awk '
       /^number of transactions actually processed:/ { split($6, a, "/"); txns = a[1] }
       /^number of failed transactions:/ { failed = $5 }
       /^latency average =/ { lat = $4 }
+      /^average connection time =/ { conn = $5 }
       /^tps =/ { tps = $3 }
       END {
-        if (txns == "") txns = 0
-        if (failed == "") failed = "NA"
-        if (lat == "") lat = "NA"
-        if (tps == "") tps = "NA"
-        printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", target, mode, tps, lat, failed, txns,
-          pt, (haspooler == "1" ? 1 : 0), gt, bt, sys, wall, status, others, psys
-      }' "$out"
+        printf "%s %s %s %s %s\n", (tps == "" ? "NA" : tps), (lat == "" ? "NA" : lat), (failed == "" ? "NA" : failed),
+          (txns == "" ? 0 : txns), (conn == "" ? "NA" : conn)
+      }' "$out")
+  read -r p99 samples < <(txlog_p99 "$WORK/txlog")
+  if [[ $status == ok && $txns == 0 ]]; then
+    status=no-transactions
+    log "$S_NAME/$target${TLS_SUFFIX/-//}: pgbench ran no transaction"
+  fi
+  wall=$((w1 - w0)) busy=$((SYS_BUSY - b0))
+  R_OTHER_PML=$(awk -v hz="$CLK_TCK" -v ncpu="$NCPU" -v w="$wall" -v b="$busy" -v p="$pooler_ticks" -v g="$pg_ticks" -v c="$BENCH_TICKS" \
+    'BEGIN { w /= 1e6; x = (w > 0 ? 1000 * (b - (p > 0 ? p : 0) - g - c) / (hz * w * ncpu) : 0); printf "%d\n", (x > 0 ? x : 0) }')
+  R_STATUS=$status R_OTHERS=$others
+  # target mode clients jobs pool connect tps latency_ms p99_ms failed
+  # transactions conn_ms samples pooler_ticks pooler_sys_ticks has_pooler
+  # postgres_ticks pgbench_ticks busy_ticks steal_ticks wall_us other_pml
+  # status top_other_processes
+  R_ROW=$(printf '%s\t' "$target" "$S_MODE" "$S_CLIENTS" "$S_JOBS" "$([[ $target == direct ]] && echo - || echo "$CUR_POOL")" \
+    "$S_CONNECT" "$tps" "$lat" "$p99" "$failed" "$txns" "$conn" "$samples" "$pooler_ticks" "$pooler_sys" \
+    "$([[ -n $pooler_pid ]] && echo 1 || echo 0)" "$pg_ticks" "$BENCH_TICKS" "$busy" "$((SYS_STEAL - st0))" "$wall" \
+    "$R_OTHER_PML" "$status")$others
 }
 
-run_target() {
-  local target=$1 port pid="" mode
-  case $target in
-    direct) port=$PG_PORT ;;
+# Starts TARGET's pooler (none for direct) with CUR_POOL, CUR_MAX_CLIENT_CONN
+# and the current TLS setting; sets T_PORT and T_PID ("" for direct). Returns
+# 1, with the pooler stopped, if it did not start.
+start_target() {
+  T_PID=""
+  case $1 in
+    direct) T_PORT=$PG_PORT ;;
     pgbouncer)
       if ! start_pgbouncer; then
-        record_failure pgbouncer "pgbouncer-failed-to-start"
         stop_pid "$PGB_PID" pgbouncer TERM
         PGB_PID=""
-        return
+        return 1
       fi
-      port=$PGB_PORT pid=$PGB_PID
+      T_PORT=$PGB_PORT T_PID=$PGB_PID
       ;;
     pgdyno)
       if ! start_pgdyno; then
-        record_failure pgdyno "pgdyno-failed-to-start"
         stop_pid "$DYN_PID" pgdyno TERM
         DYN_PID=""
-        return
+        return 1
       fi
-      port=$DYN_PORT pid=$DYN_PID
+      T_PORT=$DYN_PORT T_PID=$DYN_PID
       ;;
   esac
-  for mode in $MODES; do
-    measure "$target" "$mode" "$port" "$pid"
-    if [[ -n $pid ]] && ! alive "$pid"; then
-      log "$target exited during the run; skipping its remaining modes"
-      break
-    fi
-  done
-  if [[ $TLS_RUNS == *on* ]] && { [[ -z $pid ]] || alive "$pid"; }; then
-    tls_note "$target" "$port" "$pid" >>"$TLS_NOTES"
-  fi
-  case $target in
+}
+
+stop_target() {
+  case $1 in
     pgbouncer) stop_pid "$PGB_PID" pgbouncer TERM; PGB_PID="" ;;
     pgdyno) stop_pid "$DYN_PID" pgdyno TERM; DYN_PID="" ;;
   esac
 }
 
-record_failure() {
-  local mode
-  STARTED_OK=0
-  for mode in $MODES; do
-    printf '%s\t%s\tNA\tNA\tNA\t0\t0\t0\t0\t0\t0\t0\t0\t%s\t-\t0\t0\t%s\n' "$1" "$mode" "$2" "$TLS_NOW" >>"$ROWS"
+# Runs the current scenario (S_*, TLS set) against TARGET in repetition REP.
+run_target() {
+  local rep=$1 target=$2
+  CUR_POOL=$S_POOL CUR_MAX_CLIENT_CONN=$MAX_CLIENT_CONN
+  LOG_TAG=-$S_NAME$TLS_SUFFIX$( ((REPEAT == 1)) || echo "-r$rep")
+  if ! start_target "$target"; then
+    STARTED_OK=0
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\tNA\tNA\tNA\tNA\t0\tNA\t0\t-1\t-1\t1\t0\t0\t0\t0\t0\t0\t%s\t-\t0\tNA\n' \
+      "$rep" "$S_NAME" "$TLS_NOW" "$target" "$S_MODE" "$S_CLIENTS" "$S_JOBS" "$S_POOL" "$S_CONNECT" \
+      "$target-failed-to-start" >>"$ROWS"
+    return
+  fi
+  measure "$rep" "$target" "$T_PORT" "$T_PID"
+  if [[ $TLS_ANY == 1 && " $TLS_NOTED " != *" $target/$TLS_NOW "* ]] && { [[ -z $T_PID ]] || alive "$T_PID"; }; then
+    tls_note "$target" "$T_PORT" "$T_PID" >>"$TLS_NOTES"
+    TLS_NOTED+=" $target/$TLS_NOW"
+  fi
+  stop_target "$target"
+}
+
+# The idle-client memory of TARGET (a pooler) in repetition REP: its RSS after
+# one login, then with IDLE_CLIENTS more clients logged in and idle (opened by
+# benches/idle_clients.py, which holds them until its stdin closes), and the
+# pooler's CPU per login meanwhile.
+measure_idle() {
+  local rep=$1 target=$2 rss0 rss1 hwm fds0 fds1 t0 t1 i ready="" ctl status=ok ok=0 failed=0 secs=NA fd
+  set_tls off
+  CUR_POOL=$POOL CUR_MAX_CLIENT_CONN=$((IDLE_CLIENTS + 100))
+  LOG_TAG=-idle$( ((REPEAT == 1)) || echo "-r$rep")
+  if ! start_target "$target"; then
+    STARTED_OK=0
+    printf '%s\t%s\t%s\t0\t0\tNA\tNA\tNA\tNA\tNA\tNA\t-1\t%s\n' "$rep" "$target" "$IDLE_CLIENTS" "$target-failed-to-start" >>"$IDLE_ROWS"
+    return
+  fi
+  sleep 1
+  rss0=$(status_kb "$T_PID" VmRSS) fds0=$(count_fds "$T_PID")
+  t0=$(pid_ticks "$T_PID")
+  log "idle/$target: RSS ${rss0} kB; opening $IDLE_CLIENTS idle clients"
+  ctl=$WORK/idle-ctl
+  rm -f "$ctl"
+  mkfifo "$ctl"
+  PGPASSWORD=$PGPASS "$PYTHON" "$REPO/benches/idle_clients.py" --port "$T_PORT" --user "$DBUSER" --db "$DB" \
+    -n "$IDLE_CLIENTS" <"$ctl" >"$WORK/idle-clients-$target.out" 2>"$WORK/idle-clients-$target.log" &
+  IDLE_PID=$!
+  exec {fd}>"$ctl" # the clients hold on until this closes
+  for ((i = 0; i < 3000; i++)); do
+    ready=$(grep -m 1 '^ready ' "$WORK/idle-clients-$target.out" || true)
+    if [[ -n $ready ]] || ! alive "$IDLE_PID" || ! alive "$T_PID"; then break; fi
+    sleep 0.2
   done
+  t1=$(pid_ticks "$T_PID" 2>/dev/null || echo -1)
+  if [[ -n $ready ]]; then
+    ok=$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<<"$ready") failed=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$ready")
+    secs=$(sed -n 's/.* seconds=\([0-9.]*\).*/\1/p' <<<"$ready")
+    sleep 2 # let the last logins settle
+    rss1=$(status_kb "$T_PID" VmRSS) hwm=$(status_kb "$T_PID" VmHWM)
+    fds1=$(count_fds "$T_PID")
+    log "idle/$target: $ok clients logged in ($failed failed) in ${secs}s; RSS ${rss1} kB, peak ${hwm} kB, $((fds1 - fds0)) more descriptors"
+    ((failed == 0)) || status=logins-failed
+  else
+    status=no-ready
+    rss1=NA hwm=NA fds1=NA
+    log "idle/$target: the idle clients did not all log in; last lines of their log:"
+    tail -n 5 "$WORK/idle-clients-$target.log" >&2 || true
+  fi
+  alive "$T_PID" || status=pooler-died
+  exec {fd}>&-
+  for ((i = 0; i < 300; i++)); do
+    alive "$IDLE_PID" || break
+    sleep 0.1
+  done
+  stop_pid "$IDLE_PID" idle_clients TERM
+  IDLE_PID=""
+  rm -f "$ctl"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$target" "$IDLE_CLIENTS" "$ok" "$failed" "$secs" \
+    "$rss0" "$rss1" "$hwm" "$fds0" "$fds1" "$((t1 < 0 ? -1 : t1 - t0))" "$status" >>"$IDLE_ROWS"
+  stop_target "$target"
 }
 
 # ---------------------------------------------------------------- main
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-log "targets: $TARGETS; modes: $MODES; script: $SCRIPT; tls: $TLS_RUNS; clients $CLIENTS, jobs $JOBS, pool $POOL, scale $SCALE, ${DURATION}s (+${WARMUP}s warm-up)"
+T_START=$SECONDS
+log "scenarios: ${UNITS[*]}$( ((RUN_IDLE)) && echo " idle($IDLE_CLIENTS clients)"); targets: $TARGETS; repeat $REPEAT; ${DURATION}s (+${WARMUP}s warm-up); scale $SCALE"
 : >"$TLS_NOTES"
-for tls in $TLS_RUNS; do
-  set_tls "$tls"
-  for t in $TARGETS; do
-    run_target "$t"
+TLS_NOTED=""
+read -ra TARGET_LIST <<<"$TARGETS"
+NT=${#TARGET_LIST[@]}
+for ((rep = 1; rep <= REPEAT; rep++)); do
+  # the targets' order rotates from one repetition to the next
+  order=()
+  for ((k = 0; k < NT; k++)); do order+=("${TARGET_LIST[(k + rep - 1) % NT]}"); done
+  ((REPEAT == 1)) || log "repetition $rep of $REPEAT (order: ${order[*]})"
+  for u in "${UNITS[@]}"; do
+    scenario_setup "${u%%:*}"
+    set_tls "${u#*:}"
+    for t in "${order[@]}"; do run_target "$rep" "$t"; done
   done
+  if ((RUN_IDLE)); then
+    for t in "${order[@]}"; do
+      [[ $t == direct ]] || measure_idle "$rep" "$t"
+    done
+  fi
 done
+log "measured in $((SECONDS - T_START))s"
 
 # ---------------------------------------------------------------- report
 
 mkdir -p "$RESULTS_DIR"
-CSV=$RESULTS_DIR/load-$STAMP.csv
-MD=$RESULTS_DIR/load-$STAMP.md
-
-# Derived figures per row; ratios are against the direct / pgbouncer row of
-# the same mode and TLS setting.
-awk -F'\t' -v OFS=',' -v hz="$CLK_TCK" -v ncpu="$NCPU" '
-  function us(ticks) { return (txns > 0 && ticks >= 0) ? sprintf("%.1f", ticks / hz * 1e6 / txns) : "NA" }
-  function pct(ticks) { return (wall > 0.01) ? sprintf("%.1f", (ticks < 0 ? 0 : 100 * ticks / (hz * wall * ncpu))) : "NA" }
-  function ratio(a, b) { return (a != "NA" && b != "" && b > 0) ? sprintf("%.2f", a / b) : "-" }
-  {
-    row[NR] = $0
-    if ($14 == "ok") base[$1, $2, $18] = $3
-    if ($14 == "ok" && $1 == "pgbouncer" && $6 > 0 && $7 >= 0) pgb_cpu[$2, $18] = $7 / $6
-  }
-  END {
-    print "target", "mode", "tls", "tps", "latency_ms", "failed", "transactions", "pooler_us_per_txn",
-      "postgres_us_per_txn", "pgbench_us_per_txn", "total_us_per_txn", "other_cpu_pct",
-      "steal_pct", "tps_vs_direct", "tps_vs_pgbouncer", "status", "top_other_processes", "pooler_sys_share_pct",
-      "pooler_cpu_vs_pgbouncer", "attempts"
-    for (i = 1; i <= NR; i++) {
-      split(row[i], f, "\t")
-      txns = f[6]; wall = f[13] / 1e6
-      tps = (f[3] == "NA") ? "NA" : sprintf("%.0f", f[3])
-      print f[1], f[2], f[18], tps, f[4], f[5], txns, (f[8] == 1 ? us(f[7]) : "-"), us(f[9]), us(f[10]),
-        us(f[11]), pct(f[11] - f[7] - f[9] - f[10]), pct(f[12]),
-        ratio(f[3], base["direct", f[2], f[18]]), ratio(f[3], base["pgbouncer", f[2], f[18]]), f[14], f[15],
-        (f[8] == 1 && f[7] > 0 ? sprintf("%.0f", 100 * f[16] / f[7]) : "-"),
-        (f[8] == 1 && f[7] >= 0 && txns > 0 && pgb_cpu[f[2], f[18]] > 0 ? sprintf("%.2f", f[7] / txns / pgb_cpu[f[2], f[18]]) : "-"), f[17]
-    }
-  }' "$ROWS" >"$CSV"
+cp "$ROWS" "$RESULTS_DIR/load-$STAMP.runs.tsv"
+cp "$IDLE_ROWS" "$RESULTS_DIR/load-$STAMP.idle.tsv"
 
 GIT_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)
 if [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then GIT_REV+="+dirty"; fi
-{
-  echo "# pgdyno load benchmark, $(date '+%Y-%m-%d %H:%M:%S %Z')"
-  echo
-  echo "- script: $SCRIPT ($([[ $SCRIPT == select ]] && echo 'pgbench -S' || echo 'tpcb-like')), clients $CLIENTS, threads $JOBS, pool $POOL, scale $SCALE, ${DURATION}s per run after ${WARMUP}s warm-up"
-  if ! has_target pgdyno; then
-    echo "- pgdyno: not run (repository at git $GIT_REV)"
-  elif ((PGDYNO_BUILT)); then
-    echo "- pgdyno: $PGDYNO_BIN built from the work tree at git $GIT_REV $PGDYNO_EXTRA_ARGS"
-  else
-    echo "- pgdyno: $PGDYNO_BIN (given with PGDYNO_BIN; the repository is at git $GIT_REV) $PGDYNO_EXTRA_ARGS"
-  fi
-  echo "- $("$POSTGRES" --version), PgBouncer $PGB_VERSION, $("$PGBENCH" --version)"
-  if [[ $TLS_RUNS == *on* ]]; then
-    echo "- TLS: runs with tls=on use sslmode=require from pgbench to the pooler and from the pooler to PostgreSQL (direct: pgbench to PostgreSQL), long-lived connections; ECDSA P-256 certificates from a throwaway CA ($("$OPENSSL" version | cut -d" " -f1-2)); ratios compare rows of the same tls. Negotiated, after each target's runs:"
-    sed 's/^/  /' "$TLS_NOTES"
-  fi
-  echo "- $NCPU CPUs, $(uname -sr), load average before: $LOAD_BEFORE"
-  echo "- CPU figures are µs per transaction from /proc: processes' utime+stime (threads and exited children included); total = all busy CPU of the machine (/proc/stat); pooler_sys_share_pct = the pooler's stime as a share of its CPU"
-  echo "- other_cpu_pct: busy process CPU outside pgbench, PostgreSQL and the pooler; steal_pct: vCPU time the hypervisor took; both as a share of all $NCPU CPUs over the run, and both should be near 0"
-  echo
-  awk -F',' 'NR == 1 { h = "|"; s = "|"; for (i = 1; i <= NF; i++) { h = h " " $i " |"; s = s "---|" }; print h; print s; next }
-    { l = "|"; for (i = 1; i <= NF; i++) l = l " " $i " |"; print l }' "$CSV"
-} >"$MD"
-
-echo
-awk -F, -v OFS=, -v cols="target mode tls tps latency_ms failed pooler_us_per_txn pooler_cpu_vs_pgbouncer postgres_us_per_txn pgbench_us_per_txn other_cpu_pct steal_pct tps_vs_direct tps_vs_pgbouncer status" '
-  NR == 1 { for (i = 1; i <= NF; i++) at[$i] = i; n = split(cols, c, " ") }
-  { l = ""; for (k = 1; k <= n; k++) l = l (k > 1 ? OFS : "") $at[c[k]]; print l }' "$CSV" |
-  sed 's/_per_txn//g; s/_pct/%/g; s/pooler_cpu_vs_pgbouncer/cpu_vs_pgb/' | column -t -s,
-echo
-
-noisy=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) at[$i] = i; next }
-  { o = $at["other_cpu_pct"]; st = $at["steal_pct"] }
-  o != "NA" && (o + 0 > 5 || st + 0 > 5) {
-    print "  " $1 "/" $2 (($at["tls"] == "on") ? "/tls" : "") ": other " o "%, steal " st "% (" $at["top_other_processes"] ")" }' "$CSV")
-if [[ -n $noisy ]]; then
-  log "warning: something else used the CPUs during these runs; their figures are disturbed:"
-  printf '%s\n' "$noisy" >&2
+if ! has_target pgdyno; then
+  PGDYNO_DESC="not run (repository at git $GIT_REV)"
+elif ((PGDYNO_BUILT)); then
+  PGDYNO_DESC="$PGDYNO_BIN built from the work tree at git $GIT_REV"
+else
+  PGDYNO_DESC="$PGDYNO_BIN (given with PGDYNO_BIN; the repository is at git $GIT_REV)"
 fi
+[[ -z $PGDYNO_EXTRA_ARGS ]] || PGDYNO_DESC+=", extra arguments: $PGDYNO_EXTRA_ARGS"
+META=$WORK/meta.env
+{
+  printf 'date=%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+  printf 'command=%s\n' "$COMMAND"
+  printf 'quick=%s\n' "$QUICK"
+  printf 'hz=%s\nncpu=%s\n' "$CLK_TCK" "$NCPU"
+  printf 'cpu_model=%s\n' "$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+  printf 'kernel=%s\n' "$(uname -sr)"
+  printf 'memory=%s\n' "$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+  printf 'postgres=%s\n' "$("$POSTGRES" --version)"
+  printf 'pgbouncer=%s\n' "$PGB_VERSION"
+  printf 'pgbench=%s\n' "$("$PGBENCH" --version)"
+  if [[ $OPENSSL == none ]]; then echo openssl=none; else printf 'openssl=%s\n' "$("$OPENSSL" version | cut -d' ' -f1-2)"; fi
+  printf 'pgdyno=%s\n' "$PGDYNO_DESC"
+  printf 'duration=%s\nwarmup=%s\nrepeat=%s\nscale=%s\nnoise_max=%s\n' "$DURATION" "$WARMUP" "$REPEAT" "$SCALE" "$NOISE_MAX"
+  printf 'load_before=%s\n' "$LOAD_BEFORE"
+  printf 'idle_clients=%s\n' "$IDLE_CLIENTS"
+  printf 'pg_max_connections=%s\n' "$PG_MAX_CONNECTIONS"
+  printf 'measured_seconds=%s\n' "$((SECONDS - T_START))"
+} >"$META"
+report_args=(--runs "$ROWS" --idle "$IDLE_ROWS" --meta "$META" --tls-notes "$TLS_NOTES"
+  --csv "$RESULTS_DIR/load-$STAMP.csv" --md "$RESULTS_DIR/load-$STAMP.md" --svg "$RESULTS_DIR/load-$STAMP.svg")
+if ((WRITE_BENCHMARKS)); then
+  report_args+=(--benchmarks "$REPO/BENCHMARKS.md" --benchmarks-svg "$REPO/benches/load.svg")
+fi
+echo
+"$PYTHON" "$REPO/benches/load_report.py" "${report_args[@]}" || die "benches/load_report.py failed; the raw runs are in $RESULTS_DIR/load-$STAMP.runs.tsv"
+echo
 logs=$(save_logs)
-echo "results: $MD"
-echo "         $CSV"
+echo "results: $RESULTS_DIR/load-$STAMP.md"
+echo "         $RESULTS_DIR/load-$STAMP.csv (medians), load-$STAMP.runs.tsv (every run), load-$STAMP.svg"
+((WRITE_BENCHMARKS == 0)) || echo "         $REPO/BENCHMARKS.md, $REPO/benches/load.svg"
 echo "logs:    $logs"
 ((STARTED_OK == 1)) || exit 1
