@@ -130,9 +130,9 @@ impl Backend {
     }
 
     /// Marks the backend lent (true) or idle (false) in SHOW SERVERS.
-    pub fn set_active(&self, active: bool) {
+    pub fn set_active(&self, active: bool, now: Instant) {
         if let Some(l) = &self.listed {
-            l.entry.set_active(active);
+            l.entry.set_active(active, now);
         }
     }
 

@@ -5,7 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,17 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or_default()
+}
+
+/// `at` as microseconds since the epoch, from an `Instant` the hot path
+/// has already read (no second clock read; as PgBouncer's cached time).
+fn epoch_us_at(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (instant, epoch) = *ANCHOR.get_or_init(|| (Instant::now(), now_us()));
+    match at.checked_duration_since(instant) {
+        Some(later) => epoch + later.as_micros() as u64,
+        None => epoch.saturating_sub(instant.duration_since(at).as_micros() as u64),
+    }
 }
 
 /// One logged-in client.
@@ -45,10 +57,21 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
-    pub fn start_waiting(&self) {
-        let now = now_us();
+    pub fn start_waiting(&self, now: Instant) {
+        let now = epoch_us_at(now);
         self.request_time_us.store(now, Relaxed);
         self.waiting_since_us.store(now, Relaxed);
+    }
+
+    /// The span of this client's log lines (the one its login ran in):
+    /// made when a line is logged, so an idle client keeps none.
+    pub fn span(&self) -> tracing::Span {
+        let addr = match (self.port, self.addr.contains(':')) {
+            (0, _) => self.addr.clone(),
+            (port, true) => format!("[{}]:{port}", self.addr),
+            (port, false) => format!("{}:{port}", self.addr),
+        };
+        tracing::info_span!("client", client_addr = %addr, user = self.user.as_str(), database = self.database.as_str())
     }
 
     /// KILL from the admin console.
@@ -98,9 +121,9 @@ pub struct ServerEntry {
 }
 
 impl ServerEntry {
-    pub fn set_active(&self, active: bool) {
+    pub fn set_active(&self, active: bool, now: Instant) {
         self.active.store(active, Relaxed);
-        self.request_time_us.store(now_us(), Relaxed);
+        self.request_time_us.store(epoch_us_at(now), Relaxed);
     }
 }
 

@@ -117,13 +117,28 @@ pub struct Tally {
     query_started: Option<Instant>,
     /// When the transaction under way began.
     xact_started: Option<Instant>,
+    /// The relay's clock: read once per wake-up, not per message.
+    pub now: Option<Instant>,
 }
 
 impl Tally {
+    /// A tally whose clock reads `now` until the relay reads it again.
+    pub fn starting(now: Instant) -> Tally {
+        Tally {
+            now: Some(now),
+            ..Tally::default()
+        }
+    }
+
+    /// The last clock reading, or a fresh one.
+    pub fn clock(&self) -> Instant {
+        self.now.unwrap_or_else(Instant::now)
+    }
+
     /// The client sent a request; starts the clocks unless running.
     pub fn request_began(&mut self) {
         if self.query_started.is_none() || self.xact_started.is_none() {
-            let now = Instant::now();
+            let now = self.clock();
             self.query_started.get_or_insert(now);
             self.xact_started.get_or_insert(now);
         }
@@ -133,7 +148,7 @@ impl Tally {
     /// transaction. Records the durations in `stats`' histograms.
     pub fn ready_for_query(&mut self, idle: bool, more_pending: bool, stats: &PoolStats) {
         self.queries += 1;
-        let now = Instant::now();
+        let now = self.clock();
         if let Some(start) = self.query_started.take() {
             let took = now - start;
             self.query_us += took.as_micros() as u64;

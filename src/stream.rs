@@ -17,6 +17,8 @@ use crate::protocol::frame;
 
 /// Read buffer size: large enough to take a pgbench batch in one read.
 pub const READ_BUF: usize = 16 * 1024;
+/// A write buffer's first size (it grows as a batch needs).
+const WRITE_BUF: usize = 1024;
 
 pub enum Stream {
     Tcp(TcpStream),
@@ -154,13 +156,21 @@ impl Conn {
         Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_BUF),
-            wbuf: BytesMut::with_capacity(1024),
+            wbuf: BytesMut::with_capacity(WRITE_BUF),
             mid_message: false,
         }
     }
 
     /// Reads more bytes; `Ok(0)` is end of stream.
     pub async fn fill(&mut self) -> io::Result<usize> {
+        // Back from idle (see `release_buffers`): empty buffers without
+        // room are replaced by warm ones.
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = spare::take(&spare::READS, READ_BUF);
+        }
+        if self.wbuf.capacity() == 0 && self.wbuf.is_empty() {
+            self.wbuf = spare::take(&spare::WRITES, WRITE_BUF);
+        }
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_BUF);
         }
@@ -205,13 +215,13 @@ impl Conn {
         self.stream.flush().await
     }
 
-    /// Gives back both buffers' memory while the connection is idle (as
-    /// PgBouncer's idle connections hold no buffer): `fill` takes a read
-    /// buffer again when input comes. Only with nothing buffered.
+    /// Gives back both buffers while the connection is idle (as
+    /// PgBouncer's idle connections hold no buffer): `fill` takes them
+    /// again when input comes. Only with nothing buffered.
     pub fn release_buffers(&mut self) {
         debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
-        self.rbuf = BytesMut::new();
-        self.wbuf = BytesMut::new();
+        spare::put(&spare::READS, std::mem::take(&mut self.rbuf));
+        spare::put(&spare::WRITES, std::mem::take(&mut self.wbuf));
     }
 
     /// Waits until the socket has input, holding no buffer meanwhile. A
@@ -262,5 +272,79 @@ impl Conn {
             }
         }
         Poll::Ready(Ok(sent))
+    }
+}
+
+/// Buffers of connections gone idle, for the next connection that wakes up
+/// on this thread: a client between transactions holds no buffer, and one
+/// whose next query comes takes a warm buffer instead of a fresh allocation.
+/// A few per thread, and none that grew large, so the memory they keep is
+/// small and bounded.
+mod spare {
+    use std::cell::RefCell;
+    use std::thread::LocalKey;
+
+    use bytes::BytesMut;
+
+    /// Buffers kept per kind and thread.
+    const KEEP: usize = 16;
+    /// Larger buffers (a big result went through) are freed.
+    const MAX_CAPACITY: usize = 32 * 1024;
+
+    thread_local! {
+        pub static READS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        pub static WRITES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take(kind: &'static LocalKey<RefCell<Vec<BytesMut>>>, capacity: usize) -> BytesMut {
+        kind.with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| BytesMut::with_capacity(capacity))
+    }
+
+    pub fn put(kind: &'static LocalKey<RefCell<Vec<BytesMut>>>, mut buf: BytesMut) {
+        if buf.capacity() == 0 || buf.capacity() > MAX_CAPACITY {
+            return;
+        }
+        buf.clear();
+        kind.with_borrow_mut(|spare| {
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keeps_a_few_small_empty_buffers() {
+            thread_local! {
+                static TEST: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+            }
+            put(&TEST, BytesMut::with_capacity(MAX_CAPACITY + 1));
+            put(&TEST, BytesMut::new());
+            assert_eq!(
+                TEST.with_borrow(Vec::len),
+                0,
+                "large and empty ones are freed"
+            );
+            for _ in 0..KEEP + 5 {
+                let mut buf = BytesMut::with_capacity(1024);
+                buf.extend_from_slice(b"left over");
+                put(&TEST, buf);
+            }
+            assert_eq!(TEST.with_borrow(Vec::len), KEEP);
+            let buf = take(&TEST, 16);
+            assert!(buf.is_empty() && buf.capacity() >= 1024);
+            for _ in 0..KEEP {
+                take(&TEST, 16);
+            }
+            assert_eq!(
+                take(&TEST, 16).capacity(),
+                16,
+                "a fresh one when none is left"
+            );
+        }
     }
 }

@@ -31,14 +31,16 @@ pub use login::{parse_startup, Startup};
 /// failure ends in an ErrorResponse where the socket still works.
 pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
     let span = tracing::info_span!("client", client_addr = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
-    async move {
-        // Encryption, login and welcome run boxed and are freed when done:
-        // for the rest of its life, usually idle, the client's task holds
-        // only what `Admitted` keeps (see `serve_queries`).
-        let Some(mut client) = Box::pin(admit(&pooler, stream, peer)).await else {
-            return;
-        };
-        let result = serve_queries(&mut client, &pooler).await;
+    // Encryption, login and welcome run boxed and are freed when done: for
+    // the rest of its life, usually idle, the client's task holds only what
+    // `Admitted` keeps (see `serve_queries`). Its log span, too, is
+    // remade from the client's entry when a line is logged rather than
+    // kept (and entered at every poll).
+    let Some(mut client) = Box::pin(admit(&pooler, stream, peer).instrument(span)).await else {
+        return;
+    };
+    let result = serve_queries(&mut client, &pooler).await;
+    async {
         if pooler.config().log_disconnections {
             tracing::info!(event = "disconnect", "disconnect");
         }
@@ -46,7 +48,7 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
             fail(&pooler, &mut client.conn, &e).await;
         }
     }
-    .instrument(span)
+    .instrument(client.listed.entry.span())
     .await
 }
 
@@ -404,6 +406,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         idle_transaction_timeout: config.idle_transaction_timeout,
         query_timeout: config.query_timeout,
         client_idle_timeout: config.client_idle_timeout.filter(|_| !transaction_mode),
+        client: me,
     };
     // Made once: each poll then touches only this client's tokens.
     let stop = me.stop.cancelled();
@@ -461,15 +464,16 @@ impl Bound<'_> {
         mut stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Result<bool> {
         let pool = self.pool;
-        self.me.start_waiting();
+        let now = std::time::Instant::now();
+        self.me.start_waiting(now);
         let mut backend = tokio::select! {
             biased;
-            b = pool.checkout() => b?,
+            b = pool.checkout(now) => b?,
             _ = &mut stop => return Err(stopped(self.pooler)),
         };
         self.me.stop_waiting();
         self.cancel.bind(&backend);
-        let mut relay = Relay::new(self.conn, &mut backend, self.session, self.settings);
+        let mut relay = Relay::new(self.conn, &mut backend, self.session, self.settings, now);
         let result = tokio::select! {
             biased;
             r = relay.run() => r,
@@ -477,22 +481,25 @@ impl Bound<'_> {
             _ = &mut stop => Err(stopped(self.pooler)),
         };
         let mid_message = relay.client_mid_message();
+        let now = relay.clock();
         drop(relay);
         self.cancel.unbind();
         match result {
             Ok(Outcome::Released) => {
-                release(pool, backend, true);
+                release(pool, backend, true, now);
                 Ok(true)
             }
             Ok(Outcome::ClientLeft { clean }) => {
                 let reusable = clean
                     && (self.settings.transaction_mode
-                        || reset(&mut backend, &self.pooler.config().server_reset_query).await);
-                release(pool, backend, reusable);
+                        || reset(&mut backend, &self.pooler.config().server_reset_query)
+                            .instrument(self.me.span())
+                            .await);
+                release(pool, backend, reusable, std::time::Instant::now());
                 Ok(false)
             }
             Err(e) => {
-                release(pool, backend, false);
+                release(pool, backend, false, now);
                 if mid_message {
                     self.conn.mid_message = true;
                 } else {
@@ -509,10 +516,15 @@ impl Bound<'_> {
 }
 
 /// Gives a backend back, once no cancel aimed at this client's query is
-/// still on its way to it.
-fn release(pool: &Arc<Pool>, backend: crate::backend::Backend, reusable: bool) {
+/// still on its way to it. `now`: the caller's last clock reading.
+fn release(
+    pool: &Arc<Pool>,
+    backend: crate::backend::Backend,
+    reusable: bool,
+    now: std::time::Instant,
+) {
     if !backend.cancel_gate.busy() {
-        return pool.release(backend, reusable);
+        return pool.release_at(backend, reusable, now);
     }
     let pool = pool.clone();
     tokio::spawn(async move {
@@ -582,6 +594,6 @@ mod tests {
     #[test]
     fn an_idle_client_task_is_small() {
         let size = future_size(super::serve);
-        assert!(size <= 1280, "client task future grew to {size} bytes");
+        assert!(size <= 1100, "client task future grew to {size} bytes");
     }
 }

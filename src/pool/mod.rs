@@ -150,10 +150,12 @@ impl Pool {
     /// # Cancel safety
     /// Cancel safe: a grant that arrives after the future is dropped goes to
     /// the next waiter (the send fails and `hand_over` moves on).
-    pub async fn checkout(&self) -> Result<Backend> {
-        let started = Instant::now();
-        let backend = self.lend().await?;
-        self.stats.assigned(started.elapsed());
+    ///
+    /// `now` is the caller's clock reading: the hot path reads the clock
+    /// as seldom as it can.
+    pub async fn checkout(&self, now: Instant) -> Result<Backend> {
+        let backend = self.lend_at(now).await?;
+        self.stats.assigned(now.elapsed());
         Ok(backend)
     }
 
@@ -163,10 +165,14 @@ impl Pool {
     /// nothing; waiting, connecting and checking run boxed, which keeps
     /// small the future every client task holds for its whole life.
     pub async fn lend(&self) -> Result<Backend> {
+        self.lend_at(Instant::now()).await
+    }
+
+    async fn lend_at(&self, now: Instant) -> Result<Backend> {
         if !self.paused.load(Relaxed) {
-            let idle = self.take_idle(&mut self.state.lock().unwrap());
+            let idle = self.take_idle(&mut self.state.lock().unwrap(), now);
             if let Some(backend) = idle {
-                if !self.needs_check(&backend) {
+                if !self.needs_check(&backend, now) {
                     return Ok(backend);
                 }
                 if let Some(backend) = Box::pin(self.checked(backend)).await {
@@ -285,7 +291,7 @@ impl Pool {
     /// An idle healthy backend, or a slot to open one if `open < max` and
     /// the shared limits allow.
     fn take_or_reserve(&self, s: &mut State, max: usize) -> Option<Grant> {
-        if let Some(backend) = self.take_idle(s) {
+        if let Some(backend) = self.take_idle(s, Instant::now()) {
             return Some(Grant::Backend(backend));
         }
         if s.open < max && self.acquire_limits() {
@@ -296,22 +302,22 @@ impl Pool {
     }
 
     /// The most recently used idle backend that is still sound.
-    fn take_idle(&self, s: &mut State) -> Option<Backend> {
+    fn take_idle(&self, s: &mut State, now: Instant) -> Option<Backend> {
         while let Some(backend) = s.idle.pop_back() {
             if backend.has_pending_input() {
                 // PostgreSQL closed it or is shutting down: never lend it.
                 self.forget(s, backend);
                 continue;
             }
-            backend.set_active(true);
+            backend.set_active(true, now);
             return Some(backend);
         }
         None
     }
 
     /// Whether a backend has been idle long enough to be checked first.
-    fn needs_check(&self, backend: &Backend) -> bool {
-        backend.last_used.elapsed() >= self.settings().check_delay
+    fn needs_check(&self, backend: &Backend, now: Instant) -> bool {
+        now.saturating_duration_since(backend.last_used) >= self.settings().check_delay
             && !self.check_query.read().unwrap().is_empty()
     }
 
@@ -346,7 +352,7 @@ impl Pool {
                 match connected {
                     Ok(mut b) => {
                         b.generation = self.generation.load(Relaxed);
-                        b.set_active(true);
+                        b.set_active(true, Instant::now());
                         *self.last_login_failure.lock().unwrap() = None;
                         self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
                         Ok(b)
@@ -366,7 +372,7 @@ impl Pool {
     /// A backend idle longer than `server_check_delay` is checked with
     /// `server_check_query` first; `None` if it failed (it is then closed).
     async fn checked(&self, mut backend: Backend) -> Option<Backend> {
-        if !self.needs_check(&backend) {
+        if !self.needs_check(&backend, Instant::now()) {
             return Some(backend);
         }
         let settings = self.settings();
@@ -415,14 +421,19 @@ impl Pool {
 
     /// Takes a backend back. `reusable` is the relay's word that it is idle
     /// and clean; otherwise it is closed.
-    pub fn release(&self, mut backend: Backend, reusable: bool) {
+    pub fn release(&self, backend: Backend, reusable: bool) {
+        self.release_at(backend, reusable, Instant::now());
+    }
+
+    /// [`Pool::release`] with the caller's clock reading.
+    pub fn release_at(&self, mut backend: Backend, reusable: bool, now: Instant) {
         let settings = self.settings();
         let expired = settings
             .lifetime
-            .is_some_and(|l| backend.created.elapsed() >= l);
+            .is_some_and(|l| now.saturating_duration_since(backend.created) >= l);
         let stale = backend.generation < self.generation.load(Relaxed);
         if reusable && !expired && !stale && backend.conn.rbuf.is_empty() {
-            backend.last_used = Instant::now();
+            backend.last_used = now;
             let mut s = self.state.lock().unwrap();
             // A reload may have made the pool smaller than what is open.
             if s.open <= settings.size + settings.reserve_size {
@@ -434,7 +445,7 @@ impl Pool {
                     }
                 }
                 if let Grant::Backend(b) = grant {
-                    b.set_active(false);
+                    b.set_active(false, now);
                     s.idle.push_back(b);
                 }
                 return;

@@ -19,7 +19,7 @@ mod responses;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio_util::io::poll_read_buf;
@@ -28,6 +28,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::protocol::frame::Scanner;
 use crate::protocol::TransactionStatus;
+use crate::registry::ClientEntry;
 use crate::session::Session;
 use crate::stats::{PoolStats, Tally};
 use crate::stream::{Conn, READ_BUF};
@@ -63,6 +64,8 @@ pub struct RelaySettings<'a> {
     pub query_timeout: Option<Duration>,
     /// Session mode: closes a client idle (outside a transaction) this long.
     pub client_idle_timeout: Option<Duration>,
+    /// Who the client is, for log lines.
+    pub client: &'a ClientEntry,
 }
 
 pub struct Relay<'a> {
@@ -102,11 +105,13 @@ struct Watch {
 }
 
 impl<'a> Relay<'a> {
+    /// `now`: the caller's clock reading as the client's request came.
     pub fn new(
         client: &'a mut Conn,
         backend: &'a mut Backend,
         session: &'a mut Session,
         settings: RelaySettings<'a>,
+        now: Instant,
     ) -> Self {
         Relay {
             client,
@@ -114,7 +119,7 @@ impl<'a> Relay<'a> {
             session,
             settings,
             pipeline: Pipeline::default(),
-            tally: Tally::default(),
+            tally: Tally::starting(now),
             reported: Vec::new(),
             reset_seen: false,
             from_client: Scanner::default(),
@@ -208,6 +213,7 @@ impl<'a> Relay<'a> {
             stats: self.settings.stats,
             reported: &mut self.reported,
             reset_seen: &mut self.reset_seen,
+            client: self.settings.client,
         };
         self.backend_need = self
             .from_backend
@@ -221,7 +227,13 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
+    /// The relay's last clock reading (it reads one per wake-up).
+    pub fn clock(&self) -> Instant {
+        self.tally.clock()
+    }
+
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
+        self.tally.now = Some(Instant::now());
         loop {
             let mut progress = false;
 

@@ -28,6 +28,7 @@ pub struct FromBackend<'a> {
     pub reported: &'a mut Vec<String>,
     /// A RESET or DISCARD ALL completed since the last ReadyForQuery.
     pub reset_seen: &'a mut bool,
+    pub client: &'a crate::registry::ClientEntry,
 }
 
 impl Visit for FromBackend<'_> {
@@ -92,9 +93,11 @@ impl Visit for FromBackend<'_> {
                     }
                 }
                 if hidden {
-                    tracing::warn!(
-                        "a parameter SET pgdyno sent failed; the client keeps its own view"
-                    );
+                    self.client.span().in_scope(|| {
+                        tracing::warn!(
+                            "a parameter SET pgdyno sent failed; the client keeps its own view"
+                        )
+                    });
                 }
             }
             _ => {}
@@ -154,14 +157,14 @@ impl FromBackend<'_> {
                 // ReadyForQuery: they are dealt with there.
                 *self.reset_seen = true;
             }
-            b"LISTEN" if self.transaction_mode => {
+            b"LISTEN" if self.transaction_mode => self.client.span().in_scope(|| {
                 tracing::warn!(
                     "LISTEN in transaction mode: notifications will not reach this client reliably"
                 )
-            }
-            b"PREPARE" if self.transaction_mode => {
+            }),
+            b"PREPARE" if self.transaction_mode => self.client.span().in_scope(|| {
                 tracing::warn!("SQL PREPARE in transaction mode: the statement stays on one backend; use protocol-level prepared statements")
-            }
+            }),
             _ => {}
         }
     }
