@@ -71,6 +71,11 @@ pub struct Backend {
     pub id: u64,
     /// ParameterStatus values from login, updated as the relay sees more.
     pub params: Vec<(String, String)>,
+    /// The client parameter list (see [`crate::session::Params`]) these
+    /// `params` were last found to match; cleared whenever PostgreSQL
+    /// reports a change. The next client with that same list needs no
+    /// comparison.
+    pub synced: Option<crate::session::Params>,
     /// Named statements pgdyno prepared here (transaction mode).
     pub statements: BackendStatements,
     pub process_id: i32,
@@ -196,6 +201,7 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
         conn,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         params: Vec::new(),
+        synced: None,
         statements: BackendStatements::default(),
         process_id: 0,
         secret_key: 0,
@@ -408,6 +414,7 @@ impl Backend {
                 b'S' => {
                     if let Some((k, v)) = fields::parameter_status(&msg.body) {
                         set_param(&mut self.params, k, v);
+                        self.synced = None;
                     }
                 }
                 b'Z' => {

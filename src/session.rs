@@ -6,6 +6,7 @@
 //! their replies), so the client always sees its own settings.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
@@ -55,10 +56,17 @@ pub fn is_tracked(name: &str, extra: &[String]) -> bool {
         || extra.iter().any(|t| t.eq_ignore_ascii_case(name))
 }
 
+/// A client's tracked parameters. Clients with the same values share one
+/// list (see [`crate::pool::Pool::shared_params`]): it costs them no memory
+/// each, and a backend that matched it once is known to match it again
+/// without comparing (see [`Session::synced`]). Changed copy-on-write.
+pub type Params = Arc<ParamList>;
+pub type ParamList = Vec<(String, String)>;
+
 #[derive(Debug, Default)]
 pub struct Session {
     /// Tracked parameters as the client set them (canonical names).
-    pub params: Vec<(String, String)>,
+    pub params: Params,
     pub statements: ClientStatements,
     /// Tracked parameters from the startup packet: what RESET returns to.
     pub startup: Vec<(String, String)>,
@@ -75,8 +83,21 @@ impl Session {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Changes a parameter; the list is copied first if other clients
+    /// or backends share it.
     pub fn set_param(&mut self, name: &str, value: &str) {
-        crate::backend::set_param(&mut self.params, name, value);
+        if self.param(name) == Some(value) {
+            return;
+        }
+        crate::backend::set_param(Arc::make_mut(&mut self.params), name, value);
+    }
+
+    /// Whether a backend whose [`crate::backend::Backend::synced`] is
+    /// `synced` already has this client's parameters.
+    pub fn synced(&self, synced: &Option<Params>) -> bool {
+        synced
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &self.params))
     }
 
     /// Appends to `out` a simple Query of the `SET`s that make `backend`'s
@@ -84,7 +105,7 @@ impl Session {
     /// they already match.
     pub fn sync_query(&self, backend: &[(String, String)], out: &mut BytesMut) -> bool {
         let mut sql = String::new();
-        for (name, value) in &self.params {
+        for (name, value) in self.params.iter() {
             let current = backend
                 .iter()
                 .find(|(k, _)| k == name)

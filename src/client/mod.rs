@@ -329,14 +329,16 @@ async fn welcome(
         session.set_param(name, value);
     }
     session.startup = normalized;
-    // Kept for the client's whole life: no spare capacity.
-    session.params.shrink_to_fit();
+    // Kept for the client's whole life: no spare capacity, and the
+    // parameter list shared with the pool's other clients that have the same.
+    Arc::make_mut(&mut session.params).shrink_to_fit();
+    session.params = pool.shared_params(session.params);
     session.startup.shrink_to_fit();
     for (name, value) in server.iter() {
         let value = session.param(name).unwrap_or(value);
         write::parameter_status(&mut conn.wbuf, name, value);
     }
-    for (name, value) in &session.params {
+    for (name, value) in session.params.iter() {
         if !server.iter().any(|(k, _)| k == name) {
             write::parameter_status(&mut conn.wbuf, name, value);
         }

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use crate::backend::{Backend, Target};
 use crate::config::PoolMode;
 use crate::error::{Error, Result};
+use crate::session::{ParamList, Params};
 use crate::stats::PoolStats;
 pub use limit::Limit;
 
@@ -79,6 +80,8 @@ pub struct Pool {
     /// `max_db_connections`, `max_user_connections`.
     limits: Vec<Arc<Limit>>,
     state: Mutex<State>,
+    /// Clients' parameter lists, for [`Pool::shared_params`].
+    params_seen: Mutex<Vec<std::sync::Weak<ParamList>>>,
 }
 
 #[derive(Default)]
@@ -134,6 +137,7 @@ impl Pool {
             generation: Default::default(),
             last_login_failure: Mutex::default(),
             check_query: std::sync::RwLock::new(check_query),
+            params_seen: Mutex::default(),
             limits,
             state: Mutex::default(),
         });
@@ -508,6 +512,27 @@ impl Pool {
             }
             None => false,
         }
+    }
+
+    /// A logged-in client's parameter list, or an equal one other clients
+    /// of this pool already share (most clients of an application ask for
+    /// the same). A few distinct lists are remembered, as long as a client
+    /// keeps them.
+    pub fn shared_params(&self, params: Params) -> Params {
+        const REMEMBERED: usize = 16;
+        let mut seen = self.params_seen.lock().unwrap();
+        seen.retain(|w| w.strong_count() > 0);
+        if let Some(same) = seen
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|p| *p == params)
+        {
+            return same;
+        }
+        if seen.len() < REMEMBERED {
+            seen.push(Arc::downgrade(&params));
+        }
+        params
     }
 
     /// ParameterStatus values to tell a logging-in client, opening a

@@ -145,11 +145,15 @@ impl<'a> Relay<'a> {
     /// state; the caller must then close it.
     pub async fn run(&mut self) -> Result<Outcome> {
         // Make the backend's session parameters the client's first.
-        if self
-            .session
-            .sync_query(&self.backend.params, &mut self.backend.conn.wbuf)
-        {
-            self.pipeline.expect(Kind::Query, true, None);
+        if !self.session.synced(&self.backend.synced) {
+            if self
+                .session
+                .sync_query(&self.backend.params, &mut self.backend.conn.wbuf)
+            {
+                self.pipeline.expect(Kind::Query, true, None);
+            } else {
+                self.backend.synced = Some(self.session.params.clone());
+            }
         }
         // The client's buffer already holds its first message.
         self.translate_client()?;
@@ -199,6 +203,7 @@ impl<'a> Relay<'a> {
         let Backend {
             conn,
             params,
+            synced,
             statements,
             ..
         } = &mut *self.backend;
@@ -206,6 +211,7 @@ impl<'a> Relay<'a> {
             pipeline: &mut self.pipeline,
             session: self.session,
             params,
+            synced,
             statements,
             extra_tracked: self.settings.extra_tracked,
             transaction_mode: self.settings.transaction_mode,

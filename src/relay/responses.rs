@@ -19,6 +19,7 @@ pub struct FromBackend<'a> {
     pub pipeline: &'a mut Pipeline,
     pub session: &'a mut Session,
     pub params: &'a mut Vec<(String, String)>,
+    pub synced: &'a mut Option<crate::session::Params>,
     pub statements: &'a mut BackendStatements,
     pub extra_tracked: &'a [String],
     pub transaction_mode: bool,
@@ -46,6 +47,7 @@ impl Visit for FromBackend<'_> {
             b'S' => {
                 if let Some((name, value)) = fields::parameter_status(body) {
                     backend::set_param(self.params, name, value);
+                    *self.synced = None;
                     if !hidden && session::is_tracked(name, self.extra_tracked) {
                         // Told to the client just before ReadyForQuery, once
                         // pgdyno knows whether a RESET changes what to say.

@@ -145,6 +145,49 @@ async fn interleaved_clients_on_one_backend_each_see_their_own_settings() {
     .await
 }
 
+/// Clients that log in alike share one parameter list, and a backend that
+/// matched it once is not compared again: a change by one of them must
+/// still reach only that one, and a backend it changed must be set back
+/// for the others.
+#[tokio::test]
+async fn clients_that_logged_in_alike_keep_their_own_changes() {
+    within(120, async {
+        let pgdyno = pgdyno().await;
+        let mut twins = Vec::new();
+        for name in ["A", "B", "C"] {
+            twins.push(Twin::connect(&pgdyno, name, "-c DateStyle=SQL,DMY", "alike").await);
+        }
+        let [a, b, c] = &twins[..] else {
+            unreachable!()
+        };
+        for twin in [a, b, c] {
+            twin.same(PROBE).await;
+        }
+        a.same("SET TimeZone = 'Asia/Tokyo'").await;
+        for _ in 0..5 {
+            for twin in [b, a, c] {
+                twin.same(PROBE).await;
+            }
+        }
+        c.same("SET application_name = 'c-later'").await;
+        b.same("BEGIN; SET DateStyle = 'German'; COMMIT").await;
+        for _ in 0..5 {
+            for twin in [a, b, c] {
+                twin.same(PROBE).await;
+            }
+        }
+        a.same("RESET TimeZone").await;
+        for twin in [c, a, b] {
+            twin.same(PROBE).await;
+        }
+        assert_eq!(a.show("application_name").await, "alike");
+        assert_eq!(c.show("application_name").await, "c-later");
+        assert_eq!(b.show("DateStyle").await, "German, DMY");
+        assert_eq!(a.show("DateStyle").await, "SQL, DMY");
+    })
+    .await
+}
+
 /// Raw logins with these startup parameters, through pgdyno and straight
 /// to PostgreSQL.
 async fn login_twice(pgdyno: &Pgdyno, startup: &[(&str, &str)]) -> (RawConn, RawConn) {
