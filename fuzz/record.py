@@ -148,6 +148,36 @@ class Seeds:
             print(f"{target}: {len(items)} seeds, {sum(len(v) for _, v in items)} bytes")
 
 
+def relay_seed(flags, sent, received, size=MAX_SEED):
+    """A `relay` target input: each request (client messages up to a Query,
+    Sync or Terminate) then the backend's messages up to its ReadyForQuery,
+    in chunks of at most 128 bytes with a direction bit (src/relay/fuzzing.rs)."""
+    out = bytearray([flags])
+
+    def put(direction, data):
+        for i in range(0, len(data), 128):
+            chunk = data[i:i + 128]
+            out.append(((len(chunk) - 1) << 1) | direction)
+            out.extend(chunk)
+
+    replies = iter(received)
+    request = b""
+    for m in sent:
+        request += m
+        if m[:1] in (b"Q", b"S", b"X") and len(out) < size:
+            put(0, request)
+            request = b""
+            reply = b""
+            for r in replies:
+                reply += r
+                if r[:1] == b"Z":
+                    break
+            put(1, reply)
+    if request:
+        put(0, request)
+    return bytes(out[:size])
+
+
 def scram_seeds(seeds, client_msgs, backend_msgs):
     """SASL messages of a SCRAM login, nonces made placeholders (\\x01)."""
     sasl = [m[5:] for m in client_msgs if m[:1] == b"p"]
@@ -281,6 +311,8 @@ def main():
         sent = [m for m in client_msgs if m[:1] != b"p"]
         for k, w in enumerate(windows(sent)):
             seeds.add("client_messages", bytes([k % 7 + 1, k % 2]) + w)
+        for flags in (1, 3):
+            seeds.add("relay", relay_seed(flags, sent, backend_msgs[after:]))
     hand_written(seeds)
     seeds.write()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
@@ -16,6 +16,31 @@ use crate::stream::Stream;
 /// and the over-limit error itself can get through; past this, connections
 /// are closed at once.
 const ACCEPT_HEADROOM: usize = 1000;
+
+/// A failure that can repeat thousands of times a second (a connection
+/// storm, no file descriptors left) is logged at most once a second, with
+/// how many like it went unlogged since.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Throttled {
+    /// `Some(unlogged since the last line)` when this one is to be logged.
+    fn hit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now - last < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
 
 /// Bound listening sockets, ready to serve.
 pub struct Listeners {
@@ -53,6 +78,7 @@ impl Listeners {
         let mut tasks = JoinSet::new();
         let limit = pooler.config().max_client_conn + ACCEPT_HEADROOM;
         let shutdown = pooler.shutdown.clone();
+        let (mut refusals, mut failures) = (Throttled::default(), Throttled::default());
         loop {
             let accepted = tokio::select! {
                 r = self.tcp.accept() => r.map(|(s, peer)| (Stream::tcp(s), peer.to_string())),
@@ -63,11 +89,14 @@ impl Listeners {
             match accepted {
                 Ok((Ok(stream), peer)) => {
                     if tasks.len() >= limit {
-                        tracing::warn!(
-                            event = "connection_refused",
-                            client_addr = peer,
-                            "too many connections, closing at once"
-                        );
+                        if let Some(unlogged) = refusals.hit() {
+                            tracing::warn!(
+                                event = "connection_refused",
+                                client_addr = peer,
+                                unlogged,
+                                "too many connections, closing at once"
+                            );
+                        }
                         continue;
                     }
                     tasks.spawn(client::serve(pooler.clone(), stream, peer));
@@ -75,7 +104,9 @@ impl Listeners {
                 Ok((Err(e), peer)) => tracing::debug!(peer, error = %e, "socket setup failed"),
                 Err(e) => {
                     // EMFILE and the like: back off rather than spin.
-                    tracing::error!(error = %e, "accept failed");
+                    if let Some(unlogged) = failures.hit() {
+                        tracing::error!(error = %e, unlogged, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -63,17 +63,6 @@ impl ClientEntry {
         self.waiting_since_us.store(now, Relaxed);
     }
 
-    /// The span of this client's log lines (the one its login ran in):
-    /// made when a line is logged, so an idle client keeps none.
-    pub fn span(&self) -> tracing::Span {
-        let addr = match (self.port, self.addr.contains(':')) {
-            (0, _) => self.addr.clone(),
-            (port, true) => format!("[{}]:{port}", self.addr),
-            (port, false) => format!("{}:{port}", self.addr),
-        };
-        tracing::info_span!("client", client_addr = %addr, user = self.user.as_str(), database = self.database.as_str())
-    }
-
     /// KILL from the admin console.
     pub fn kill(&self) {
         self.stop.cancel();

@@ -9,6 +9,8 @@
 //! - [`protocol`]: the startup packet, client-message and backend-message
 //!   framing ([`pgdyno::protocol::frame::Scanner`]) and the bodies pgdyno
 //!   decodes;
+//! - [`relay`]: the relay's own translation of a client and a backend
+//!   stream, interleaved ([`pgdyno::relay::fuzzing`]);
 //! - [`scram`]: both sides of SCRAM-SHA-256;
 //! - [`config`]: `userlist.txt`, upstream URLs / key=value strings, and
 //!   the TOML config file through `Config::load`.
@@ -24,11 +26,17 @@ pub use config::{config_toml, upstream_url, userlist};
 pub use protocol::{backend_messages, client_messages, startup};
 pub use scram::{scram_client, scram_server};
 
+/// See [`pgdyno::relay::fuzzing::exchange`].
+pub fn relay(data: &[u8]) {
+    pgdyno::relay::fuzzing::exchange(data);
+}
+
 /// Every target, by name, for the tests and for `examples/replay.rs`.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("startup", startup),
     ("client_messages", client_messages),
     ("backend_messages", backend_messages),
+    ("relay", relay),
     ("scram_server", scram_server),
     ("scram_client", scram_client),
     ("userlist", userlist),

@@ -33,10 +33,10 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
     let span = tracing::info_span!("client", client_addr = %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     // Encryption, login and welcome run boxed and are freed when done: for
     // the rest of its life, usually idle, the client's task holds only what
-    // `Admitted` keeps (see `serve_queries`). Its log span, too, is
-    // remade from the client's entry when a line is logged rather than
-    // kept (and entered at every poll).
-    let Some(mut client) = Box::pin(admit(&pooler, stream, peer).instrument(span)).await else {
+    // `Admitted` keeps (see `serve_queries`). The span is entered only to
+    // log, not at every poll of the hot path.
+    let login = admit(&pooler, stream, peer, span.clone()).instrument(span);
+    let Some(mut client) = Box::pin(login).await else {
         return;
     };
     let result = serve_queries(&mut client, &pooler).await;
@@ -48,7 +48,7 @@ pub async fn serve(pooler: Arc<Pooler>, stream: Stream, peer: String) {
             fail(&pooler, &mut client.conn, &e).await;
         }
     }
-    .instrument(client.listed.entry.span())
+    .instrument(client.span.clone())
     .await
 }
 
@@ -116,6 +116,8 @@ struct Admitted {
     cancel: crate::cancel::CancelGuard,
     listed: Listed<ClientEntry>,
     pooler: Arc<Pooler>,
+    /// Its log lines' span (client address, user, database).
+    span: tracing::Span,
 }
 
 impl Drop for Admitted {
@@ -138,7 +140,12 @@ impl Drop for Counted<'_> {
 /// Encryption, the startup packet, authentication and the welcome. `None`
 /// when the connection is done with: a cancel request, an admin console
 /// session, or a failure (already reported to the client).
-async fn admit(pooler: &Arc<Pooler>, stream: Stream, peer: String) -> Option<Admitted> {
+async fn admit(
+    pooler: &Arc<Pooler>,
+    stream: Stream,
+    peer: String,
+    span: tracing::Span,
+) -> Option<Admitted> {
     let login_deadline = tokio::time::Instant::now() + pooler.config().client_login_timeout;
     let acceptor = pooler.acceptor();
     let negotiated = tokio::time::timeout_at(
@@ -164,7 +171,7 @@ async fn admit(pooler: &Arc<Pooler>, stream: Stream, peer: String) -> Option<Adm
     };
     match log_in(pooler, &mut conn, &peer, encryption, login_deadline).await {
         Ok(Some(admission)) => {
-            let mut client = admission.with(conn, pooler);
+            let mut client = admission.with(conn, pooler, span);
             match client.conn.flush().await {
                 Ok(()) => Some(client),
                 Err(e) => {
@@ -191,7 +198,7 @@ struct Admission {
 }
 
 impl Admission {
-    fn with(self, conn: Conn, pooler: &Arc<Pooler>) -> Admitted {
+    fn with(self, conn: Conn, pooler: &Arc<Pooler>, span: tracing::Span) -> Admitted {
         Admitted {
             conn,
             session: self.session,
@@ -200,6 +207,7 @@ impl Admission {
             cancel: self.cancel,
             listed: self.listed,
             pooler: pooler.clone(),
+            span,
         }
     }
 }
@@ -394,6 +402,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         pool_mode,
         cancel,
         listed,
+        span,
         ..
     } = client;
     let me = &*listed.entry;
@@ -408,7 +417,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         idle_transaction_timeout: config.idle_transaction_timeout,
         query_timeout: config.query_timeout,
         client_idle_timeout: config.client_idle_timeout.filter(|_| !transaction_mode),
-        client: me,
+        span,
     };
     // Made once: each poll then touches only this client's tokens.
     let stop = me.stop.cancelled();
@@ -495,7 +504,7 @@ impl Bound<'_> {
                 let reusable = clean
                     && (self.settings.transaction_mode
                         || reset(&mut backend, &self.pooler.config().server_reset_query)
-                            .instrument(self.me.span())
+                            .instrument(self.settings.span.clone())
                             .await);
                 release(pool, backend, reusable, std::time::Instant::now());
                 Ok(false)

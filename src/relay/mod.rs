@@ -12,9 +12,12 @@
 //! nothing extended waits for a Sync, its last ReadyForQuery said idle, and
 //! no byte is left half-way in either direction.
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod pipeline;
 mod requests;
 mod responses;
+mod translate;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -26,15 +29,12 @@ use tokio_util::io::poll_read_buf;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::protocol::frame::Scanner;
 use crate::protocol::TransactionStatus;
-use crate::registry::ClientEntry;
 use crate::session::Session;
-use crate::stats::{PoolStats, Tally};
+use crate::stats::PoolStats;
 use crate::stream::{Conn, READ_BUF};
-use pipeline::{Kind, Pipeline};
-use requests::FromClient;
-use responses::FromBackend;
+use pipeline::Kind;
+use translate::{BackendSide, Translation};
 
 /// How far a direction reads ahead of what the other side has taken.
 const MAX_BUFFERED: usize = 64 * 1024;
@@ -64,8 +64,8 @@ pub struct RelaySettings<'a> {
     pub query_timeout: Option<Duration>,
     /// Session mode: closes a client idle (outside a transaction) this long.
     pub client_idle_timeout: Option<Duration>,
-    /// Who the client is, for log lines.
-    pub client: &'a ClientEntry,
+    /// The client's log span, for the relay's log lines.
+    pub span: &'a tracing::Span,
 }
 
 pub struct Relay<'a> {
@@ -73,17 +73,7 @@ pub struct Relay<'a> {
     backend: &'a mut Backend,
     session: &'a mut Session,
     settings: RelaySettings<'a>,
-    pipeline: Pipeline,
-    tally: Tally,
-    /// Tracked parameters reported since the last CommandComplete.
-    reported: Vec<String>,
-    reset_seen: bool,
-    from_client: Scanner,
-    from_backend: Scanner,
-    /// Bytes a read buffer must hold for a whole-held message to complete.
-    client_need: usize,
-    backend_need: usize,
-    client_done: bool,
+    t: Translation,
     /// The timer of whichever timeout applies to what the relay waits on.
     watch: Option<Watch>,
 }
@@ -118,15 +108,7 @@ impl<'a> Relay<'a> {
             backend,
             session,
             settings,
-            pipeline: Pipeline::default(),
-            tally: Tally::starting(now),
-            reported: Vec::new(),
-            reset_seen: false,
-            from_client: Scanner::default(),
-            from_backend: Scanner::default(),
-            client_need: 0,
-            backend_need: 0,
-            client_done: false,
+            t: Translation::new(now),
             watch: (settings.idle_transaction_timeout.is_some()
                 || settings.query_timeout.is_some()
                 || settings.client_idle_timeout.is_some())
@@ -150,7 +132,7 @@ impl<'a> Relay<'a> {
                 .session
                 .sync_query(&self.backend.params, &mut self.backend.conn.wbuf)
             {
-                self.pipeline.expect(Kind::Query, true, None);
+                self.t.pipeline.expect(Kind::Query, true, None);
             } else {
                 self.backend.synced = Some(self.session.params.clone());
             }
@@ -158,88 +140,36 @@ impl<'a> Relay<'a> {
         // The client's buffer already holds its first message.
         self.translate_client()?;
         let outcome = poll_fn(|cx| self.poll_run(cx)).await;
-        self.settings.stats.add(&self.tally);
+        self.settings.stats.add(&self.t.tally);
         outcome
     }
 
     fn translate_client(&mut self) -> Result<()> {
-        let before = self.client.rbuf.len();
-        let mut visitor = FromClient {
-            pipeline: &mut self.pipeline,
-            session: self.session,
-            statements: &mut self.backend.statements,
-            to_client: &mut self.client.wbuf,
-            max_prepared: if self.settings.transaction_mode {
-                self.settings.max_prepared
-            } else {
-                0
-            },
-            tally: &mut self.tally,
-            params: &self.backend.params,
-            terminated: false,
-        };
-        self.client_need = self
-            .from_client
-            .translate(
-                &mut self.client.rbuf,
-                &mut self.backend.conn.wbuf,
-                self.settings.max_packet,
-                &mut visitor,
-            )
-            .map_err(|bad| {
-                Error::ClientProtocol(format!(
-                    "invalid message length {} for message type {:?} (max_packet_size)",
-                    bad.len, bad.tag as char
-                ))
-            })?;
-        if visitor.terminated {
-            self.client_done = true;
-        }
-        self.tally.bytes_received += (before - self.client.rbuf.len()) as u64;
-        Ok(())
+        self.t.client(
+            self.session,
+            &self.settings,
+            &mut self.client.rbuf,
+            &mut self.client.wbuf,
+            BackendSide::of(self.backend),
+        )
     }
 
     fn translate_backend(&mut self) -> Result<()> {
-        let Backend {
-            conn,
-            params,
-            synced,
-            statements,
-            ..
-        } = &mut *self.backend;
-        let mut visitor = FromBackend {
-            pipeline: &mut self.pipeline,
-            session: self.session,
-            params,
-            synced,
-            statements,
-            extra_tracked: self.settings.extra_tracked,
-            transaction_mode: self.settings.transaction_mode,
-            tally: &mut self.tally,
-            stats: self.settings.stats,
-            reported: &mut self.reported,
-            reset_seen: &mut self.reset_seen,
-            client: self.settings.client,
-        };
-        self.backend_need = self
-            .from_backend
-            .translate(
-                &mut conn.rbuf,
-                &mut self.client.wbuf,
-                usize::MAX / 2,
-                &mut visitor,
-            )
-            .map_err(|bad| Error::BackendProtocol(format!("invalid message length {}", bad.len)))?;
-        Ok(())
+        self.t.backend(
+            self.session,
+            &self.settings,
+            &mut self.client.wbuf,
+            BackendSide::of(self.backend),
+        )
     }
 
     /// The relay's last clock reading (it reads one per wake-up).
     pub fn clock(&self) -> Instant {
-        self.tally.clock()
+        self.t.tally.clock()
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
-        self.tally.now = Some(Instant::now());
+        self.t.tally.now = Some(Instant::now());
         loop {
             let mut progress = false;
 
@@ -254,10 +184,10 @@ impl<'a> Relay<'a> {
                     Poll::Pending => {}
                 }
             }
-            let room = self.client.rbuf.len() < MAX_BUFFERED.max(self.client_need)
+            let room = self.client.rbuf.len() < MAX_BUFFERED.max(self.t.client_need)
                 && self.backend.conn.wbuf.len() < MAX_BUFFERED;
-            if !self.client_done && room {
-                reserve(&mut self.client.rbuf, self.client_need);
+            if !self.t.client_done && room {
+                reserve(&mut self.client.rbuf, self.t.client_need);
                 match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         self.translate_client()?;
@@ -265,13 +195,13 @@ impl<'a> Relay<'a> {
                     }
                     // End of stream or a broken socket: the client is gone.
                     Poll::Ready(_) => {
-                        self.client_done = true;
+                        self.t.client_done = true;
                         progress = true;
                     }
                     Poll::Pending => {}
                 }
             }
-            if self.client_done && !self.backend.conn.pending_output() {
+            if self.t.client_done && !self.backend.conn.pending_output() {
                 return Poll::Ready(Ok(Outcome::ClientLeft {
                     clean: self.is_clean(),
                 }));
@@ -281,7 +211,7 @@ impl<'a> Relay<'a> {
             if self.client.pending_output() {
                 match self.client.poll_send(cx) {
                     Poll::Ready(Ok(n)) => {
-                        self.tally.bytes_sent += n as u64;
+                        self.t.tally.bytes_sent += n as u64;
                         progress = true;
                     }
                     Poll::Ready(Err(_)) => {
@@ -292,10 +222,10 @@ impl<'a> Relay<'a> {
                     Poll::Pending => {}
                 }
             }
-            let room = self.backend.conn.rbuf.len() < MAX_BUFFERED.max(self.backend_need)
+            let room = self.backend.conn.rbuf.len() < MAX_BUFFERED.max(self.t.backend_need)
                 && self.client.wbuf.len() < MAX_BUFFERED;
             if room {
-                reserve(&mut self.backend.conn.rbuf, self.backend_need);
+                reserve(&mut self.backend.conn.rbuf, self.t.backend_need);
                 match poll_read_buf(
                     Pin::new(&mut self.backend.conn.stream),
                     cx,
@@ -329,9 +259,9 @@ impl<'a> Relay<'a> {
         let Some(watch) = &mut self.watch else {
             return Poll::Pending;
         };
-        let waiting = if !self.pipeline.is_empty() {
+        let waiting = if !self.t.pipeline.is_empty() {
             Waiting::Backend
-        } else if self.pipeline.status != TransactionStatus::Idle {
+        } else if self.t.pipeline.status != TransactionStatus::Idle {
             Waiting::ClientInTransaction
         } else {
             Waiting::Client
@@ -364,16 +294,12 @@ impl<'a> Relay<'a> {
 
     /// Whether the client got the start of a backend message and not its end.
     pub fn client_mid_message(&self) -> bool {
-        !self.from_backend.at_boundary()
+        !self.t.from_backend.at_boundary()
     }
 
     /// The backend owes nothing and no byte is half-way in either direction.
     fn is_clean(&self) -> bool {
-        self.pipeline.idle()
-            && self.from_client.at_boundary()
-            && self.from_backend.at_boundary()
-            && !self.backend.conn.pending_output()
-            && self.backend.conn.rbuf.is_empty()
+        self.t.at_rest() && !self.backend.conn.pending_output() && self.backend.conn.rbuf.is_empty()
     }
 }
 

@@ -29,7 +29,7 @@ pub struct FromBackend<'a> {
     pub reported: &'a mut Vec<String>,
     /// A RESET or DISCARD ALL completed since the last ReadyForQuery.
     pub reset_seen: &'a mut bool,
-    pub client: &'a crate::registry::ClientEntry,
+    pub span: &'a tracing::Span,
 }
 
 impl Visit for FromBackend<'_> {
@@ -95,7 +95,7 @@ impl Visit for FromBackend<'_> {
                     }
                 }
                 if hidden {
-                    self.client.span().in_scope(|| {
+                    self.span.in_scope(|| {
                         tracing::warn!(
                             "a parameter SET pgdyno sent failed; the client keeps its own view"
                         )
@@ -159,12 +159,12 @@ impl FromBackend<'_> {
                 // ReadyForQuery: they are dealt with there.
                 *self.reset_seen = true;
             }
-            b"LISTEN" if self.transaction_mode => self.client.span().in_scope(|| {
+            b"LISTEN" if self.transaction_mode => self.span.in_scope(|| {
                 tracing::warn!(
                     "LISTEN in transaction mode: notifications will not reach this client reliably"
                 )
             }),
-            b"PREPARE" if self.transaction_mode => self.client.span().in_scope(|| {
+            b"PREPARE" if self.transaction_mode => self.span.in_scope(|| {
                 tracing::warn!("SQL PREPARE in transaction mode: the statement stays on one backend; use protocol-level prepared statements")
             }),
             _ => {}
