@@ -681,7 +681,9 @@ count_fds() {
 pid_ticks() {
   local s
   local -a f
-  read -r s <"/proc/$1/stat"
+  # 0 for a process already gone (pgbench exits at once when PgBouncer
+  # 1.18 refuses -M prepared)
+  read -r s 2>/dev/null <"/proc/$1/stat" || { echo 0; return 0; }
   read -ra f <<<"${s##*) }"
   echo $((f[11] + f[12] + f[13] + f[14]))
 }
