@@ -85,21 +85,18 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Sources> {
         };
         match name.as_str() {
             "help" => {
-                println!("{USAGE}");
+                let mut text = format!("{USAGE}\n");
                 for s in SETTINGS {
-                    println!(
-                        "  --{:<28} {} ({})",
+                    text += &format!(
+                        "  --{:<28} {} ({})\n",
                         s.name.replace('_', "-"),
                         s.help,
                         s.default
                     );
                 }
-                std::process::exit(0);
+                print_and_exit(&text);
             }
-            "version" => {
-                println!("pgdyno {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
+            "version" => print_and_exit(&format!("pgdyno {}\n", env!("CARGO_PKG_VERSION"))),
             _ => {}
         }
         let value = match inline {
@@ -148,6 +145,14 @@ fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the runtime")
+}
+
+/// Prints `text` and exits 0; a reader that went away (`pgdyno --help |
+/// head`) is no error.
+fn print_and_exit(text: &str) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    std::process::exit(0)
 }
 
 fn init_logging(config: &Config) {

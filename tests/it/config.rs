@@ -332,3 +332,22 @@ async fn ignored_startup_parameters_are_accepted() {
     })
     .await
 }
+
+/// `pgdyno --help | head` and the like: a reader that has gone away is no
+/// error (no panic on the broken pipe).
+#[test]
+fn help_and_version_to_a_closed_pipe_exit_cleanly() {
+    let bin = std::env::var_os("PGDYNO_IT_BIN").unwrap_or(env!("CARGO_BIN_EXE_pgdyno").into());
+    for flag in ["--help", "--version"] {
+        let (read, write) = std::io::pipe().expect("a pipe");
+        drop(read);
+        let out = std::process::Command::new(&bin)
+            .arg(flag)
+            .stdout(write)
+            .output()
+            .expect("run pgdyno");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag}: {:?}: {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
+    }
+}
