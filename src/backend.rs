@@ -65,8 +65,27 @@ pub enum Credential {
     ScramKeys(ScramKeys),
 }
 
-/// A live, logged-in PostgreSQL connection.
-pub struct Backend {
+/// A live, logged-in PostgreSQL connection. Boxed: it changes hands (pool,
+/// client, pool) at every transaction, and moving a pointer costs nothing
+/// where moving the whole state copied 288 bytes each time.
+pub struct Backend(Box<Live>);
+
+impl std::ops::Deref for Backend {
+    type Target = Live;
+
+    fn deref(&self) -> &Live {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Backend {
+    fn deref_mut(&mut self) -> &mut Live {
+        &mut self.0
+    }
+}
+
+/// A [`Backend`]'s state.
+pub struct Live {
     pub conn: Conn,
     pub id: u64,
     /// ParameterStatus values from login, updated as the relay sees more.
@@ -197,7 +216,7 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
     frontend::startup_message(params, &mut conn.wbuf).map_err(Error::BackendIo)?;
     conn.flush().await.map_err(io_err)?;
     let mut scram: Option<KeyExchange> = None;
-    let mut backend = Backend {
+    let mut backend = Backend(Box::new(Live {
         conn,
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         params: Vec::new(),
@@ -211,7 +230,7 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
         target: target.clone(),
         listed: None,
         generation: 0,
-    };
+    }));
     loop {
         let msg = backend
             .conn

@@ -252,9 +252,10 @@ impl Pool {
         mut rx: oneshot::Receiver<Grant>,
         started: Instant,
     ) -> Result<Grant> {
-        let deadline = self.settings().query_wait_timeout.map(|t| started + t);
+        let settings = self.settings();
+        let deadline = settings.query_wait_timeout.map(|t| started + t);
         let mut reserve_at =
-            (self.settings().reserve_size > 0).then(|| started + self.settings().reserve_timeout);
+            (settings.reserve_size > 0).then(|| started + settings.reserve_timeout);
         loop {
             let wake = match (deadline, reserve_at) {
                 (Some(d), Some(r)) => Some(d.min(r)),
@@ -278,7 +279,9 @@ impl Pool {
             }
             if reserve_at.is_some_and(|r| now >= r) {
                 reserve_at = None;
-                let max = self.settings().size + self.settings().reserve_size;
+                // Read again: a reload may have resized the pool meanwhile.
+                let settings = self.settings();
+                let max = settings.size + settings.reserve_size;
                 if let Some(grant) = self.take_or_reserve(&mut s, max) {
                     s.waiters.retain(|w| w.id != id);
                     tracing::info!(event = "reserve_pool_used", database = %self.database, user = %self.user, "using the reserve pool");

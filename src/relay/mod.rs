@@ -2,11 +2,14 @@
 //! the backend's replies come back, until the backend may be released.
 //!
 //! Both directions are pumped at once from one task (no channel, no second
-//! task): bytes are read into each socket's read buffer, a [`Scanner`]
-//! finds message boundaries and copies messages to the other socket's write
-//! buffer as [`requests`] and [`responses`] decide, and each write buffer
-//! goes out in one system call. Most messages are copied unparsed;
-//! [`pipeline`] keeps count of what the backend still owes.
+//! task): bytes are read into each socket's read buffer, a
+//! [`Scanner`](crate::protocol::frame::Scanner) finds message boundaries and
+//! copies messages to the other socket's write buffer as [`requests`] and
+//! [`responses`] decide, and each write buffer goes out in one system call.
+//! Most messages are copied unparsed; [`pipeline`] keeps count of what the
+//! backend still owes. That byte work is [`translate`]'s, apart from the
+//! sockets, so that `fuzzing` (behind the cargo feature of that name) can
+//! drive it too.
 //!
 //! A transaction-mode backend goes back to the pool when it owes nothing,
 //! nothing extended waits for a Sync, its last ReadyForQuery said idle, and
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_util::io::poll_read_buf;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Live};
 use crate::error::{Error, Result};
 use crate::protocol::TransactionStatus;
 use crate::session::Session;
@@ -127,14 +130,15 @@ impl<'a> Relay<'a> {
     /// state; the caller must then close it.
     pub async fn run(&mut self) -> Result<Outcome> {
         // Make the backend's session parameters the client's first.
-        if !self.session.synced(&self.backend.synced) {
+        let backend: &mut Live = self.backend;
+        if !self.session.synced(&backend.synced) {
             if self
                 .session
-                .sync_query(&self.backend.params, &mut self.backend.conn.wbuf)
+                .sync_query(&backend.params, &mut backend.conn.wbuf)
             {
                 self.t.pipeline.expect(Kind::Query, true, None);
             } else {
-                self.backend.synced = Some(self.session.params.clone());
+                backend.synced = Some(self.session.params.clone());
             }
         }
         // The client's buffer already holds its first message.
@@ -226,11 +230,8 @@ impl<'a> Relay<'a> {
                 && self.client.wbuf.len() < MAX_BUFFERED;
             if room {
                 reserve(&mut self.backend.conn.rbuf, self.t.backend_need);
-                match poll_read_buf(
-                    Pin::new(&mut self.backend.conn.stream),
-                    cx,
-                    &mut self.backend.conn.rbuf,
-                ) {
+                let conn = &mut self.backend.conn;
+                match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
                     Poll::Ready(Ok(_)) => {
                         self.translate_backend()?;

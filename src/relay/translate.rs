@@ -11,7 +11,7 @@ use super::pipeline::Pipeline;
 use super::requests::FromClient;
 use super::responses::FromBackend;
 use super::RelaySettings;
-use crate::backend::Backend;
+use crate::backend::{Backend, Live};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::frame::Scanner;
@@ -45,13 +45,13 @@ pub(crate) struct BackendSide<'a> {
 
 impl<'a> BackendSide<'a> {
     pub fn of(backend: &'a mut Backend) -> Self {
-        let Backend {
+        let Live {
             conn,
             params,
             synced,
             statements,
             ..
-        } = backend;
+        } = &mut **backend;
         BackendSide {
             rbuf: &mut conn.rbuf,
             wbuf: &mut conn.wbuf,
