@@ -107,20 +107,25 @@ fn log_failure(e: &Error) {
 }
 
 /// A logged-in client of a pool, welcomed and listed: what it keeps while
-/// it is served. Counted in its pool and in `max_client_conn` until dropped.
+/// it is served.
 struct Admitted {
     conn: Conn,
+    /// Its log lines' span (client address, user, database).
+    span: tracing::Span,
+    admission: Admission,
+}
+
+/// What [`log_in`] hands on besides the connection. Counted in its pool and
+/// in `max_client_conn` until dropped.
+struct Admission {
     session: Session,
     pool: Arc<Pool>,
-    pool_mode: PoolMode,
     cancel: crate::cancel::CancelGuard,
     listed: Listed<ClientEntry>,
     pooler: Arc<Pooler>,
-    /// Its log lines' span (client address, user, database).
-    span: tracing::Span,
 }
 
-impl Drop for Admitted {
+impl Drop for Admission {
     fn drop(&mut self) {
         self.pool.clients.fetch_sub(1, Ordering::Relaxed);
         self.pooler.clients.fetch_sub(1, Ordering::Relaxed);
@@ -171,7 +176,11 @@ async fn admit(
     };
     match log_in(pooler, &mut conn, &peer, encryption, login_deadline).await {
         Ok(Some(admission)) => {
-            let mut client = admission.with(conn, pooler, span);
+            let mut client = Admitted {
+                conn,
+                span,
+                admission,
+            };
             match client.conn.flush().await {
                 Ok(()) => Some(client),
                 Err(e) => {
@@ -184,30 +193,6 @@ async fn admit(
         Err(e) => {
             fail(pooler, &mut conn, &e).await;
             None
-        }
-    }
-}
-
-/// What [`log_in`] hands on, without the connection.
-struct Admission {
-    session: Session,
-    pool: Arc<Pool>,
-    pool_mode: PoolMode,
-    cancel: crate::cancel::CancelGuard,
-    listed: Listed<ClientEntry>,
-}
-
-impl Admission {
-    fn with(self, conn: Conn, pooler: &Arc<Pooler>, span: tracing::Span) -> Admitted {
-        Admitted {
-            conn,
-            session: self.session,
-            pool: self.pool,
-            pool_mode: self.pool_mode,
-            cancel: self.cancel,
-            listed: self.listed,
-            pooler: pooler.clone(),
-            span,
         }
     }
 }
@@ -271,7 +256,7 @@ async fn log_in(
     let session = welcome(conn, config, &pool, &startup).await?;
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
     pool.clients.fetch_add(1, Ordering::Relaxed);
-    // From here on `Admitted` keeps the counts.
+    // From here on `Admission` keeps the counts.
     std::mem::forget(counted);
     let cancel = pooler.cancels.register();
     write::backend_key_data(
@@ -294,9 +279,9 @@ async fn log_in(
     let admission = Admission {
         session,
         pool,
-        pool_mode: db.pool_mode,
         cancel,
         listed,
+        pooler: pooler.clone(),
     };
     if config.log_connections {
         tracing::info!(event = "login", "login");
@@ -397,17 +382,19 @@ async fn normalized_startup(
 async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
     let Admitted {
         conn,
-        session,
-        pool,
-        pool_mode,
-        cancel,
-        listed,
         span,
-        ..
+        admission:
+            Admission {
+                session,
+                pool,
+                cancel,
+                listed,
+                ..
+            },
     } = client;
     let me = &*listed.entry;
     let config = &pooler.config();
-    let transaction_mode = *pool_mode == PoolMode::Transaction;
+    let transaction_mode = pool.settings().mode == PoolMode::Transaction;
     let settings = RelaySettings {
         max_packet: config.max_packet_size,
         transaction_mode,
