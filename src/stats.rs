@@ -102,7 +102,7 @@ impl PoolStats {
 }
 
 /// What one bound stretch did, counted without atomics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tally {
     pub xacts: u64,
     pub queries: u64,
@@ -118,27 +118,32 @@ pub struct Tally {
     /// When the transaction under way began.
     xact_started: Option<Instant>,
     /// The relay's clock: read once per wake-up, not per message.
-    pub now: Option<Instant>,
+    pub now: Instant,
 }
 
 impl Tally {
     /// A tally whose clock reads `now` until the relay reads it again.
     pub fn starting(now: Instant) -> Tally {
         Tally {
-            now: Some(now),
-            ..Tally::default()
+            xacts: 0,
+            queries: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            xact_us: 0,
+            query_us: 0,
+            client_parses: 0,
+            server_parses: 0,
+            binds: 0,
+            query_started: None,
+            xact_started: None,
+            now,
         }
-    }
-
-    /// The last clock reading, or a fresh one.
-    pub fn clock(&self) -> Instant {
-        self.now.unwrap_or_else(Instant::now)
     }
 
     /// The client sent a request; starts the clocks unless running.
     pub fn request_began(&mut self) {
         if self.query_started.is_none() || self.xact_started.is_none() {
-            let now = self.clock();
+            let now = self.now;
             self.query_started.get_or_insert(now);
             self.xact_started.get_or_insert(now);
         }
@@ -148,7 +153,7 @@ impl Tally {
     /// transaction. Records the durations in `stats`' histograms.
     pub fn ready_for_query(&mut self, idle: bool, more_pending: bool, stats: &PoolStats) {
         self.queries += 1;
-        let now = self.clock();
+        let now = self.now;
         if let Some(start) = self.query_started.take() {
             let took = now - start;
             self.query_us += took.as_micros() as u64;

@@ -168,7 +168,7 @@ impl Conn {
         if self.rbuf.capacity() == 0 {
             self.rbuf = spare::take(&spare::READS, READ_BUF);
         }
-        if self.wbuf.capacity() == 0 && self.wbuf.is_empty() {
+        if self.wbuf.capacity() == 0 {
             self.wbuf = spare::take(&spare::WRITES, WRITE_BUF);
         }
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {

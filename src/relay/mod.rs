@@ -169,11 +169,11 @@ impl<'a> Relay<'a> {
 
     /// The relay's last clock reading (it reads one per wake-up).
     pub fn clock(&self) -> Instant {
-        self.t.tally.clock()
+        self.t.tally.now
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
-        self.t.tally.now = Some(Instant::now());
+        self.t.tally.now = Instant::now();
         loop {
             let mut progress = false;
 
