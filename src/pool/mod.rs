@@ -11,10 +11,11 @@
 //! in [`Limit::release`].
 
 mod limit;
+mod maintain;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -144,7 +145,7 @@ impl Pool {
         for limit in &pool.limits {
             limit.join(Arc::downgrade(&pool));
         }
-        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        tokio::spawn(maintain::maintain(Arc::downgrade(&pool)));
         pool
     }
 
@@ -626,55 +627,6 @@ impl Pool {
                 .unwrap_or_default(),
         }
     }
-
-    /// Closes idle backends past `server_idle_timeout` (keeping
-    /// `min_pool_size`) or `server_lifetime`; returns how many to open to
-    /// reach `min_pool_size`.
-    fn sweep(&self) -> usize {
-        let mut s = self.state.lock().unwrap();
-        let now = Instant::now();
-        // Clients stopped waiting (checked once a second, so a pool at the
-        // edge does not log every transaction).
-        if s.waiters.is_empty() {
-            if let Some(since) = s.saturated_since.take() {
-                tracing::info!(
-                    event = "pool_unsaturated",
-                    database = %self.database,
-                    user = %self.user,
-                    saturated_ms = since.elapsed().as_millis() as u64,
-                    "no client is waiting any more"
-                );
-            }
-        }
-        let mut i = 0;
-        while i < s.idle.len() {
-            let b = &s.idle[i];
-            let idle_too_long = self
-                .settings()
-                .idle_timeout
-                .is_some_and(|t| now - b.last_used >= t && s.open > self.settings().min_size);
-            let too_old = self
-                .settings()
-                .lifetime
-                .is_some_and(|l| now - b.created >= l);
-            if idle_too_long || too_old || b.has_pending_input() {
-                let b = s.idle.remove(i).expect("index checked");
-                self.forget(&mut s, b);
-            } else {
-                i += 1;
-            }
-        }
-        let missing = self.settings().min_size.saturating_sub(s.open);
-        let mut granted = 0;
-        for _ in 0..missing {
-            if !self.acquire_limits() {
-                break;
-            }
-            s.open += 1;
-            granted += 1;
-        }
-        granted
-    }
 }
 
 /// Frees a slot unless disarmed: a connect abandoned half-way (the client
@@ -691,31 +643,6 @@ impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         if let Some(pool) = self.0 {
             pool.free_slot();
-        }
-    }
-}
-
-/// Background upkeep of one pool, until the pool is dropped.
-async fn maintain(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        pool.grant_slots();
-        let granted = pool.sweep();
-        for opened in 0..granted {
-            match pool.use_grant(Grant::Slot).await {
-                Ok(b) => pool.release(b, true),
-                Err(_) => {
-                    // use_grant gave this slot back; the rest, counted open
-                    // by sweep, go back too (else each outage shrinks the pool).
-                    for _ in opened + 1..granted {
-                        pool.free_slot();
-                    }
-                    break;
-                }
-            }
         }
     }
 }
