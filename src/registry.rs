@@ -9,9 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
 
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Stop, StopLevel};
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -49,11 +48,8 @@ pub struct ClientEntry {
     pub waiting_since_us: AtomicU64,
     /// The pgdyno-issued cancel key's process id.
     pub process_id: i32,
-    /// Ends the client now (KILL, or the shutdown's close). A child of the
-    /// pooler's close token: waiting on it contends with no other client.
-    pub stop: CancellationToken,
-    /// Ends the client at its next idle moment (the shutdown's drain).
-    pub stop_when_idle: CancellationToken,
+    /// Ends the client: KILL, or the shutdown (its drain, then its close).
+    pub stop: Stop,
 }
 
 impl ClientEntry {
@@ -65,8 +61,7 @@ impl ClientEntry {
 
     /// KILL from the admin console.
     pub fn kill(&self) {
-        self.stop.cancel();
-        self.stop_when_idle.cancel();
+        self.stop.raise(StopLevel::Now);
     }
 
     pub fn stop_waiting(&self) {
@@ -121,6 +116,8 @@ pub struct Registry {
     pub clients: DashMap<u64, Arc<ClientEntry>>,
     pub servers: DashMap<u64, Arc<ServerEntry>>,
     next_client: AtomicU64,
+    /// The task that passes the shutdown on to every client is started.
+    watching: OnceLock<()>,
 }
 
 /// Removes an entry from the registry when dropped.
@@ -151,10 +148,19 @@ impl Registry {
             request_time_us: AtomicU64::new(now),
             waiting_since_us: AtomicU64::new(0),
             process_id,
-            stop: shutdown.close.child_token(),
-            stop_when_idle: shutdown.drain.child_token(),
+            stop: Stop::default(),
+        });
+        self.watching.get_or_init(|| {
+            tokio::spawn(pass_on_shutdown(Arc::downgrade(self), shutdown.clone()));
         });
         self.clients.insert(id, entry.clone());
+        // After the insert: a shutdown that began before it is seen here,
+        // one that begins after it finds the entry.
+        if shutdown.close.is_cancelled() {
+            entry.stop.raise(StopLevel::Now);
+        } else if shutdown.drain.is_cancelled() {
+            entry.stop.raise(StopLevel::WhenIdle);
+        }
         Listed {
             registry: self.clone(),
             entry,
@@ -167,6 +173,23 @@ impl Registry {
         Listed {
             registry: self.clone(),
             entry,
+        }
+    }
+}
+
+/// Raises every listed client's stop as the shutdown proceeds: its drain,
+/// then its close.
+async fn pass_on_shutdown(registry: std::sync::Weak<Registry>, shutdown: Shutdown) {
+    for (token, level) in [
+        (&shutdown.drain, StopLevel::WhenIdle),
+        (&shutdown.close, StopLevel::Now),
+    ] {
+        token.cancelled().await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        for client in registry.clients.iter() {
+            client.stop.raise(level);
         }
     }
 }

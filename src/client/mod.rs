@@ -20,6 +20,7 @@ use crate::protocol::TransactionStatus;
 use crate::registry::{ClientEntry, Listed, NewClient};
 use crate::relay::{Outcome, Relay, RelaySettings};
 use crate::session::{self, Session};
+use crate::shutdown::StopLevel;
 use crate::stream::{Conn, Stream};
 
 mod login;
@@ -406,9 +407,9 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         client_idle_timeout: config.client_idle_timeout.filter(|_| !transaction_mode),
         span,
     };
-    // Made once: each poll then touches only this client's tokens.
-    let stop = me.stop.cancelled();
-    let stop_when_idle = me.stop_when_idle.cancelled();
+    // Made once: each poll is then one atomic load.
+    let stop = me.stop.reached(StopLevel::Now);
+    let stop_when_idle = me.stop.reached(StopLevel::WhenIdle);
     tokio::pin!(stop, stop_when_idle);
     let mut bound = Bound {
         conn,
@@ -459,7 +460,7 @@ impl Bound<'_> {
     /// `Ok(false)` when the client left.
     async fn run(
         &mut self,
-        mut stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+        mut stop: std::pin::Pin<&mut crate::shutdown::Reached<'_>>,
     ) -> Result<bool> {
         let pool = self.pool;
         let now = std::time::Instant::now();

@@ -11,14 +11,13 @@
 //! in [`Limit::release`].
 
 mod limit;
+mod line;
 mod maintain;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use tokio::sync::oneshot;
 
 use crate::backend::{Backend, Target};
 use crate::config::PoolMode;
@@ -83,6 +82,8 @@ pub struct Pool {
     state: Mutex<State>,
     /// Clients' parameter lists, for [`Pool::shared_params`].
     params_seen: Mutex<Vec<std::sync::Weak<ParamList>>>,
+    /// Wakes the task that keeps the line (see `line.rs`).
+    line_changed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -93,18 +94,13 @@ struct State {
     open: usize,
     /// Backends being opened (logging in).
     connecting: usize,
-    waiters: VecDeque<Waiter>,
-    next_waiter: u64,
+    waiters: VecDeque<line::Waiter>,
+    /// The line keeper sleeps until a client waits (see `line.rs`).
+    keeper_parked: bool,
     /// Since when clients have been waiting (None: the pool keeps up).
     saturated_since: Option<Instant>,
     /// ParameterStatus values of the newest login, for client logins.
     server_params: Option<Arc<Vec<(String, String)>>>,
-}
-
-struct Waiter {
-    id: u64,
-    since: Instant,
-    tx: oneshot::Sender<Grant>,
 }
 
 /// What a waiting client is handed. (Moved once per hand-over; boxing the
@@ -114,6 +110,8 @@ enum Grant {
     Backend(Backend),
     /// Permission to open a new backend, already counted in `open`.
     Slot,
+    /// `query_wait_timeout` passed.
+    TimedOut,
 }
 
 impl Pool {
@@ -141,11 +139,16 @@ impl Pool {
             params_seen: Mutex::default(),
             limits,
             state: Mutex::default(),
+            line_changed: Arc::default(),
         });
         for limit in &pool.limits {
             limit.join(Arc::downgrade(&pool));
         }
         tokio::spawn(maintain::maintain(Arc::downgrade(&pool)));
+        tokio::spawn(line::keep_line(
+            Arc::downgrade(&pool),
+            pool.line_changed.clone(),
+        ));
         pool
     }
 
@@ -204,14 +207,7 @@ impl Pool {
             match self.take_or_reserve(&mut s, self.settings().size) {
                 Some(grant) => Ok(grant),
                 None => {
-                    let (tx, rx) = oneshot::channel();
-                    let id = s.next_waiter;
-                    s.next_waiter += 1;
-                    s.waiters.push_back(Waiter {
-                        id,
-                        since: started,
-                        tx,
-                    });
+                    let rx = self.join_line(&mut s, started);
                     if s.saturated_since.is_none() {
                         s.saturated_since = Some(started);
                         tracing::info!(
@@ -222,21 +218,25 @@ impl Pool {
                             "all backends busy: clients are waiting"
                         );
                     }
-                    Err((id, rx))
+                    Err(rx)
                 }
             }
         };
         let grant = match rx {
             Ok(grant) => grant,
-            Err((id, rx)) => {
+            Err(rx) => {
                 if self.limits.iter().any(|l| l.evict_idle(self)) {
                     self.grant_slots();
                 }
-                self.wait(id, rx, started).await.inspect_err(|_| {
-                    self.stats
-                        .wait_timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                })?
+                match rx.await {
+                    Ok(Grant::TimedOut) | Err(_) => {
+                        self.stats
+                            .wait_timeouts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Err(Error::QueryWaitTimeout);
+                    }
+                    Ok(grant) => grant,
+                }
             }
         };
         let backend = self.use_grant(grant).await?;
@@ -244,55 +244,6 @@ impl Pool {
             Some(b) => Ok(b),
             // The check failed and closed it: the slot is free, try again.
             None => Box::pin(self.lend()).await,
-        }
-    }
-
-    async fn wait(
-        &self,
-        id: u64,
-        mut rx: oneshot::Receiver<Grant>,
-        started: Instant,
-    ) -> Result<Grant> {
-        let settings = self.settings();
-        let deadline = settings.query_wait_timeout.map(|t| started + t);
-        let mut reserve_at =
-            (settings.reserve_size > 0).then(|| started + settings.reserve_timeout);
-        loop {
-            let wake = match (deadline, reserve_at) {
-                (Some(d), Some(r)) => Some(d.min(r)),
-                (d, r) => d.or(r),
-            };
-            let received = match wake {
-                None => (&mut rx).await.ok(),
-                Some(at) => match tokio::time::timeout_at(at.into(), &mut rx).await {
-                    Ok(r) => r.ok(),
-                    Err(_) => None,
-                },
-            };
-            if let Some(grant) = received {
-                return Ok(grant);
-            }
-            let now = Instant::now();
-            let mut s = self.state.lock().unwrap();
-            // The grant may have been sent just as the timer fired.
-            if let Ok(grant) = rx.try_recv() {
-                return Ok(grant);
-            }
-            if reserve_at.is_some_and(|r| now >= r) {
-                reserve_at = None;
-                // Read again: a reload may have resized the pool meanwhile.
-                let settings = self.settings();
-                let max = settings.size + settings.reserve_size;
-                if let Some(grant) = self.take_or_reserve(&mut s, max) {
-                    s.waiters.retain(|w| w.id != id);
-                    tracing::info!(event = "reserve_pool_used", database = %self.database, user = %self.user, "using the reserve pool");
-                    return Ok(grant);
-                }
-            }
-            if deadline.is_some_and(|d| now >= d) {
-                s.waiters.retain(|w| w.id != id);
-                return Err(Error::QueryWaitTimeout);
-            }
         }
     }
 
@@ -342,6 +293,7 @@ impl Pool {
     async fn use_grant(&self, grant: Grant) -> Result<Backend> {
         match grant {
             Grant::Backend(b) => Ok(b),
+            Grant::TimedOut => Err(Error::QueryWaitTimeout),
             Grant::Slot => {
                 // While logins fail, clients get the last error at once
                 // instead of each waiting for its own failure.
@@ -445,14 +397,7 @@ impl Pool {
             let mut s = self.state.lock().unwrap();
             // A reload may have made the pool smaller than what is open.
             if s.open <= settings.size + settings.reserve_size {
-                let mut grant = Grant::Backend(backend);
-                while let Some(w) = s.waiters.pop_front() {
-                    match w.tx.send(grant) {
-                        Ok(()) => return,
-                        Err(g) => grant = g,
-                    }
-                }
-                if let Grant::Backend(b) = grant {
+                if let Some(Grant::Backend(b)) = line::hand_over(&mut s, Grant::Backend(backend)) {
                     b.set_active(false, now);
                     s.idle.push_back(b);
                 }
@@ -482,14 +427,7 @@ impl Pool {
                 break;
             }
             s.open += 1;
-            let mut sent = false;
-            while let Some(w) = s.waiters.pop_front() {
-                if w.tx.send(Grant::Slot).is_ok() {
-                    sent = true;
-                    break;
-                }
-            }
-            if !sent {
+            if line::hand_over(&mut s, Grant::Slot).is_some() {
                 s.open -= 1;
                 self.limits.iter().for_each(|l| l.release_count_only());
                 break;
@@ -603,6 +541,8 @@ impl Pool {
             }
         }
         self.grant_slots();
+        // Its timeouts may have changed.
+        self.line_changed.notify_one();
     }
 
     /// Whether the last attempt to open a backend failed.
@@ -626,6 +566,13 @@ impl Pool {
                 .map(|w| w.since.elapsed())
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The line keeper sees the pool gone and ends.
+        self.line_changed.notify_one();
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! A transaction-mode backend goes back to the pool when it owes nothing,
 //! nothing extended waits for a Sync, its last ReadyForQuery said idle, and
-//! no byte is left half-way in either direction.
+//! no byte is left half-way in either direction (nor part of a client
+//! message read).
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
@@ -172,25 +173,73 @@ impl<'a> Relay<'a> {
         self.t.tally.now
     }
 
+    /// One wake-up's work. A socket read or write that returned `Pending`
+    /// has its waker registered and is not polled again until the next
+    /// wake-up (a poll costs a lock in tokio's I/O driver); the backend's
+    /// side goes first, so that a stretch whose reply completes it is
+    /// released without polling the client at all (its next request waits
+    /// in the socket for the idle client's read).
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
         self.t.tally.now = Instant::now();
+        let mut waiting = Parked::default();
         loop {
             let mut progress = false;
 
-            // Client -> backend.
-            if self.backend.conn.pending_output() {
+            // Client -> backend: what was translated goes out.
+            if !waiting.backend_write && self.backend.conn.pending_output() {
                 match self.backend.conn.poll_send(cx) {
                     Poll::Ready(Ok(_)) => progress = true,
                     Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::WriteZero => {
                         return Poll::Ready(Err(Error::BackendGone))
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::BackendIo(e))),
-                    Poll::Pending => {}
+                    Poll::Pending => waiting.backend_write = true,
                 }
             }
+
+            // Backend -> client.
+            let room = self.backend.conn.rbuf.len() < MAX_BUFFERED.max(self.t.backend_need)
+                && self.client.wbuf.len() < MAX_BUFFERED;
+            if !waiting.backend_read && room {
+                reserve(&mut self.backend.conn.rbuf, self.t.backend_need);
+                let conn = &mut self.backend.conn;
+                match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
+                    Poll::Ready(Ok(_)) => {
+                        self.translate_backend()?;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::BackendIo(e))),
+                    Poll::Pending => waiting.backend_read = true,
+                }
+            }
+            if !waiting.client_write && self.client.pending_output() {
+                match self.client.poll_send(cx) {
+                    Poll::Ready(Ok(n)) => {
+                        self.t.tally.bytes_sent += n as u64;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        // The client is gone; what it was owed no longer matters.
+                        self.client.wbuf.clear();
+                        return Poll::Ready(Ok(Outcome::ClientLeft { clean: false }));
+                    }
+                    Poll::Pending => waiting.client_write = true,
+                }
+            }
+            // Not with part of a client message read: it goes on here.
+            if self.settings.transaction_mode
+                && self.is_clean()
+                && !self.client.pending_output()
+                && self.client.rbuf.is_empty()
+            {
+                return Poll::Ready(Ok(Outcome::Released));
+            }
+
+            // The client's next messages.
             let room = self.client.rbuf.len() < MAX_BUFFERED.max(self.t.client_need)
                 && self.backend.conn.wbuf.len() < MAX_BUFFERED;
-            if !self.t.client_done && room {
+            if !waiting.client_read && !self.t.client_done && room {
                 reserve(&mut self.client.rbuf, self.t.client_need);
                 match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
                     Poll::Ready(Ok(n)) if n > 0 => {
@@ -202,7 +251,7 @@ impl<'a> Relay<'a> {
                         self.t.client_done = true;
                         progress = true;
                     }
-                    Poll::Pending => {}
+                    Poll::Pending => waiting.client_read = true,
                 }
             }
             if self.t.client_done && !self.backend.conn.pending_output() {
@@ -211,40 +260,6 @@ impl<'a> Relay<'a> {
                 }));
             }
 
-            // Backend -> client.
-            if self.client.pending_output() {
-                match self.client.poll_send(cx) {
-                    Poll::Ready(Ok(n)) => {
-                        self.t.tally.bytes_sent += n as u64;
-                        progress = true;
-                    }
-                    Poll::Ready(Err(_)) => {
-                        // The client is gone; what it was owed no longer matters.
-                        self.client.wbuf.clear();
-                        return Poll::Ready(Ok(Outcome::ClientLeft { clean: false }));
-                    }
-                    Poll::Pending => {}
-                }
-            }
-            let room = self.backend.conn.rbuf.len() < MAX_BUFFERED.max(self.t.backend_need)
-                && self.client.wbuf.len() < MAX_BUFFERED;
-            if room {
-                reserve(&mut self.backend.conn.rbuf, self.t.backend_need);
-                let conn = &mut self.backend.conn;
-                match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
-                    Poll::Ready(Ok(_)) => {
-                        self.translate_backend()?;
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::BackendIo(e))),
-                    Poll::Pending => {}
-                }
-            }
-
-            if self.settings.transaction_mode && self.is_clean() && !self.client.pending_output() {
-                return Poll::Ready(Ok(Outcome::Released));
-            }
             if !progress {
                 if let Poll::Ready(e) = self.poll_timeouts(cx) {
                     return Poll::Ready(Err(e));
@@ -302,6 +317,15 @@ impl<'a> Relay<'a> {
     fn is_clean(&self) -> bool {
         self.t.at_rest() && !self.backend.conn.pending_output() && self.backend.conn.rbuf.is_empty()
     }
+}
+
+/// The socket operations that returned `Pending` in this wake-up.
+#[derive(Default)]
+struct Parked {
+    client_read: bool,
+    client_write: bool,
+    backend_read: bool,
+    backend_write: bool,
 }
 
 /// Makes room for a read, and for a whole-held message of `need` more bytes.

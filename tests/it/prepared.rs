@@ -11,6 +11,7 @@
 
 use crate::harness::*;
 use futures_util::future::join_all;
+use std::time::Duration;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -632,6 +633,66 @@ async fn session_mode_passes_statement_names_through() {
                 Some("SELECT $1::int4 + 100".to_owned())
             ]]
         );
+    })
+    .await
+}
+
+/// A Parse that arrives in pieces, with pauses between them, is read to its
+/// end on the backend it started on: the stretch is not released while part
+/// of a client message is read (the client's next poll would find the same
+/// half message and release again, for ever). Another client of the
+/// one-backend pool is served once the first one's transaction ends.
+#[tokio::test]
+async fn a_parse_sent_in_pieces_runs_whole() {
+    within(60, async {
+        let pgdyno = pgdyno("1", &[]).await;
+        let other = pgdyno.connect(APP_DB).await;
+        let mut raw = RawConn::connect(pgdyno.port()).await;
+        raw.login(APP_USER, APP_PASSWORD, APP_DB)
+            .await
+            .expect("raw login");
+        let big = "y".repeat(20_000);
+        let mut msgs = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::parse(
+            "s1",
+            &format!("SELECT length('{big}')"),
+            std::iter::empty(),
+            &mut msgs,
+        )
+        .unwrap();
+        let parse_len = msgs.len();
+        postgres_protocol::message::frontend::bind(
+            "",
+            "s1",
+            std::iter::empty::<i16>(),
+            std::iter::empty::<()>(),
+            |_, _| Ok(postgres_protocol::IsNull::No),
+            Some(0),
+            &mut msgs,
+        )
+        .unwrap_or_else(|_| panic!("Bind"));
+        postgres_protocol::message::frontend::execute("", 0, &mut msgs).unwrap();
+        postgres_protocol::message::frontend::sync(&mut msgs);
+
+        // The header and a third of the Parse, a pause, another third...
+        let cuts = [0, 7, parse_len / 3, 2 * parse_len / 3, msgs.len()];
+        let sender = async {
+            for w in cuts.windows(2) {
+                raw.send(&msgs[w[0]..w[1]]).await.expect("send");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            raw.until_ready().await
+        };
+        // Meanwhile the other client queries the same (only) backend.
+        let (replies, row) = tokio::join!(sender, async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            other.query_typed_one("SELECT 2", &[]).await
+        });
+        let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
+        assert_eq!(tags, ['1', '2', 'D', 'C', 'Z'], "{replies:?}");
+        let data = &replies[2].body;
+        assert!(data.ends_with(b"20000"), "DataRow {data:?}");
+        assert_eq!(row.expect("the other client").get::<_, i32>(0), 2);
     })
     .await
 }

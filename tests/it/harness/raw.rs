@@ -234,9 +234,17 @@ impl RawConn {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out).unwrap();
         self.send(&out).await.expect("send Query");
+        self.until_ready().await
+    }
+
+    /// The messages up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<Msg> {
         let mut msgs = Vec::new();
         loop {
-            let msg = self.recv().await.expect("pgdyno closed during a query");
+            let msg = self
+                .recv()
+                .await
+                .expect("pgdyno closed before ReadyForQuery");
             let done = msg.tag == b'Z';
             msgs.push(msg);
             if done {
