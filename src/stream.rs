@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::protocol::frame;
@@ -66,6 +66,17 @@ impl Stream {
         match common.negotiated_key_exchange_group() {
             Some(group) => format!("{version}/{suite}/ECDH={:?}", group.name()),
             None => format!("{version}/{suite}"),
+        }
+    }
+
+    /// Ready when the socket has input. A TLS stream may hold decrypted
+    /// input the socket does not show: it is ready at once, and the read
+    /// that follows waits instead.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+            Stream::TlsServer(_) | Stream::TlsClient(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -161,11 +172,16 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes; `Ok(0)` is end of stream.
+    /// Reads more bytes; `Ok(0)` is end of stream. A connection that gave
+    /// its buffers back (see `release_buffers`) waits for input without
+    /// them, and then takes warm ones.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        // Back from idle (see `release_buffers`): empty buffers without
-        // room are replaced by warm ones.
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() == 0 {
+            std::task::ready!(self.stream.poll_read_ready(cx))?;
             self.rbuf = spare::take(&spare::READS, READ_BUF);
         }
         if self.wbuf.capacity() == 0 {
@@ -174,7 +190,7 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_BUF);
         }
-        self.stream.read_buf(&mut self.rbuf).await
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
     }
 
     /// Reads one whole tagged message of at most `max_len` bytes.
@@ -222,17 +238,6 @@ impl Conn {
         debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
         spare::put(&spare::READS, std::mem::take(&mut self.rbuf));
         spare::put(&spare::WRITES, std::mem::take(&mut self.wbuf));
-    }
-
-    /// Waits until the socket has input, holding no buffer meanwhile. A
-    /// TLS stream may hold decrypted input the socket does not show: it
-    /// returns at once, and the caller's read waits instead.
-    pub async fn readable(&self) -> io::Result<()> {
-        match &self.stream {
-            Stream::Tcp(s) => s.readable().await,
-            Stream::Unix(s) => s.readable().await,
-            Stream::TlsServer(_) | Stream::TlsClient(_) => Ok(()),
-        }
     }
 
     /// Whether anything written is not on the wire yet.

@@ -550,7 +550,6 @@ async fn next_message(conn: &mut Conn) -> Result<bool> {
     while conn.rbuf.len() < 5 {
         if conn.rbuf.is_empty() && !conn.pending_output() {
             conn.release_buffers();
-            conn.readable().await.map_err(Error::ClientIo)?;
         }
         match conn.fill().await {
             Ok(0) => return Ok(false),

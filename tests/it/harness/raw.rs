@@ -237,22 +237,6 @@ impl RawConn {
         self.until_ready().await
     }
 
-    /// The messages up to and including the next ReadyForQuery.
-    pub async fn until_ready(&mut self) -> Vec<Msg> {
-        let mut msgs = Vec::new();
-        loop {
-            let msg = self
-                .recv()
-                .await
-                .expect("pgdyno closed before ReadyForQuery");
-            let done = msg.tag == b'Z';
-            msgs.push(msg);
-            if done {
-                return msgs;
-            }
-        }
-    }
-
     fn note_auth(&mut self, msg: Msg) -> i32 {
         assert!(msg.body.len() >= 4, "short authentication request");
         let code = i32::from_be_bytes(msg.body[..4].try_into().unwrap());
