@@ -162,8 +162,13 @@ impl Pool {
     /// `now` is the caller's clock reading: the hot path reads the clock
     /// as seldom as it can.
     pub async fn checkout(&self, now: Instant) -> Result<Backend> {
-        let backend = self.lend_at(now).await?;
-        self.stats.assigned(now.elapsed());
+        let (backend, at_once) = self.lend_at(now).await?;
+        // Lent at once: no wait, and no clock to read.
+        self.stats.assigned(if at_once {
+            Duration::ZERO
+        } else {
+            now.elapsed()
+        });
         Ok(backend)
     }
 
@@ -173,22 +178,23 @@ impl Pool {
     /// nothing; waiting, connecting and checking run boxed, which keeps
     /// small the future every client task holds for its whole life.
     pub async fn lend(&self) -> Result<Backend> {
-        self.lend_at(Instant::now()).await
+        Ok(self.lend_at(Instant::now()).await?.0)
     }
 
-    async fn lend_at(&self, now: Instant) -> Result<Backend> {
+    /// The backend, and whether it was lent at once (idle, no check).
+    async fn lend_at(&self, now: Instant) -> Result<(Backend, bool)> {
         if !self.paused.load(Relaxed) {
             let idle = self.take_idle(&mut self.state.lock().unwrap(), now);
             if let Some(backend) = idle {
                 if !self.needs_check(&backend, now) {
-                    return Ok(backend);
+                    return Ok((backend, true));
                 }
                 if let Some(backend) = Box::pin(self.checked(backend)).await {
-                    return Ok(backend);
+                    return Ok((backend, false));
                 }
             }
         }
-        Box::pin(self.lend_waiting()).await
+        Ok((Box::pin(self.lend_waiting()).await?, false))
     }
 
     /// [`Pool::lend`]'s general case: wait for a backend or a slot to
@@ -276,7 +282,8 @@ impl Pool {
 
     /// Whether a backend has been idle long enough to be checked first.
     fn needs_check(&self, backend: &Backend, now: Instant) -> bool {
-        now.saturating_duration_since(backend.last_used) >= self.settings().check_delay
+        let delay = self.settings.read().unwrap().check_delay;
+        now.saturating_duration_since(backend.last_used) >= delay
             && !self.check_query.read().unwrap().is_empty()
     }
 
@@ -387,16 +394,18 @@ impl Pool {
 
     /// [`Pool::release`] with the caller's clock reading.
     pub fn release_at(&self, mut backend: Backend, reusable: bool, now: Instant) {
-        let settings = self.settings();
-        let expired = settings
-            .lifetime
-            .is_some_and(|l| now.saturating_duration_since(backend.created) >= l);
+        // Two fields, not a copy of all the settings.
+        let (lifetime, max) = {
+            let settings = self.settings.read().unwrap();
+            (settings.lifetime, settings.size + settings.reserve_size)
+        };
+        let expired = lifetime.is_some_and(|l| now.saturating_duration_since(backend.created) >= l);
         let stale = backend.generation < self.generation.load(Relaxed);
         if reusable && !expired && !stale && backend.conn.rbuf.is_empty() {
             backend.last_used = now;
             let mut s = self.state.lock().unwrap();
             // A reload may have made the pool smaller than what is open.
-            if s.open <= settings.size + settings.reserve_size {
+            if s.open <= max {
                 if let Some(Grant::Backend(b)) = line::hand_over(&mut s, Grant::Backend(backend)) {
                     b.set_active(false, now);
                     s.idle.push_back(b);
