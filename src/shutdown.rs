@@ -2,6 +2,9 @@
 //! closed once it is between transactions), then, at the deadline, close
 //! (clients still in a transaction get `57P01` and their backends are closed,
 //! so PostgreSQL rolls the transaction back).
+//!
+//! Each client has a [`Stop`]: the registry raises every client's as the
+//! shutdown proceeds (see `registry.rs`), KILL raises one client's.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -39,7 +39,8 @@ impl Pool {
     }
 
     /// Serves the front of the line as its times say; returns when to look
-    /// again (`None`: nobody waits; the keeper parks until someone does).
+    /// again (`None`: nobody waits, and the keeper parks until someone
+    /// does; or there are no times to enforce).
     fn tend_line(&self, now: Instant) -> Option<Instant> {
         let settings = self.settings();
         let mut s = self.state.lock().unwrap();
@@ -88,13 +89,11 @@ impl Pool {
             }
         });
         let timeout_at = settings.query_wait_timeout.map(|t| front.since + t);
+        // Neither: nothing to enforce until a reload (which wakes the
+        // keeper), so joining the line need not.
         match (reserve_at, timeout_at) {
             (Some(r), Some(t)) => Some(r.min(t)),
-            (r, t) => r.or(t).or_else(|| {
-                // Nothing to enforce: park until settings or the line change.
-                s.keeper_parked = true;
-                None
-            }),
+            (r, t) => r.or(t),
         }
     }
 }

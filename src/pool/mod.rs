@@ -1,6 +1,6 @@
 //! Pools of backends, one per (database, user): bounded by `pool_size`,
-//! a FIFO queue of waiting clients, idle and lifetime limits, and the
-//! reserve pool.
+//! a FIFO line of waiting clients (`line.rs`: its timeouts and the reserve
+//! pool), idle and lifetime limits (`maintain.rs`).
 //!
 //! The pool only lends backends. What runs on them is the relay's
 //! business; whether one comes back clean is the relay's call too (it

@@ -65,18 +65,18 @@ async fn max_client_conn_refuses_the_extra_client_only() {
     .await
 }
 
+/// pgdyno with a pool of one backend.
+async fn pool_of_one(extra: &[&str]) -> Pgdyno {
+    let url = Cluster::shared().url(APP_DB);
+    let mut args = vec!["--upstream", &url, "--pool-size", "1"];
+    args.extend_from_slice(extra);
+    Pgdyno::start(&args).await
+}
+
 #[tokio::test]
 async fn query_wait_timeout_fails_the_waiting_client() {
     within(60, async {
-        let pgdyno = Pgdyno::start(&[
-            "--upstream",
-            &Cluster::shared().url(APP_DB),
-            "--pool-size",
-            "1",
-            "--query-wait-timeout",
-            "0.5",
-        ])
-        .await;
+        let pgdyno = pool_of_one(&["--query-wait-timeout", "0.5"]).await;
         let holder = pgdyno.connect(APP_DB).await;
         let waiter = pgdyno.connect(APP_DB).await;
         holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -129,11 +129,7 @@ async fn query_wait_timeout_fails_the_waiting_client() {
 #[tokio::test]
 async fn reserve_pool_serves_a_client_that_waited_long_enough() {
     within(60, async {
-        let pgdyno = Pgdyno::start(&[
-            "--upstream",
-            &Cluster::shared().url(APP_DB),
-            "--pool-size",
-            "1",
+        let pgdyno = pool_of_one(&[
             "--reserve-pool-size",
             "1",
             "--reserve-pool-timeout",
@@ -340,6 +336,66 @@ async fn max_db_connections_caps_all_users_together() {
         assert!(
             (1..=2).contains(&most_seen),
             "PostgreSQL saw {most_seen} backends with max_db_connections 2"
+        );
+    })
+    .await
+}
+
+/// The line keeper ends each waiting client's wait at its own deadline: the
+/// first in line times out, the one that came later is still waiting when
+/// the backend comes back, and gets it.
+#[tokio::test]
+async fn query_wait_timeout_counts_from_each_clients_arrival() {
+    within(60, async {
+        let pgdyno = pool_of_one(&["--query-wait-timeout", "1.5"]).await;
+        let holder = pgdyno.connect(APP_DB).await;
+        let first = pgdyno.connect(APP_DB).await;
+        let second = pgdyno.connect(APP_DB).await;
+        holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let started = Instant::now();
+        let first_wait = async {
+            let result = first.query_typed_one("SELECT 1", &[]).await;
+            (result, started.elapsed())
+        };
+        let second_wait = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            second.query_typed_one("SELECT 2", &[]).await
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            holder.batch_execute("COMMIT").await.unwrap();
+        };
+        let ((first, waited), second, ()) = tokio::join!(first_wait, second_wait, release);
+        let err = first.expect_err("the first in line must time out");
+        assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("08P01"));
+        assert!(
+            waited >= Duration::from_millis(1400) && waited < Duration::from_millis(1950),
+            "the first timed out after {waited:?}"
+        );
+        let row = second.expect("the second in line is served when the backend is back");
+        assert_eq!(row.get::<_, i32>(0), 2);
+    })
+    .await
+}
+
+/// `query_wait_timeout = 0`: a client waits as long as it takes.
+#[tokio::test]
+async fn query_wait_timeout_zero_waits_without_end() {
+    within(60, async {
+        let pgdyno = pool_of_one(&["--query-wait-timeout", "0"]).await;
+        let holder = pgdyno.connect(APP_DB).await;
+        let waiter = pgdyno.connect(APP_DB).await;
+        holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        let wait = waiter.query_typed_one("SELECT 2", &[]);
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            holder.batch_execute("COMMIT").await.unwrap();
+        };
+        let (row, ()) = tokio::join!(wait, release);
+        assert_eq!(
+            row.expect("served once the backend is back")
+                .get::<_, i32>(0),
+            2
         );
     })
     .await
