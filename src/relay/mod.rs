@@ -198,7 +198,7 @@ impl<'a> Relay<'a> {
             }
 
             // Backend -> client.
-            let room = self.backend.conn.rbuf.len() < MAX_BUFFERED.max(self.t.backend_need)
+            let room = (self.backend.conn.rbuf.len() < MAX_BUFFERED || self.t.backend_need > 0)
                 && self.client.wbuf.len() < MAX_BUFFERED;
             if !waiting.backend_read && room {
                 reserve(&mut self.backend.conn.rbuf, self.t.backend_need);
@@ -237,7 +237,9 @@ impl<'a> Relay<'a> {
             }
 
             // The client's next messages.
-            let room = self.client.rbuf.len() < MAX_BUFFERED.max(self.t.client_need)
+            // A message held whole is read to its end, however far past
+            // MAX_BUFFERED it goes (max_packet_size bounds it).
+            let room = (self.client.rbuf.len() < MAX_BUFFERED || self.t.client_need > 0)
                 && self.backend.conn.wbuf.len() < MAX_BUFFERED;
             if !waiting.client_read && !self.t.client_done && room {
                 reserve(&mut self.client.rbuf, self.t.client_need);

@@ -91,10 +91,53 @@ pub struct Pipeline {
     pub set_default: bool,
 }
 
+/// Emptied entry queues, per thread: each bound stretch has a pipeline, and
+/// taking a queue back from here saves an allocation per transaction.
+mod spare {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// Queues kept per thread.
+    const KEEP: usize = 16;
+    /// Larger queues (a long pipeline went through) are freed.
+    const MAX_CAPACITY: usize = 64;
+
+    thread_local! {
+        static QUEUES: RefCell<Vec<VecDeque<super::Entry>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> VecDeque<super::Entry> {
+        QUEUES
+            .try_with(|q| q.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    pub(super) fn put(mut queue: VecDeque<super::Entry>) {
+        if queue.capacity() == 0 || queue.capacity() > MAX_CAPACITY {
+            return;
+        }
+        queue.clear();
+        let _ = QUEUES.try_with(|q| {
+            let mut q = q.borrow_mut();
+            if q.len() < KEEP {
+                q.push(queue);
+            }
+        });
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        spare::put(std::mem::take(&mut self.entries));
+    }
+}
+
 impl Default for Pipeline {
     fn default() -> Self {
         Pipeline {
-            entries: VecDeque::new(),
+            entries: spare::take(),
             unsynced: false,
             discarding: false,
             status: TransactionStatus::Idle,
@@ -255,6 +298,21 @@ fn apply(undo: Undo, session: &mut Session, statements: &mut BackendStatements) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dropped_pipeline_leaves_its_queue_to_the_next_one_emptied() {
+        std::thread::spawn(|| {
+            let mut p = Pipeline::default();
+            assert_eq!(p.entries.capacity(), 0, "a fresh thread has no spare queue");
+            p.expect(Kind::Query, false, None);
+            drop(p);
+            let p = Pipeline::default();
+            assert!(p.entries.capacity() > 0, "the queue was not kept");
+            assert!(p.entries.is_empty() && p.idle());
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn locals_wait_for_earlier_replies() {

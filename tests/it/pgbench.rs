@@ -24,10 +24,14 @@ async fn bench(db: &'static str, mode: &str) {
         output_text(&init)
     );
 
+    // A thread per client: pgbench prepares each statement with a blocking
+    // PQprepare, which stops all the clients of its thread until a backend
+    // serves it; if those clients hold every backend mid-transaction
+    // (tpcb's BEGIN ... END), nothing can move, with any pooler.
     let run = pgbench(
         pgdyno.port(),
         db,
-        &["-M", mode, "-c", "8", "-j", "2", "-t", "100", "-n"],
+        &["-M", mode, "-c", "8", "-j", "8", "-t", "100", "-n"],
     )
     .await;
     let report = output_text(&run);

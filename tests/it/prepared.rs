@@ -640,8 +640,10 @@ async fn session_mode_passes_statement_names_through() {
 /// A Parse that arrives in pieces, with pauses between them, is read to its
 /// end on the backend it started on: the stretch is not released while part
 /// of a client message is read (the client's next poll would find the same
-/// half message and release again, for ever). Another client of the
-/// one-backend pool is served once the first one's transaction ends.
+/// half message and release again, for ever), and reading goes on past the
+/// relay's 64 kB read-ahead until the message is whole (a first piece of
+/// 70 kB used to stop it there). Another client of the one-backend pool is
+/// served once the first one's transaction ends.
 #[tokio::test]
 async fn a_parse_sent_in_pieces_runs_whole() {
     within(60, async {
@@ -651,7 +653,7 @@ async fn a_parse_sent_in_pieces_runs_whole() {
         raw.login(APP_USER, APP_PASSWORD, APP_DB)
             .await
             .expect("raw login");
-        let big = "y".repeat(20_000);
+        let big = "y".repeat(100_000);
         let mut msgs = bytes::BytesMut::new();
         postgres_protocol::message::frontend::parse(
             "s1",
@@ -674,8 +676,8 @@ async fn a_parse_sent_in_pieces_runs_whole() {
         postgres_protocol::message::frontend::execute("", 0, &mut msgs).unwrap();
         postgres_protocol::message::frontend::sync(&mut msgs);
 
-        // The header and a third of the Parse, a pause, another third...
-        let cuts = [0, 7, parse_len / 3, 2 * parse_len / 3, msgs.len()];
+        // The header, 70 kB of the Parse, a pause, the rest...
+        let cuts = [0, 7, 70_000, parse_len - 10, msgs.len()];
         let sender = async {
             for w in cuts.windows(2) {
                 raw.send(&msgs[w[0]..w[1]]).await.expect("send");
@@ -691,7 +693,7 @@ async fn a_parse_sent_in_pieces_runs_whole() {
         let tags: Vec<char> = replies.iter().map(|m| m.tag as char).collect();
         assert_eq!(tags, ['1', '2', 'D', 'C', 'Z'], "{replies:?}");
         let data = &replies[2].body;
-        assert!(data.ends_with(b"20000"), "DataRow {data:?}");
+        assert!(data.ends_with(b"100000"), "DataRow {data:?}");
         assert_eq!(row.expect("the other client").get::<_, i32>(0), 2);
     })
     .await
