@@ -37,6 +37,7 @@ pub mod relay;
 pub mod session;
 pub mod shutdown;
 pub mod sidecar;
+pub mod spare;
 pub mod stats;
 pub mod stream;
 pub mod tls;

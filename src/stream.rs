@@ -5,6 +5,7 @@
 //! here (`read_message`, `flush`) serve the login phases, where clarity
 //! matters more than system calls.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,11 +15,21 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::protocol::frame;
+use crate::spare;
 
 /// Read buffer size: large enough to take a pgbench batch in one read.
 pub const READ_BUF: usize = 16 * 1024;
 /// A write buffer's first size (it grows as a batch needs).
 const WRITE_BUF: usize = 1024;
+/// Buffers larger than this (a big result went through) are not kept for
+/// the next connection that wakes up on this thread.
+const MAX_SPARE: usize = 32 * 1024;
+
+thread_local! {
+    /// Buffers of connections gone idle (see [`crate::spare`]).
+    static SPARE_READS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SPARE_WRITES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
 
 pub enum Stream {
     Tcp(TcpStream),
@@ -182,10 +193,12 @@ impl Conn {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() == 0 {
             std::task::ready!(self.stream.poll_read_ready(cx))?;
-            self.rbuf = spare::take(&spare::READS, READ_BUF);
+            self.rbuf =
+                spare::take(&SPARE_READS).unwrap_or_else(|| BytesMut::with_capacity(READ_BUF));
         }
         if self.wbuf.capacity() == 0 {
-            self.wbuf = spare::take(&spare::WRITES, WRITE_BUF);
+            self.wbuf =
+                spare::take(&SPARE_WRITES).unwrap_or_else(|| BytesMut::with_capacity(WRITE_BUF));
         }
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_BUF);
@@ -236,8 +249,8 @@ impl Conn {
     /// again when input comes. Only with nothing buffered.
     pub fn release_buffers(&mut self) {
         debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
-        spare::put(&spare::READS, std::mem::take(&mut self.rbuf));
-        spare::put(&spare::WRITES, std::mem::take(&mut self.wbuf));
+        spare::put(&SPARE_READS, std::mem::take(&mut self.rbuf), MAX_SPARE);
+        spare::put(&SPARE_WRITES, std::mem::take(&mut self.wbuf), MAX_SPARE);
     }
 
     /// Whether anything written is not on the wire yet.
@@ -277,79 +290,5 @@ impl Conn {
             }
         }
         Poll::Ready(Ok(sent))
-    }
-}
-
-/// Buffers of connections gone idle, for the next connection that wakes up
-/// on this thread: a client between transactions holds no buffer, and one
-/// whose next query comes takes a warm buffer instead of a fresh allocation.
-/// A few per thread, and none that grew large, so the memory they keep is
-/// small and bounded.
-mod spare {
-    use std::cell::RefCell;
-    use std::thread::LocalKey;
-
-    use bytes::BytesMut;
-
-    /// Buffers kept per kind and thread.
-    const KEEP: usize = 16;
-    /// Larger buffers (a big result went through) are freed.
-    const MAX_CAPACITY: usize = 32 * 1024;
-
-    thread_local! {
-        pub static READS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-        pub static WRITES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub fn take(kind: &'static LocalKey<RefCell<Vec<BytesMut>>>, capacity: usize) -> BytesMut {
-        kind.with_borrow_mut(Vec::pop)
-            .unwrap_or_else(|| BytesMut::with_capacity(capacity))
-    }
-
-    pub fn put(kind: &'static LocalKey<RefCell<Vec<BytesMut>>>, mut buf: BytesMut) {
-        if buf.capacity() == 0 || buf.capacity() > MAX_CAPACITY {
-            return;
-        }
-        buf.clear();
-        kind.with_borrow_mut(|spare| {
-            if spare.len() < KEEP {
-                spare.push(buf);
-            }
-        });
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn keeps_a_few_small_empty_buffers() {
-            thread_local! {
-                static TEST: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-            }
-            put(&TEST, BytesMut::with_capacity(MAX_CAPACITY + 1));
-            put(&TEST, BytesMut::new());
-            assert_eq!(
-                TEST.with_borrow(Vec::len),
-                0,
-                "large and empty ones are freed"
-            );
-            for _ in 0..KEEP + 5 {
-                let mut buf = BytesMut::with_capacity(1024);
-                buf.extend_from_slice(b"left over");
-                put(&TEST, buf);
-            }
-            assert_eq!(TEST.with_borrow(Vec::len), KEEP);
-            let buf = take(&TEST, 16);
-            assert!(buf.is_empty() && buf.capacity() >= 1024);
-            for _ in 0..KEEP {
-                take(&TEST, 16);
-            }
-            assert_eq!(
-                take(&TEST, 16).capacity(),
-                16,
-                "a fresh one when none is left"
-            );
-        }
     }
 }

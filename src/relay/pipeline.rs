@@ -7,6 +7,7 @@
 //! relay hide the replies to messages it injected, slot its own replies in
 //! at the right place, and know when nothing is outstanding.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use crate::prepared::{BackendStatements, Statement};
 use crate::protocol::TransactionStatus;
 use crate::session::Session;
+use crate::spare;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -91,53 +93,25 @@ pub struct Pipeline {
     pub set_default: bool,
 }
 
-/// Emptied entry queues, per thread: each bound stretch has a pipeline, and
-/// taking a queue back from here saves an allocation per transaction.
-mod spare {
-    use std::cell::RefCell;
-    use std::collections::VecDeque;
-
-    /// Queues kept per thread.
-    const KEEP: usize = 16;
-    /// Larger queues (a long pipeline went through) are freed.
-    const MAX_CAPACITY: usize = 64;
-
-    thread_local! {
-        static QUEUES: RefCell<Vec<VecDeque<super::Entry>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) fn take() -> VecDeque<super::Entry> {
-        QUEUES
-            .try_with(|q| q.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-    }
-
-    pub(super) fn put(mut queue: VecDeque<super::Entry>) {
-        if queue.capacity() == 0 || queue.capacity() > MAX_CAPACITY {
-            return;
-        }
-        queue.clear();
-        let _ = QUEUES.try_with(|q| {
-            let mut q = q.borrow_mut();
-            if q.len() < KEEP {
-                q.push(queue);
-            }
-        });
-    }
+thread_local! {
+    /// Emptied entry queues (see [`crate::spare`]): each bound stretch has a
+    /// pipeline, and a kept queue saves an allocation per transaction.
+    static SPARE_QUEUES: RefCell<Vec<VecDeque<Entry>>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Queues longer than this (a long pipeline went through) are not kept.
+const MAX_SPARE: usize = 64;
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        spare::put(std::mem::take(&mut self.entries));
+        spare::put(&SPARE_QUEUES, std::mem::take(&mut self.entries), MAX_SPARE);
     }
 }
 
 impl Default for Pipeline {
     fn default() -> Self {
         Pipeline {
-            entries: spare::take(),
+            entries: spare::take(&SPARE_QUEUES).unwrap_or_default(),
             unsynced: false,
             discarding: false,
             status: TransactionStatus::Idle,
