@@ -5,7 +5,7 @@
 //! front of the line. One task per pool, the line keeper, enforces the
 //! times: it hands the reserve pool to the front once it has waited
 //! `reserve_pool_timeout`, and ends the wait of clients past
-//! `query_wait_timeout`. Since the line is in arrival order, the front's
+//! `query_wait_timeout` (it drops their sender: the receive fails). Since the line is in arrival order, the front's
 //! times come first, so the keeper sleeps until the front's next deadline
 //! (or, with nobody waiting, until the first client joins) and no waiting
 //! client carries a timer of its own.
@@ -60,18 +60,14 @@ impl Pool {
                     None => {
                         tracing::info!(event = "reserve_pool_used", database = %self.database, user = %self.user, "using the reserve pool");
                     }
-                    Some(Grant::Backend(b)) => s.idle.push_back(b),
-                    Some(_) => {
-                        s.open -= 1;
-                        self.limits.iter().for_each(|l| l.release_count_only());
-                    }
+                    Some(unwanted) => self.give_back(&mut s, unwanted, now),
                 }
             }
         }
         if let Some(limit) = settings.query_wait_timeout {
+            // Dropped, its sender with it: the client's wait ends in an error.
             while s.waiters.front().is_some_and(|w| now >= w.since + limit) {
-                let w = s.waiters.pop_front().expect("front checked");
-                let _ = w.tx.send(Grant::TimedOut);
+                s.waiters.pop_front();
             }
         }
         let Some(front) = s.waiters.front() else {
@@ -94,6 +90,21 @@ impl Pool {
         match (reserve_at, timeout_at) {
             (Some(r), Some(t)) => Some(r.min(t)),
             (r, t) => r.or(t),
+        }
+    }
+
+    /// Takes back a grant nobody in line wanted: a backend goes idle, a
+    /// slot is freed.
+    pub(super) fn give_back(&self, s: &mut State, grant: Grant, now: Instant) {
+        match grant {
+            Grant::Backend(b) => {
+                b.set_active(false, now);
+                s.idle.push_back(b);
+            }
+            Grant::Slot => {
+                s.open -= 1;
+                self.limits.iter().for_each(|l| l.release_count_only());
+            }
         }
     }
 }

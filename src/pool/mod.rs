@@ -110,8 +110,6 @@ enum Grant {
     Backend(Backend),
     /// Permission to open a new backend, already counted in `open`.
     Slot,
-    /// `query_wait_timeout` passed.
-    TimedOut,
 }
 
 impl Pool {
@@ -234,15 +232,15 @@ impl Pool {
                 if self.limits.iter().any(|l| l.evict_idle(self)) {
                     self.grant_slots();
                 }
-                match rx.await {
-                    Ok(Grant::TimedOut) | Err(_) => {
-                        self.stats
-                            .wait_timeouts
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return Err(Error::QueryWaitTimeout);
-                    }
-                    Ok(grant) => grant,
-                }
+                // The line keeper ends a wait past query_wait_timeout by
+                // dropping the waiter, sender and all.
+                let Ok(grant) = rx.await else {
+                    self.stats
+                        .wait_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(Error::QueryWaitTimeout);
+                };
+                grant
             }
         };
         let backend = self.use_grant(grant).await?;
@@ -300,7 +298,6 @@ impl Pool {
     async fn use_grant(&self, grant: Grant) -> Result<Backend> {
         match grant {
             Grant::Backend(b) => Ok(b),
-            Grant::TimedOut => Err(Error::QueryWaitTimeout),
             Grant::Slot => {
                 // While logins fail, clients get the last error at once
                 // instead of each waiting for its own failure.
@@ -406,9 +403,8 @@ impl Pool {
             let mut s = self.state.lock().unwrap();
             // A reload may have made the pool smaller than what is open.
             if s.open <= max {
-                if let Some(Grant::Backend(b)) = line::hand_over(&mut s, Grant::Backend(backend)) {
-                    b.set_active(false, now);
-                    s.idle.push_back(b);
+                if let Some(unwanted) = line::hand_over(&mut s, Grant::Backend(backend)) {
+                    self.give_back(&mut s, unwanted, now);
                 }
                 return;
             }
@@ -436,9 +432,8 @@ impl Pool {
                 break;
             }
             s.open += 1;
-            if line::hand_over(&mut s, Grant::Slot).is_some() {
-                s.open -= 1;
-                self.limits.iter().for_each(|l| l.release_count_only());
+            if let Some(unwanted) = line::hand_over(&mut s, Grant::Slot) {
+                self.give_back(&mut s, unwanted, Instant::now());
                 break;
             }
             served = true;
