@@ -16,7 +16,8 @@
 //! ```
 //!
 //! [`config`] turns the TOML file, env vars and flags into one `Config`;
-//! [`error`] says which side failed and which SQLSTATE the client sees.
+//! [`error`] says which side failed and which SQLSTATE the client sees;
+//! [`logs`] writes the log lines.
 
 pub mod admin;
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 pub mod pool;
 pub mod pooler;

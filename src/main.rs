@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pgdyno::config::{Config, LogFormat, Sources, SETTINGS};
+use pgdyno::config::{Config, Sources, SETTINGS};
 use pgdyno::listener::Listeners;
 use pgdyno::pooler::Pooler;
 use pgdyno::sidecar::{Sidecar, SidecarError};
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    init_logging(&config);
+    pgdyno::logs::init(&config);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -55,7 +55,7 @@ fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
     let sources = parse_args(args[..split].iter().cloned())?;
     let command = args[split + 1..].to_vec();
     let sidecar = Sidecar::prepare(sources, command).unwrap_or_else(|e| exit_with(e));
-    init_logging(&sidecar.config);
+    pgdyno::logs::init(&sidecar.config);
     let runtime = runtime(&sidecar.config)?;
     match runtime.block_on(sidecar.run()) {
         Ok(code) => std::process::exit(code),
@@ -153,24 +153,6 @@ fn print_and_exit(text: &str) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     std::process::exit(0)
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 async fn serve(mut config: Config, sources: Sources) -> anyhow::Result<()> {

@@ -240,11 +240,14 @@ impl ServerExchange {
             .ok()
             .and_then(|p| p.try_into().ok())
             .ok_or(ScramError::Malformed("invalid proof"))?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
-        let signature = hmac(&secret.stored_key, &[auth_message.as_bytes()]);
+        let auth_message = [
+            self.client_first_bare.as_bytes(),
+            b",",
+            self.server_first.as_bytes(),
+            b",",
+            without_proof.as_bytes(),
+        ];
+        let signature = hmac(&secret.stored_key, &auth_message);
         let mut client_key = proof;
         for (k, s) in client_key.iter_mut().zip(signature) {
             *k ^= s;
@@ -252,7 +255,7 @@ impl ServerExchange {
         if sha256(&client_key) != secret.stored_key {
             return Err(ScramError::WrongProof);
         }
-        let server_signature = hmac(&secret.server_key, &[auth_message.as_bytes()]);
+        let server_signature = hmac(&secret.server_key, &auth_message);
         Ok((format!("v={}", B64.encode(server_signature)), client_key))
     }
 }
