@@ -17,7 +17,7 @@
 //!
 //! [`config`] turns the TOML file, env vars and flags into one `Config`;
 //! [`error`] says which side failed and which SQLSTATE the client sees;
-//! [`logs`] writes the log lines.
+//! [`logs`] writes the log lines; [`utc`] turns times into calendar text.
 
 pub mod admin;
 pub mod auth;
@@ -43,3 +43,4 @@ pub mod spare;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+pub mod utc;

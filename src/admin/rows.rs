@@ -79,24 +79,9 @@ pub fn v(x: impl ToString) -> Option<String> {
 
 /// `2026-11-26 14:00:00 UTC` from microseconds since the epoch.
 pub fn timestamp(us: u64) -> String {
-    let secs = (us / 1_000_000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let mut text = crate::utc::date_time(us / 1_000_000);
+    text[10] = b' ';
+    format!("{} UTC", String::from_utf8_lossy(&text))
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@
 //! front of the line. One task per pool, the line keeper, enforces the
 //! times: it hands the reserve pool to the front once it has waited
 //! `reserve_pool_timeout`, and ends the wait of clients past
-//! `query_wait_timeout` (it drops their sender: the receive fails). Since the line is in arrival order, the front's
-//! times come first, so the keeper sleeps until the front's next deadline
-//! (or, with nobody waiting, until the first client joins) and no waiting
-//! client carries a timer of its own.
+//! `query_wait_timeout` (it drops their sender: the receive fails). Since
+//! the line is in arrival order, the front's times come first, so the
+//! keeper sleeps until the front's next deadline (or, with nobody waiting,
+//! until the first client joins) and no waiting client carries a timer of
+//! its own.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
