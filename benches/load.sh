@@ -311,6 +311,14 @@ AS_SVC=()
 if [[ $EUID == 0 ]]; then
   AS_SVC=(setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups --)
 fi
+# Each pooler runs in a session of its own, as a service does. In this
+# script's session it would share pgbench's CPU group (Linux's autogroup
+# puts each session in one, and PostgreSQL's backends each start their
+# own): pgbench's threads would then take CPU from the pooler rather than
+# from PostgreSQL, and the pooler would be preempted twice as often.
+# setsid execs in place here (no job control, so no process group leader):
+# $! stays the pooler's PID.
+AS_POOLER=(setsid)
 
 # A pooler wants a file descriptor per client and per backend, and so does
 # the idle clients' process: IDLE_CLIENTS of each, and some to spare.
@@ -889,7 +897,7 @@ EOF
   if [[ $EUID == 0 ]]; then chown -R nobody: "$dir"; fi
   : >"$WORK/pgbouncer$LOG_TAG.log"
   if [[ $EUID == 0 ]]; then chown nobody: "$WORK/pgbouncer$LOG_TAG.log"; fi
-  "${AS_SVC[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini" >"$WORK/pgbouncer$LOG_TAG.stderr.log" 2>&1 &
+  "${AS_POOLER[@]}" "${AS_SVC[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini" >"$WORK/pgbouncer$LOG_TAG.stderr.log" 2>&1 &
   PGB_PID=$!
   wait_login "$PGB_PORT" pgbouncer "$PGB_PID" "$WORK/pgbouncer$LOG_TAG.stderr.log" || return 1
   log "pgbouncer pid $PGB_PID on 127.0.0.1:$PGB_PORT (PgBouncer $PGB_VERSION, tls=$TLS_NOW)"
@@ -909,7 +917,7 @@ start_pgdyno() {
   fi
   # pgdyno reads every PGDYNO_* env var as a setting and rejects unknown
   # ones, so this script's own knobs must not reach it.
-  env -u PGDYNO_BIN -u PGDYNO_EXTRA_ARGS "$PGDYNO_BIN" --listen "127.0.0.1:$DYN_PORT" \
+  "${AS_POOLER[@]}" env -u PGDYNO_BIN -u PGDYNO_EXTRA_ARGS "$PGDYNO_BIN" --listen "127.0.0.1:$DYN_PORT" \
     --upstream "postgres://$DBUSER:$PGPASS@127.0.0.1:$PG_PORT/$DB" \
     --pool-mode transaction --pool-size "$CUR_POOL" --max-client-conn "$CUR_MAX_CLIENT_CONN" \
     "${tls[@]}" "${extra[@]}" >"$WORK/pgdyno$LOG_TAG.log" 2>&1 &
