@@ -81,7 +81,12 @@ Scenarios (SCENARIOS, default all):
 
 Environment (defaults in brackets):
   SCENARIOS          any of the above [$ALL_SCENARIOS]
-  TARGETS            any of: direct pgbouncer pgdyno ["direct pgbouncer pgdyno"]
+  TARGETS            any of: direct pgbouncer floor pgdyno
+                     ["direct pgbouncer floor pgdyno"]; floor is the cheapest
+                     relay tokio allows (benches/tokio_floor.rs: a PostgreSQL
+                     connection per client, bytes copied both ways, nothing
+                     parsed or pooled), run where it relays like a pooler
+                     (not in select-400, connect or tls)
   REPEAT             repetitions of every scenario; the report gives medians [1]
   DURATION           seconds per measured pgbench run [15]
   WARMUP             seconds of unmeasured pgbench before each run [3]
@@ -155,7 +160,7 @@ CONNECT_CLIENTS=${CONNECT_CLIENTS:-8}
 IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 SAMPLING=${SAMPLING:-}
 SCALE=${SCALE:-10}
-TARGETS=${TARGETS:-direct pgbouncer pgdyno}
+TARGETS=${TARGETS:-direct pgbouncer floor pgdyno}
 TLS=${TLS:-0}
 PGDYNO_BIN=${PGDYNO_BIN:-}
 PGDYNO_EXTRA_ARGS=${PGDYNO_EXTRA_ARGS:-}
@@ -185,7 +190,7 @@ if [[ -n $SAMPLING ]] && ! awk -v s="$SAMPLING" 'BEGIN { exit !(s ~ /^[0-9.]+$/ 
   die "SAMPLING must be a number in (0, 1], got '$SAMPLING'"
 fi
 for t in $TARGETS; do
-  case $t in direct | pgbouncer | pgdyno) ;; *) die "unknown target '$t' in TARGETS" ;; esac
+  case $t in direct | pgbouncer | floor | pgdyno) ;; *) die "unknown target '$t' in TARGETS" ;; esac
 done
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
@@ -340,7 +345,7 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 WORK=$(mktemp -d /tmp/pgdyno-bench.XXXXXX)
 chmod 755 "$WORK"
 cd "$WORK" # services started as nobody need a readable working directory
-PG_PID="" PGB_PID="" DYN_PID="" BENCH_PID="" IDLE_PID=""
+PG_PID="" PGB_PID="" DYN_PID="" FLOOR_PID="" BENCH_PID="" IDLE_PID=""
 PGDATA=$WORK/pgdata
 SOCKDIR=$WORK/sock
 TLS_DIR=$WORK/tls
@@ -402,6 +407,7 @@ cleanup() {
   stop_pid "$BENCH_PID" pgbench TERM
   stop_pid "$IDLE_PID" idle_clients TERM
   stop_pid "$DYN_PID" pgdyno TERM
+  stop_pid "$FLOOR_PID" floor TERM
   stop_pid "$PGB_PID" pgbouncer TERM
   stop_pid "$PG_PID" postgres INT # fast shutdown
   if [[ -d $WORK ]]; then
@@ -709,6 +715,12 @@ if has_target pgdyno; then
   fi
   [[ -x $PGDYNO_BIN ]] || die "pgdyno binary not found: $PGDYNO_BIN"
 fi
+if has_target floor; then
+  log "building the tokio floor relay (cargo build --release --example tokio_floor)"
+  (cd "$REPO" && cargo build --release --example tokio_floor >&2) ||
+    die "cargo build --release --example tokio_floor failed; run without floor (TARGETS=\"direct pgbouncer pgdyno\")"
+  FLOOR_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/tokio_floor
+fi
 
 # ---------------------------------------------------------------- TLS
 
@@ -926,6 +938,21 @@ start_pgdyno() {
   log "pgdyno pid $DYN_PID on 127.0.0.1:$DYN_PORT ($PGDYNO_BIN, tls=$TLS_NOW)"
 }
 
+# The tokio floor relay: one PostgreSQL connection per client, no login of
+# its own (the client logs in to PostgreSQL through it).
+start_floor() {
+  FLOOR_PORT=$(free_port)
+  "${AS_POOLER[@]}" "$FLOOR_BIN" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$PG_PORT" >"$WORK/floor$LOG_TAG.log" 2>&1 &
+  FLOOR_PID=$!
+  wait_login "$FLOOR_PORT" floor "$FLOOR_PID" "$WORK/floor$LOG_TAG.log" || return 1
+  log "floor pid $FLOOR_PID on 127.0.0.1:$FLOOR_PORT ($FLOOR_BIN)"
+}
+
+# Whether the floor relays like a pooler in the current scenario: every
+# client on a backend of its own (no more clients than the pool), plain TCP
+# (it cannot terminate TLS), and no login of its own to compare (connect).
+floor_applies() { ((S_CLIENTS <= S_POOL && !S_CONNECT)) && [[ $TLS_NOW == off ]]; }
+
 # ---------------------------------------------------------------- measuring
 
 # Measures TARGET in the current scenario (S_*) against PORT (the pooler is
@@ -1048,35 +1075,26 @@ start_target() {
   T_PID=""
   case $1 in
     direct) T_PORT=$PG_PORT ;;
-    pgbouncer)
-      if ! start_pgbouncer; then
-        stop_pid "$PGB_PID" pgbouncer TERM
-        PGB_PID=""
-        return 1
-      fi
-      T_PORT=$PGB_PORT T_PID=$PGB_PID
-      ;;
-    pgdyno)
-      if ! start_pgdyno; then
-        stop_pid "$DYN_PID" pgdyno TERM
-        DYN_PID=""
-        return 1
-      fi
-      T_PORT=$DYN_PORT T_PID=$DYN_PID
-      ;;
-  esac
+    pgbouncer) start_pgbouncer && T_PORT=$PGB_PORT T_PID=$PGB_PID ;;
+    pgdyno) start_pgdyno && T_PORT=$DYN_PORT T_PID=$DYN_PID ;;
+    floor) start_floor && T_PORT=$FLOOR_PORT T_PID=$FLOOR_PID ;;
+  esac && return 0
+  stop_target "$1"
+  return 1
 }
 
 stop_target() {
   case $1 in
     pgbouncer) stop_pid "$PGB_PID" pgbouncer TERM; PGB_PID="" ;;
     pgdyno) stop_pid "$DYN_PID" pgdyno TERM; DYN_PID="" ;;
+    floor) stop_pid "$FLOOR_PID" floor TERM; FLOOR_PID="" ;;
   esac
 }
 
 # Runs the current scenario (S_*, TLS set) against TARGET in repetition REP.
 run_target() {
   local rep=$1 target=$2
+  if [[ $target == floor ]] && ! floor_applies; then return; fi
   CUR_POOL=$S_POOL CUR_MAX_CLIENT_CONN=$MAX_CLIENT_CONN
   LOG_TAG=-$S_NAME$TLS_SUFFIX$( ((REPEAT == 1)) || echo "-r$rep")
   if ! start_target "$target"; then
@@ -1087,7 +1105,7 @@ run_target() {
     return
   fi
   measure "$rep" "$target" "$T_PORT" "$T_PID"
-  if [[ $TLS_ANY == 1 && " $TLS_NOTED " != *" $target/$TLS_NOW "* ]] && { [[ -z $T_PID ]] || alive "$T_PID"; }; then
+  if [[ $TLS_ANY == 1 && $target != floor && " $TLS_NOTED " != *" $target/$TLS_NOW "* ]] && { [[ -z $T_PID ]] || alive "$T_PID"; }; then
     tls_note "$target" "$T_PORT" "$T_PID" >>"$TLS_NOTES"
     TLS_NOTED+=" $target/$TLS_NOW"
   fi
@@ -1174,7 +1192,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
   done
   if ((RUN_IDLE)); then
     for t in "${order[@]}"; do
-      [[ $t == direct ]] || measure_idle "$rep" "$t"
+      [[ $t == direct || $t == floor ]] || measure_idle "$rep" "$t"
     done
   fi
 done

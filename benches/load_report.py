@@ -23,8 +23,8 @@ import os
 import statistics
 import sys
 
-TARGET_ORDER = ["direct", "pgbouncer", "pgdyno"]
-COLORS = {"direct": "#9e9e9e", "pgbouncer": "#4e79a7", "pgdyno": "#f28e2b"}
+TARGET_ORDER = ["direct", "pgbouncer", "floor", "pgdyno"]
+COLORS = {"direct": "#9e9e9e", "pgbouncer": "#4e79a7", "floor": "#59a14f", "pgdyno": "#f28e2b"}
 DESCRIPTIONS = {
     "select-simple": "pgbench -S -M simple",
     "select-extended": "pgbench -S -M extended",
@@ -277,7 +277,7 @@ def summary_rows(s, multi_tls):
         rows.append([unit_label(k[0], k[1], multi_tls), k[2], fmt(v["tps"], 0), fmt(v["latency_ms"], 3),
                      fmt(v["p99_ms"], 3), fmt(v["failed"], 0), fmt(v["pooler_us"]), fmt(v["hwm_mib"]),
                      x(v["tps_vs_pgb"]) if k[2] != "pgbouncer" else "1.00x",
-                     x(v["cpu_vs_pgb"]) if k[2] == "pgdyno" else ("1.00x" if k[2] == "pgbouncer" else "-"),
+                     x(v["cpu_vs_pgb"]) if k[2] in ("floor", "pgdyno") else ("1.00x" if k[2] == "pgbouncer" else "-"),
                      x(v["p99_vs_pgb"]) if k[2] != "pgbouncer" else "1.00x", fmt(v["max_other_pct"]), v["status"]])
     return rows
 
@@ -328,7 +328,7 @@ def markdown(meta, s, idle, targets, runs, tls_notes, svg_path, multi_tls, noisy
         f"{meta['warmup']} s of warm-up; pgbench scale {meta['scale']}; each pooler freshly started per scenario; "
         f"figures are medians over the repetitions (failed: the sum; peak RSS: the largest)",
         "",
-        "Command (as root; PostgreSQL and PgBouncer run as `nobody`, everything on 127.0.0.1):",
+        "Command (as root; PostgreSQL and PgBouncer run as `nobody`, each pooler in a session of its own, everything on 127.0.0.1):",
         "",
         "    " + meta["command"],
         "",
@@ -351,7 +351,7 @@ def markdown(meta, s, idle, targets, runs, tls_notes, svg_path, multi_tls, noisy
         rows.append([unit_label(k[0], k[1], multi_tls), k[2], fmt(v["tps"], 0), fmt(v["latency_ms"], 3),
                      fmt(v["p99_ms"], 3), fmt(v["failed"], 0) + ("" if v["status"] == "ok" else f" ({v['status']})"),
                      fmt(v["pooler_us"]), fmt(v["hwm_mib"]),
-                     x(v["tps_vs_pgb"]), x(v["cpu_vs_pgb"]) if k[2] == "pgdyno" else "-", x(v["p99_vs_pgb"]),
+                     x(v["tps_vs_pgb"]), x(v["cpu_vs_pgb"]) if k[2] in ("floor", "pgdyno") else "-", x(v["p99_vs_pgb"]),
                      x(v["tps_vs_direct"]), fmt(v["postgres_us"]), fmt(v["pgbench_us"]), fmt(v["max_other_pct"])])
     L += [md_table(rows), ""]
     L += ["- pooler CPU µs/txn: the pooler process's utime+stime (all threads) from /proc over the measured run, "
@@ -400,6 +400,21 @@ def markdown(meta, s, idle, targets, runs, tls_notes, svg_path, multi_tls, noisy
         notes.append("`select-400`: pgbench's clients log in before the measurement starts (the CPU window opens "
                      "once pgbench holds a socket per client, and pgbench's tps leaves its initial connection time "
                      "out), so the 400 SCRAM logins are not in the per-transaction figures.")
+    floors = [(k, v) for k, v in s.items() if k[2] == "floor" and v["pooler_us"] is not None]
+    if floors:
+        parts = []
+        for (scen, tls, _), v in floors:
+            d = s.get((scen, tls, "pgdyno"))
+            if d and d["pooler_us"] is not None:
+                vs = f" ({x(v['cpu_vs_pgb'])} PgBouncer's)" if v["cpu_vs_pgb"] is not None else ""
+                parts.append(f"{scen}: floor {v['pooler_us']:.1f} µs{vs}, "
+                             f"pgdyno {d['pooler_us'] - v['pooler_us']:+.1f} µs above it")
+        notes.append("`floor` is the cheapest relay tokio allows (`benches/tokio_floor.rs`): a PostgreSQL "
+                     "connection of its own for every client and one task copying bytes both ways, on the runtime "
+                     "pgdyno uses; nothing parsed, pooled or counted. It makes the same system calls per "
+                     "transaction as both poolers, so its CPU per transaction is what the kernel and tokio cost, and "
+                     "what pgdyno needs above it is pgdyno's own work. It runs only where it relays like a pooler "
+                     "(not in select-400, connect or tls). " + "; ".join(parts) + ("." if parts else ""))
     if idle:
         notes.append("Idle memory counts the pooler's own memory (RSS) only; the kernel's socket buffers, the same "
                      "for both poolers, are not in it.")
