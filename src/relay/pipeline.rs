@@ -32,7 +32,7 @@ pub enum Kind {
 
 impl Kind {
     /// Whether a backend message with `tag` is the last of this reply.
-    fn closed_by(self, tag: u8) -> bool {
+    pub fn closed_by(self, tag: u8) -> bool {
         matches!(
             (self, tag),
             (Kind::Parse, b'1')
@@ -160,19 +160,18 @@ impl Pipeline {
         }
     }
 
-    /// Whether a backend message with `tag` closes the head reply.
-    pub fn closes_head(&self, tag: u8) -> bool {
-        self.head().is_some_and(|(kind, _)| kind.closed_by(tag))
-    }
-
     /// A backend message closed the head reply (see [`Kind::closed_by`]):
     /// pops it, then writes out local replies now due.
-    pub fn close_head_if(&mut self, tag: u8, to_client: &mut BytesMut) {
-        if let Some((kind, _)) = self.head() {
-            if kind.closed_by(tag) {
-                self.entries.pop_front();
-                self.flush_locals(to_client);
-            }
+    pub fn close_head(&mut self, to_client: &mut BytesMut) {
+        self.entries.pop_front();
+        self.flush_locals(to_client);
+    }
+
+    /// [`Pipeline::close_head`] if a backend message with `tag` closes it.
+    #[cfg(test)]
+    fn close_head_if(&mut self, tag: u8, to_client: &mut BytesMut) {
+        if self.head().is_some_and(|(kind, _)| kind.closed_by(tag)) {
+            self.close_head(to_client);
         }
     }
 

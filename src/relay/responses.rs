@@ -41,8 +41,11 @@ impl Visit for FromBackend<'_> {
     }
 
     fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {
+        // The head stays the same until the end of this visit (the one
+        // branch that changes the pipeline returns at once).
         let head = self.pipeline.head();
         let hidden = head.is_some_and(|(_, hidden)| hidden);
+        let closes = head.is_some_and(|(kind, _)| kind.closed_by(tag));
         match tag {
             b'S' => {
                 if let Some((name, value)) = fields::parameter_status(body) {
@@ -105,12 +108,14 @@ impl Visit for FromBackend<'_> {
             _ => {}
         }
         if !hidden {
-            if !self.pipeline.closes_head(tag) {
+            if !closes {
                 return Step::Forward;
             }
             copy_message(out, tag, body);
         }
-        self.pipeline.close_head_if(tag, out);
+        if closes {
+            self.pipeline.close_head(out);
+        }
         Step::Drop
     }
 }
