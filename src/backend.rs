@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
@@ -16,6 +16,7 @@ use crate::auth::scram::{
     ClientBinding, KeyCache, KeyExchange, KeyProof, ScramKeys, MECHANISM, MECHANISM_PLUS,
 };
 use crate::cancel::CancelGate;
+use crate::clock::{self, Micros};
 use crate::config::tls::ChannelBinding as BindingMode;
 use crate::config::{Host, Upstream};
 use crate::error::{Error, Result};
@@ -101,8 +102,8 @@ pub struct Live {
     pub secret_key: i32,
     /// Cancels forwarded to this backend and not yet done.
     pub cancel_gate: Arc<CancelGate>,
-    pub created: Instant,
-    pub last_used: Instant,
+    pub created: Micros,
+    pub last_used: Micros,
     pub target: Arc<Target>,
     /// The pool generation it was opened in (see RECONNECT).
     pub generation: u64,
@@ -154,7 +155,7 @@ impl Backend {
     }
 
     /// Marks the backend lent (true) or idle (false) in SHOW SERVERS.
-    pub fn set_active(&self, active: bool, now: Instant) {
+    pub fn set_active(&self, active: bool, now: Micros) {
         if let Some(l) = &self.listed {
             l.entry.set_active(active, now);
         }
@@ -225,8 +226,8 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
         process_id: 0,
         secret_key: 0,
         cancel_gate: Arc::default(),
-        created: Instant::now(),
-        last_used: Instant::now(),
+        created: clock::now(),
+        last_used: clock::now(),
         target: target.clone(),
         listed: None,
         generation: 0,

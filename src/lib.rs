@@ -17,7 +17,8 @@
 //!
 //! [`config`] turns the TOML file, env vars and flags into one `Config`;
 //! [`error`] says which side failed and which SQLSTATE the client sees;
-//! [`logs`] writes the log lines; [`utc`] turns times into calendar text.
+//! [`logs`] writes the log lines; [`utc`] turns times into calendar text;
+//! [`clock`] is the hot path's integer clock.
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod autosize;
 pub mod backend;
 pub mod cancel;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod listener;

@@ -6,10 +6,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
+use crate::clock::Micros;
 use crate::shutdown::{Shutdown, Stop, StopLevel};
 
 fn now_us() -> u64 {
@@ -17,17 +18,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or_default()
-}
-
-/// `at` as microseconds since the epoch, from an `Instant` the hot path
-/// has already read (no second clock read; as PgBouncer's cached time).
-fn epoch_us_at(at: Instant) -> u64 {
-    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (instant, epoch) = *ANCHOR.get_or_init(|| (Instant::now(), now_us()));
-    match at.checked_duration_since(instant) {
-        Some(later) => epoch + later.as_micros() as u64,
-        None => epoch.saturating_sub(instant.duration_since(at).as_micros() as u64),
-    }
 }
 
 /// One logged-in client.
@@ -53,8 +43,10 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
-    pub fn start_waiting(&self, now: Instant) {
-        let now = epoch_us_at(now);
+    /// `now`: the hot path's last clock reading (no second reading; as
+    /// PgBouncer's cached time).
+    pub fn start_waiting(&self, now: Micros) {
+        let now = now.epoch_us();
         self.request_time_us.store(now, Relaxed);
         self.waiting_since_us.store(now, Relaxed);
     }
@@ -105,9 +97,9 @@ pub struct ServerEntry {
 }
 
 impl ServerEntry {
-    pub fn set_active(&self, active: bool, now: Instant) {
+    pub fn set_active(&self, active: bool, now: Micros) {
         self.active.store(active, Relaxed);
-        self.request_time_us.store(epoch_us_at(now), Relaxed);
+        self.request_time_us.store(now.epoch_us(), Relaxed);
     }
 }
 

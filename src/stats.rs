@@ -8,9 +8,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{histogram, Histogram};
+
+use crate::clock::Micros;
 
 /// One pool's totals since start. Times in microseconds.
 #[derive(Debug)]
@@ -114,16 +116,16 @@ pub struct Tally {
     pub server_parses: u64,
     pub binds: u64,
     /// When the query (request cycle) under way began.
-    query_started: Option<Instant>,
+    query_started: Option<Micros>,
     /// When the transaction under way began.
-    xact_started: Option<Instant>,
+    xact_started: Option<Micros>,
     /// The relay's clock: read once per wake-up, not per message.
-    pub now: Instant,
+    pub now: Micros,
 }
 
 impl Tally {
     /// A tally whose clock reads `now` until the relay reads it again.
-    pub fn starting(now: Instant) -> Tally {
+    pub fn starting(now: Micros) -> Tally {
         Tally {
             xacts: 0,
             queries: 0,
@@ -155,9 +157,9 @@ impl Tally {
         self.queries += 1;
         let now = self.now;
         if let Some(start) = self.query_started.take() {
-            let took = now - start;
-            self.query_us += took.as_micros() as u64;
-            stats.query_seconds.record(took.as_secs_f64());
+            let took = now.micros_since(start);
+            self.query_us += took;
+            stats.query_seconds.record(took as f64 / 1e6);
             if more_pending {
                 self.query_started = Some(now);
             }
@@ -165,9 +167,9 @@ impl Tally {
         if idle {
             self.xacts += 1;
             if let Some(start) = self.xact_started.take() {
-                let took = now - start;
-                self.xact_us += took.as_micros() as u64;
-                stats.xact_seconds.record(took.as_secs_f64());
+                let took = now.micros_since(start);
+                self.xact_us += took;
+                stats.xact_seconds.record(took as f64 / 1e6);
             }
         }
     }

@@ -463,7 +463,7 @@ impl Bound<'_> {
         mut stop: std::pin::Pin<&mut crate::shutdown::Reached<'_>>,
     ) -> Result<bool> {
         let pool = self.pool;
-        let now = std::time::Instant::now();
+        let now = crate::clock::now();
         self.me.start_waiting(now);
         let mut backend = tokio::select! {
             biased;
@@ -494,7 +494,7 @@ impl Bound<'_> {
                         || reset(&mut backend, &self.pooler.config().server_reset_query)
                             .instrument(self.settings.span.clone())
                             .await);
-                release(pool, backend, reusable, std::time::Instant::now());
+                release(pool, backend, reusable, crate::clock::now());
                 Ok(false)
             }
             Err(e) => {
@@ -520,7 +520,7 @@ fn release(
     pool: &Arc<Pool>,
     backend: crate::backend::Backend,
     reusable: bool,
-    now: std::time::Instant,
+    now: crate::clock::Micros,
 ) {
     if !backend.cancel_gate.busy() {
         return pool.release_at(backend, reusable, now);

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 use super::{Grant, Pool, State};
+use crate::clock::{self, Micros};
 
 pub(super) struct Waiter {
     pub(super) since: Instant,
@@ -61,7 +62,7 @@ impl Pool {
                     None => {
                         tracing::info!(event = "reserve_pool_used", database = %self.database, user = %self.user, "using the reserve pool");
                     }
-                    Some(unwanted) => self.give_back(&mut s, unwanted, now),
+                    Some(unwanted) => self.give_back(&mut s, unwanted, clock::now()),
                 }
             }
         }
@@ -96,7 +97,7 @@ impl Pool {
 
     /// Takes back a grant nobody in line wanted: a backend goes idle, a
     /// slot is freed.
-    pub(super) fn give_back(&self, s: &mut State, grant: Grant, now: Instant) {
+    pub(super) fn give_back(&self, s: &mut State, grant: Grant, now: Micros) {
         match grant {
             Grant::Backend(b) => {
                 b.set_active(false, now);

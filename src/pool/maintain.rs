@@ -3,9 +3,10 @@
 //! reload granted, the end of a saturation logged.
 
 use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Grant, Pool};
+use crate::clock;
 
 impl Pool {
     /// Closes idle backends past `server_idle_timeout` (keeping
@@ -14,7 +15,7 @@ impl Pool {
     fn sweep(&self) -> usize {
         let settings = self.settings();
         let mut s = self.state.lock().unwrap();
-        let now = Instant::now();
+        let now = clock::now();
         // Clients stopped waiting (checked once a second, so a pool at the
         // edge does not log every transaction).
         if s.waiters.is_empty() {
@@ -33,8 +34,8 @@ impl Pool {
             let b = &s.idle[i];
             let idle_too_long = settings
                 .idle_timeout
-                .is_some_and(|t| now - b.last_used >= t && s.open > settings.min_size);
-            let too_old = settings.lifetime.is_some_and(|l| now - b.created >= l);
+                .is_some_and(|t| now.passed(b.last_used, t) && s.open > settings.min_size);
+            let too_old = settings.lifetime.is_some_and(|l| now.passed(b.created, l));
             if idle_too_long || too_old || b.has_pending_input() {
                 let b = s.idle.remove(i).expect("index checked");
                 self.forget(&mut s, b);

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Target};
+use crate::clock::{self, Micros};
 use crate::config::PoolMode;
 use crate::error::{Error, Result};
 use crate::session::{ParamList, Params};
@@ -159,7 +160,7 @@ impl Pool {
     ///
     /// `now` is the caller's clock reading: the hot path reads the clock
     /// as seldom as it can.
-    pub async fn checkout(&self, now: Instant) -> Result<Backend> {
+    pub async fn checkout(&self, now: Micros) -> Result<Backend> {
         let (backend, at_once) = self.lend_at(now).await?;
         // Lent at once: no wait, and no clock to read.
         self.stats.assigned(if at_once {
@@ -176,11 +177,11 @@ impl Pool {
     /// nothing; waiting, connecting and checking run boxed, which keeps
     /// small the future every client task holds for its whole life.
     pub async fn lend(&self) -> Result<Backend> {
-        Ok(self.lend_at(Instant::now()).await?.0)
+        Ok(self.lend_at(clock::now()).await?.0)
     }
 
     /// The backend, and whether it was lent at once (idle, no check).
-    async fn lend_at(&self, now: Instant) -> Result<(Backend, bool)> {
+    async fn lend_at(&self, now: Micros) -> Result<(Backend, bool)> {
         if !self.paused.load(Relaxed) {
             let idle = self.take_idle(&mut self.state.lock().unwrap(), now);
             if let Some(backend) = idle {
@@ -254,7 +255,7 @@ impl Pool {
     /// An idle healthy backend, or a slot to open one if `open < max` and
     /// the shared limits allow.
     fn take_or_reserve(&self, s: &mut State, max: usize) -> Option<Grant> {
-        if let Some(backend) = self.take_idle(s, Instant::now()) {
+        if let Some(backend) = self.take_idle(s, clock::now()) {
             return Some(Grant::Backend(backend));
         }
         if s.open < max && self.acquire_limits() {
@@ -265,7 +266,7 @@ impl Pool {
     }
 
     /// The most recently used idle backend that is still sound.
-    fn take_idle(&self, s: &mut State, now: Instant) -> Option<Backend> {
+    fn take_idle(&self, s: &mut State, now: Micros) -> Option<Backend> {
         while let Some(backend) = s.idle.pop_back() {
             if backend.has_pending_input() {
                 // PostgreSQL closed it or is shutting down: never lend it.
@@ -279,10 +280,9 @@ impl Pool {
     }
 
     /// Whether a backend has been idle long enough to be checked first.
-    fn needs_check(&self, backend: &Backend, now: Instant) -> bool {
+    fn needs_check(&self, backend: &Backend, now: Micros) -> bool {
         let delay = self.settings.read().unwrap().check_delay;
-        now.saturating_duration_since(backend.last_used) >= delay
-            && !self.check_query.read().unwrap().is_empty()
+        now.passed(backend.last_used, delay) && !self.check_query.read().unwrap().is_empty()
     }
 
     fn acquire_limits(&self) -> bool {
@@ -316,7 +316,7 @@ impl Pool {
                 match connected {
                     Ok(mut b) => {
                         b.generation = self.generation.load(Relaxed);
-                        b.set_active(true, Instant::now());
+                        b.set_active(true, clock::now());
                         *self.last_login_failure.lock().unwrap() = None;
                         self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
                         Ok(b)
@@ -336,7 +336,7 @@ impl Pool {
     /// A backend idle longer than `server_check_delay` is checked with
     /// `server_check_query` first; `None` if it failed (it is then closed).
     async fn checked(&self, mut backend: Backend) -> Option<Backend> {
-        if !self.needs_check(&backend, Instant::now()) {
+        if !self.needs_check(&backend, clock::now()) {
             return Some(backend);
         }
         let settings = self.settings();
@@ -386,17 +386,17 @@ impl Pool {
     /// Takes a backend back. `reusable` is the relay's word that it is idle
     /// and clean; otherwise it is closed.
     pub fn release(&self, backend: Backend, reusable: bool) {
-        self.release_at(backend, reusable, Instant::now());
+        self.release_at(backend, reusable, clock::now());
     }
 
     /// [`Pool::release`] with the caller's clock reading.
-    pub fn release_at(&self, mut backend: Backend, reusable: bool, now: Instant) {
+    pub fn release_at(&self, mut backend: Backend, reusable: bool, now: Micros) {
         // Two fields, not a copy of all the settings.
         let (lifetime, max) = {
             let settings = self.settings.read().unwrap();
             (settings.lifetime, settings.size + settings.reserve_size)
         };
-        let expired = lifetime.is_some_and(|l| now.saturating_duration_since(backend.created) >= l);
+        let expired = lifetime.is_some_and(|l| now.passed(backend.created, l));
         let stale = backend.generation < self.generation.load(Relaxed);
         if reusable && !expired && !stale && backend.conn.rbuf.is_empty() {
             backend.last_used = now;
@@ -433,7 +433,7 @@ impl Pool {
             }
             s.open += 1;
             if let Some(unwanted) = line::hand_over(&mut s, Grant::Slot) {
-                self.give_back(&mut s, unwanted, Instant::now());
+                self.give_back(&mut s, unwanted, clock::now());
                 break;
             }
             served = true;

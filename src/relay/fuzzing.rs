@@ -9,8 +9,6 @@
 //! prepared statements on. Each chunk is a header byte `h` (bit 0: 0 from
 //! the client, 1 from the backend; `h >> 1`: length - 1) and its bytes.
 
-use std::time::Instant;
-
 use bytes::BytesMut;
 
 use super::translate::{BackendSide, Translation};
@@ -49,7 +47,7 @@ pub fn exchange(data: &[u8]) {
     let mut params = vec![("TimeZone".to_owned(), "UTC".to_owned())];
     let mut synced = None;
     let mut statements = BackendStatements::default();
-    let mut t = Translation::new(Instant::now());
+    let mut t = Translation::new(crate::clock::now());
     let (mut client_in, mut to_client) = (BytesMut::new(), BytesMut::new());
     let (mut backend_in, mut to_backend) = (BytesMut::new(), BytesMut::new());
     let mut client_fed = 0;

@@ -26,12 +26,13 @@ mod translate;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_util::io::poll_read_buf;
 
 use crate::backend::{Backend, Live};
+use crate::clock::{self, Micros};
 use crate::error::{Error, Result};
 use crate::protocol::TransactionStatus;
 use crate::session::Session;
@@ -105,7 +106,7 @@ impl<'a> Relay<'a> {
         backend: &'a mut Backend,
         session: &'a mut Session,
         settings: RelaySettings<'a>,
-        now: Instant,
+        now: Micros,
     ) -> Self {
         Relay {
             client,
@@ -169,7 +170,7 @@ impl<'a> Relay<'a> {
     }
 
     /// The relay's last clock reading (it reads one per wake-up).
-    pub fn clock(&self) -> Instant {
+    pub fn clock(&self) -> Micros {
         self.t.tally.now
     }
 
@@ -180,7 +181,7 @@ impl<'a> Relay<'a> {
     /// released without polling the client at all (its next request waits
     /// in the socket for the idle client's read).
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
-        self.t.tally.now = Instant::now();
+        self.t.tally.now = clock::now();
         let mut waiting = Parked::default();
         loop {
             let mut progress = false;

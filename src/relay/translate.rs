@@ -3,8 +3,6 @@
 //! copied to the other side's write buffer. The relay calls it after each
 //! read; the fuzzer ([`super::fuzzing`]) calls it with bytes of its own.
 
-use std::time::Instant;
-
 use bytes::BytesMut;
 
 use super::pipeline::Pipeline;
@@ -12,6 +10,7 @@ use super::requests::FromClient;
 use super::responses::FromBackend;
 use super::RelaySettings;
 use crate::backend::{Backend, Live};
+use crate::clock::Micros;
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::frame::Scanner;
@@ -63,7 +62,7 @@ impl<'a> BackendSide<'a> {
 }
 
 impl Translation {
-    pub fn new(now: Instant) -> Self {
+    pub fn new(now: Micros) -> Self {
         Translation {
             pipeline: Pipeline::default(),
             tally: Tally::starting(now),
