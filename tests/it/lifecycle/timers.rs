@@ -223,6 +223,34 @@ async fn server_check_query_replaces_a_backend_killed_while_idle() {
     .await
 }
 
+/// Without a check query, the reactor's word that an idle backend's
+/// socket became readable (PostgreSQL's FATAL, then the close) keeps it
+/// from being lent.
+#[tokio::test]
+async fn a_backend_killed_while_idle_is_not_lent_even_without_a_check() {
+    within(60, async {
+        let pgdyno = pgdyno(&["--pool-size", "1", "--server-check-query", ""]).await;
+        let client = pgdyno.connect(APP_DB).await;
+        let pid = backend_pid(&client).await;
+        let killed: bool = Cluster::shared()
+            .admin()
+            .await
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(killed, "pg_terminate_backend({pid})");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let row = client
+            .query_typed_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("the next transaction must get a live backend");
+        assert_ne!(row.get::<_, i32>(0), pid);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn server_check_query_runs_only_on_a_backend_idle_past_the_delay() {
     within(60, async {
