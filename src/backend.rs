@@ -132,7 +132,7 @@ impl Backend {
                     database: target.database.clone(),
                     addr,
                     port,
-                    connect_time_us: crate::registry::epoch_us(),
+                    connect_time_us: clock::now().epoch_us(),
                     remote_pid: backend.process_id,
                     tls: backend.conn.stream.tls_description(),
                     active: Default::default(),

@@ -6,19 +6,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 
-use crate::clock::Micros;
+use crate::clock::{self, Micros};
 use crate::shutdown::{Shutdown, Stop, StopLevel};
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
-}
 
 /// One logged-in client.
 #[derive(Debug)]
@@ -64,7 +56,7 @@ impl ClientEntry {
     pub fn waited_us(&self) -> Option<u64> {
         match self.waiting_since_us.load(Relaxed) {
             0 => None,
-            since => Some(now_us().saturating_sub(since)),
+            since => Some(clock::now().epoch_us().saturating_sub(since)),
         }
     }
 }
@@ -126,7 +118,7 @@ impl Registry {
     ) -> Listed<ClientEntry> {
         let id = self.next_client.fetch_add(1, Relaxed);
         let (addr, port) = split_peer(client.peer);
-        let now = now_us();
+        let now = clock::now().epoch_us();
         let process_id = client.process_id;
         let entry = Arc::new(ClientEntry {
             id,
@@ -195,10 +187,6 @@ pub fn split_peer(peer: &str) -> (String, u16) {
         ),
         None => (peer.to_owned(), 0),
     }
-}
-
-pub fn epoch_us() -> u64 {
-    now_us()
 }
 
 /// A client entry's and a server entry's removal.

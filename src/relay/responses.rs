@@ -107,15 +107,13 @@ impl Visit for FromBackend<'_> {
             }
             _ => {}
         }
+        if !closes {
+            return if hidden { Step::Drop } else { Step::Forward };
+        }
         if !hidden {
-            if !closes {
-                return Step::Forward;
-            }
             copy_message(out, tag, body);
         }
-        if closes {
-            self.pipeline.close_head(out);
-        }
+        self.pipeline.close_head(out);
         Step::Drop
     }
 }

@@ -190,36 +190,46 @@ async fn query_timeout_closes_the_client_and_drops_its_backend() {
     .await
 }
 
+/// With a pool of one backend (and pgdyno's `args`): kills that backend
+/// while it is idle, waits `settle`, and needs the next transaction to run
+/// on a live backend.
+async fn next_transaction_survives_an_idle_backend_killed(args: &[&str], settle: Duration) {
+    let mut all = vec!["--pool-size", "1"];
+    all.extend_from_slice(args);
+    let pgdyno = pgdyno(&all).await;
+    let client = pgdyno.connect(APP_DB).await;
+    let pid = backend_pid(&client).await;
+    let killed: bool = Cluster::shared()
+        .admin()
+        .await
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed, "pg_terminate_backend({pid})");
+    tokio::time::sleep(settle).await;
+
+    let row = client
+        .query_typed_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the next transaction must get a live backend");
+    assert_ne!(row.get::<_, i32>(0), pid);
+}
+
 #[tokio::test]
 async fn server_check_query_replaces_a_backend_killed_while_idle() {
-    within(60, async {
-        let pgdyno = pgdyno(&[
-            "--pool-size",
-            "1",
-            "--server-check-delay",
-            "0.2",
-            "--server-check-query",
-            "SELECT 1",
-        ])
-        .await;
-        let client = pgdyno.connect(APP_DB).await;
-        let pid = backend_pid(&client).await;
-        let killed: bool = Cluster::shared()
-            .admin()
-            .await
-            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(killed, "pg_terminate_backend({pid})");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        let row = client
-            .query_typed_one("SELECT pg_backend_pid()", &[])
-            .await
-            .expect("the next transaction must get a live backend");
-        assert_ne!(row.get::<_, i32>(0), pid);
-    })
+    within(
+        60,
+        next_transaction_survives_an_idle_backend_killed(
+            &[
+                "--server-check-delay",
+                "0.2",
+                "--server-check-query",
+                "SELECT 1",
+            ],
+            Duration::from_millis(500),
+        ),
+    )
     .await
 }
 
@@ -228,26 +238,13 @@ async fn server_check_query_replaces_a_backend_killed_while_idle() {
 /// from being lent.
 #[tokio::test]
 async fn a_backend_killed_while_idle_is_not_lent_even_without_a_check() {
-    within(60, async {
-        let pgdyno = pgdyno(&["--pool-size", "1", "--server-check-query", ""]).await;
-        let client = pgdyno.connect(APP_DB).await;
-        let pid = backend_pid(&client).await;
-        let killed: bool = Cluster::shared()
-            .admin()
-            .await
-            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(killed, "pg_terminate_backend({pid})");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-
-        let row = client
-            .query_typed_one("SELECT pg_backend_pid()", &[])
-            .await
-            .expect("the next transaction must get a live backend");
-        assert_ne!(row.get::<_, i32>(0), pid);
-    })
+    within(
+        60,
+        next_transaction_survives_an_idle_backend_killed(
+            &["--server-check-query", ""],
+            Duration::from_millis(300),
+        ),
+    )
     .await
 }
 
