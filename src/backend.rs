@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::fields;
 use crate::registry::{Listed, Registry, ServerEntry};
+use crate::relay::Translation;
 use crate::stream::{Conn, Stream};
 use crate::tls::Connector;
 
@@ -109,6 +110,11 @@ pub struct Live {
     pub generation: u64,
     /// This backend's line in SHOW SERVERS, removed when it is dropped.
     pub listed: Option<Listed<ServerEntry>>,
+    /// The relay's state for the stretch this backend serves. Kept here
+    /// rather than in the client's task: the client's future stays small
+    /// without a box per transaction, and the pipeline's queue is
+    /// allocated once.
+    pub(crate) stretch: Translation,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -231,6 +237,7 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
         target: target.clone(),
         listed: None,
         generation: 0,
+        stretch: Translation::new(clock::now()),
     }));
     loop {
         let msg = backend

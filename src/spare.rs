@@ -1,54 +1,28 @@
-//! Emptied containers kept per thread for the next user: a connection's
-//! buffers while its client is idle, a bound stretch's pipeline queue. The
-//! next one to need a container takes a warm one instead of a fresh
-//! allocation. A few per list and thread, and none that grew large, so the
-//! memory they keep is small and bounded.
+//! Emptied buffers kept per thread for the next user: a connection's
+//! buffers while its client is idle. The next connection to need one takes
+//! a warm one instead of a fresh allocation. A few per list and thread, and
+//! none that grew large, so the memory they keep is small and bounded.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::thread::LocalKey;
 
 use bytes::BytesMut;
 
-/// A per-thread list of spare containers (declare it with `thread_local!`).
-pub type List<T> = LocalKey<RefCell<Vec<T>>>;
+/// A per-thread list of spare buffers (declare it with `thread_local!`).
+pub type List = LocalKey<RefCell<Vec<BytesMut>>>;
 
-/// Containers kept per list and thread.
+/// Buffers kept per list and thread.
 const KEEP: usize = 16;
 
-/// A container that, emptied, keeps its allocation.
-pub trait Reusable {
-    fn capacity(&self) -> usize;
-    fn clear(&mut self);
-}
-
-impl Reusable for BytesMut {
-    fn capacity(&self) -> usize {
-        BytesMut::capacity(self)
-    }
-    fn clear(&mut self) {
-        BytesMut::clear(self)
-    }
-}
-
-impl<T> Reusable for VecDeque<T> {
-    fn capacity(&self) -> usize {
-        VecDeque::capacity(self)
-    }
-    fn clear(&mut self) {
-        VecDeque::clear(self)
-    }
-}
-
-/// A kept container, if the list has one.
-pub fn take<T>(list: &'static List<T>) -> Option<T> {
+/// A kept buffer, if the list has one.
+pub fn take(list: &'static List) -> Option<BytesMut> {
     list.try_with(|l| l.borrow_mut().pop()).ok().flatten()
 }
 
 /// Keeps `item`, emptied, unless it holds no allocation or one larger than
-/// `max_capacity` (a big result or a long pipeline went through), or the
+/// `max_capacity` (a big result went through), or the
 /// list is full.
-pub fn put<T: Reusable>(list: &'static List<T>, mut item: T, max_capacity: usize) {
+pub fn put(list: &'static List, mut item: BytesMut, max_capacity: usize) {
     if item.capacity() == 0 || item.capacity() > max_capacity {
         return;
     }

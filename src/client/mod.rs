@@ -426,9 +426,9 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
             _ = &mut stop_when_idle => return Err(stopped(pooler)),
             more = idle_wait(bound.conn, config.client_idle_timeout) => if !more? { return Ok(()) },
         }
-        // Boxed: the bound stretch's state (backend, relay, timers) is most
-        // of a client task's size, and an idle client should not carry it.
-        if !Box::pin(bound.run(stop.as_mut())).await? {
+        // Not boxed: the stretch's state is the backend's (see
+        // `Live::stretch`), and its rare paths are boxed in `run`.
+        if !bound.run(stop.as_mut()).await? {
             return Ok(());
         }
     }
@@ -472,7 +472,7 @@ impl Bound<'_> {
         };
         self.me.stop_waiting();
         self.cancel.bind(&backend);
-        let mut relay = Relay::new(self.conn, &mut backend, self.session, self.settings, now);
+        let mut relay = Relay::new(self.conn, &mut backend, self.session, &self.settings, now);
         let result = tokio::select! {
             biased;
             r = relay.run() => r,
@@ -489,11 +489,14 @@ impl Bound<'_> {
                 Ok(true)
             }
             Ok(Outcome::ClientLeft { clean }) => {
+                // Boxed, as below: rare paths keep every client's future small.
                 let reusable = clean
                     && (self.settings.transaction_mode
-                        || reset(&mut backend, &self.pooler.config().server_reset_query)
-                            .instrument(self.settings.span.clone())
-                            .await);
+                        || Box::pin(
+                            reset(&mut backend, &self.pooler.config().server_reset_query)
+                                .instrument(self.settings.span.clone()),
+                        )
+                        .await);
                 release(pool, backend, reusable, crate::clock::now());
                 Ok(false)
             }
@@ -506,7 +509,7 @@ impl Bound<'_> {
                     // then starts at a message boundary.
                     let flush =
                         tokio::time::timeout(std::time::Duration::from_secs(1), self.conn.flush());
-                    let _ = flush.await;
+                    let _ = Box::pin(flush).await;
                 }
                 Err(e)
             }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio_util::io::poll_read_buf;
 
-use crate::backend::{Backend, Live};
+use crate::backend::Live;
 use crate::clock::{self, Micros};
 use crate::error::{Error, Result};
 use crate::protocol::TransactionStatus;
@@ -39,7 +39,8 @@ use crate::session::Session;
 use crate::stats::PoolStats;
 use crate::stream::{Conn, READ_BUF};
 use pipeline::Kind;
-use translate::{BackendSide, Translation};
+use translate::BackendSide;
+pub(crate) use translate::Translation;
 
 /// How far a direction reads ahead of what the other side has taken.
 const MAX_BUFFERED: usize = 64 * 1024;
@@ -73,12 +74,15 @@ pub struct RelaySettings<'a> {
     pub span: &'a tracing::Span,
 }
 
+/// A bound stretch's sockets and settings. What it has translated so far
+/// is the backend's [`Live::stretch`].
 pub struct Relay<'a> {
     client: &'a mut Conn,
-    backend: &'a mut Backend,
+    backend: &'a mut Live,
     session: &'a mut Session,
-    settings: RelaySettings<'a>,
-    t: Translation,
+    settings: &'a RelaySettings<'a>,
+    /// The clock reading given at the start serves the first wake-up.
+    fresh: bool,
     /// The timer of whichever timeout applies to what the relay waits on.
     watch: Option<Watch>,
 }
@@ -103,17 +107,18 @@ impl<'a> Relay<'a> {
     /// `now`: the caller's clock reading as the client's request came.
     pub fn new(
         client: &'a mut Conn,
-        backend: &'a mut Backend,
+        backend: &'a mut Live,
         session: &'a mut Session,
-        settings: RelaySettings<'a>,
+        settings: &'a RelaySettings<'a>,
         now: Micros,
     ) -> Self {
+        backend.stretch.restart(now);
         Relay {
             client,
             backend,
             session,
             settings,
-            t: Translation::new(now),
+            fresh: true,
             watch: (settings.idle_transaction_timeout.is_some()
                 || settings.query_timeout.is_some()
                 || settings.client_idle_timeout.is_some())
@@ -138,7 +143,7 @@ impl<'a> Relay<'a> {
                 .session
                 .sync_query(&backend.params, &mut backend.conn.wbuf)
             {
-                self.t.pipeline.expect(Kind::Query, true, None);
+                backend.stretch.pipeline.expect(Kind::Query, true, None);
             } else {
                 backend.synced = Some(self.session.params.clone());
             }
@@ -146,32 +151,29 @@ impl<'a> Relay<'a> {
         // The client's buffer already holds its first message.
         self.translate_client()?;
         let outcome = poll_fn(|cx| self.poll_run(cx)).await;
-        self.settings.stats.add(&self.t.tally);
+        self.settings.stats.add(&self.backend.stretch.tally);
         outcome
     }
 
     fn translate_client(&mut self) -> Result<()> {
-        self.t.client(
+        let (t, side) = BackendSide::of(self.backend);
+        t.client(
             self.session,
-            &self.settings,
+            self.settings,
             &mut self.client.rbuf,
             &mut self.client.wbuf,
-            BackendSide::of(self.backend),
+            side,
         )
     }
 
     fn translate_backend(&mut self) -> Result<()> {
-        self.t.backend(
-            self.session,
-            &self.settings,
-            &mut self.client.wbuf,
-            BackendSide::of(self.backend),
-        )
+        let (t, side) = BackendSide::of(self.backend);
+        t.backend(self.session, self.settings, &mut self.client.wbuf, side)
     }
 
     /// The relay's last clock reading (it reads one per wake-up).
     pub fn clock(&self) -> Micros {
-        self.t.tally.now
+        self.backend.stretch.tally.now
     }
 
     /// One wake-up's work. A socket read or write that returned `Pending`
@@ -181,7 +183,9 @@ impl<'a> Relay<'a> {
     /// released without polling the client at all (its next request waits
     /// in the socket for the idle client's read).
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome>> {
-        self.t.tally.now = clock::now();
+        if !std::mem::take(&mut self.fresh) {
+            self.backend.stretch.tally.now = clock::now();
+        }
         let mut waiting = Parked::default();
         loop {
             let mut progress = false;
@@ -199,10 +203,11 @@ impl<'a> Relay<'a> {
             }
 
             // Backend -> client.
-            let room = (self.backend.conn.rbuf.len() < MAX_BUFFERED || self.t.backend_need > 0)
+            let need = self.backend.stretch.backend_need;
+            let room = (self.backend.conn.rbuf.len() < MAX_BUFFERED || need > 0)
                 && self.client.wbuf.len() < MAX_BUFFERED;
             if !waiting.backend_read && room {
-                reserve(&mut self.backend.conn.rbuf, self.t.backend_need);
+                reserve(&mut self.backend.conn.rbuf, need);
                 let conn = &mut self.backend.conn;
                 match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
@@ -217,7 +222,7 @@ impl<'a> Relay<'a> {
             if !waiting.client_write && self.client.pending_output() {
                 match self.client.poll_send(cx) {
                     Poll::Ready(Ok(n)) => {
-                        self.t.tally.bytes_sent += n as u64;
+                        self.backend.stretch.tally.bytes_sent += n as u64;
                         progress = true;
                     }
                     Poll::Ready(Err(_)) => {
@@ -240,10 +245,11 @@ impl<'a> Relay<'a> {
             // The client's next messages.
             // A message held whole is read to its end, however far past
             // MAX_BUFFERED it goes (max_packet_size bounds it).
-            let room = (self.client.rbuf.len() < MAX_BUFFERED || self.t.client_need > 0)
+            let need = self.backend.stretch.client_need;
+            let room = (self.client.rbuf.len() < MAX_BUFFERED || need > 0)
                 && self.backend.conn.wbuf.len() < MAX_BUFFERED;
-            if !waiting.client_read && !self.t.client_done && room {
-                reserve(&mut self.client.rbuf, self.t.client_need);
+            if !waiting.client_read && !self.backend.stretch.client_done && room {
+                reserve(&mut self.client.rbuf, need);
                 match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         self.translate_client()?;
@@ -251,13 +257,13 @@ impl<'a> Relay<'a> {
                     }
                     // End of stream or a broken socket: the client is gone.
                     Poll::Ready(_) => {
-                        self.t.client_done = true;
+                        self.backend.stretch.client_done = true;
                         progress = true;
                     }
                     Poll::Pending => waiting.client_read = true,
                 }
             }
-            if self.t.client_done && !self.backend.conn.pending_output() {
+            if self.backend.stretch.client_done && !self.backend.conn.pending_output() {
                 return Poll::Ready(Ok(Outcome::ClientLeft {
                     clean: self.is_clean(),
                 }));
@@ -278,9 +284,10 @@ impl<'a> Relay<'a> {
         let Some(watch) = &mut self.watch else {
             return Poll::Pending;
         };
-        let waiting = if !self.t.pipeline.is_empty() {
+        let pipeline = &self.backend.stretch.pipeline;
+        let waiting = if !pipeline.is_empty() {
             Waiting::Backend
-        } else if self.t.pipeline.status != TransactionStatus::Idle {
+        } else if pipeline.status != TransactionStatus::Idle {
             Waiting::ClientInTransaction
         } else {
             Waiting::Client
@@ -313,12 +320,14 @@ impl<'a> Relay<'a> {
 
     /// Whether the client got the start of a backend message and not its end.
     pub fn client_mid_message(&self) -> bool {
-        !self.t.from_backend.at_boundary()
+        !self.backend.stretch.from_backend.at_boundary()
     }
 
     /// The backend owes nothing and no byte is half-way in either direction.
     fn is_clean(&self) -> bool {
-        self.t.at_rest() && !self.backend.conn.pending_output() && self.backend.conn.rbuf.is_empty()
+        self.backend.stretch.at_rest()
+            && !self.backend.conn.pending_output()
+            && self.backend.conn.rbuf.is_empty()
     }
 }
 

@@ -7,7 +7,6 @@
 //! relay hide the replies to messages it injected, slot its own replies in
 //! at the right place, and know when nothing is outstanding.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -16,7 +15,6 @@ use bytes::{Bytes, BytesMut};
 use crate::prepared::{BackendStatements, Statement};
 use crate::protocol::TransactionStatus;
 use crate::session::Session;
-use crate::spare;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -93,25 +91,10 @@ pub struct Pipeline {
     pub set_default: bool,
 }
 
-thread_local! {
-    /// Emptied entry queues (see [`crate::spare`]): each bound stretch has a
-    /// pipeline, and a kept queue saves an allocation per transaction.
-    static SPARE_QUEUES: RefCell<Vec<VecDeque<Entry>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Queues longer than this (a long pipeline went through) are not kept.
-const MAX_SPARE: usize = 64;
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        spare::put(&SPARE_QUEUES, std::mem::take(&mut self.entries), MAX_SPARE);
-    }
-}
-
 impl Default for Pipeline {
     fn default() -> Self {
         Pipeline {
-            entries: spare::take(&SPARE_QUEUES).unwrap_or_default(),
+            entries: VecDeque::new(),
             unsynced: false,
             discarding: false,
             status: TransactionStatus::Idle,
@@ -122,6 +105,16 @@ impl Default for Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline as new that keeps this one's queue (and its allocation:
+    /// a backend's pipeline serves one bound stretch after another).
+    pub fn restarted(mut self) -> Pipeline {
+        self.entries.clear();
+        Pipeline {
+            entries: std::mem::take(&mut self.entries),
+            ..Pipeline::default()
+        }
+    }
+
     /// Nothing owed, nothing waiting for a Sync, no transaction open.
     pub fn idle(&self) -> bool {
         self.entries.is_empty() && !self.unsynced && self.status == TransactionStatus::Idle
@@ -273,18 +266,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dropped_pipeline_leaves_its_queue_to_the_next_one_emptied() {
-        std::thread::spawn(|| {
-            let mut p = Pipeline::default();
-            assert_eq!(p.entries.capacity(), 0, "a fresh thread has no spare queue");
-            p.expect(Kind::Query, false, None);
-            drop(p);
-            let p = Pipeline::default();
-            assert!(p.entries.capacity() > 0, "the queue was not kept");
-            assert!(p.entries.is_empty() && p.idle());
-        })
-        .join()
-        .unwrap();
+    fn a_restarted_pipeline_is_new_but_keeps_its_queue() {
+        let mut p = Pipeline::default();
+        p.expect(Kind::Query, false, None);
+        p.status = TransactionStatus::InTransaction;
+        p.unsynced = true;
+        let p = p.restarted();
+        assert!(p.entries.capacity() > 0, "the queue was not kept");
+        assert!(p.entries.is_empty() && p.idle() && !p.discarding);
     }
 
     #[test]

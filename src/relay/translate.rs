@@ -9,7 +9,7 @@ use super::pipeline::Pipeline;
 use super::requests::FromClient;
 use super::responses::FromBackend;
 use super::RelaySettings;
-use crate::backend::{Backend, Live};
+use crate::backend::Live;
 use crate::clock::Micros;
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
@@ -17,7 +17,8 @@ use crate::protocol::frame::Scanner;
 use crate::session::{Params, Session};
 use crate::stats::Tally;
 
-/// Where a bound stretch's translation stands, in both directions.
+/// Where a bound stretch's translation stands, in both directions. Each
+/// backend keeps one ([`Live::stretch`]) for the stretches it serves.
 pub(crate) struct Translation {
     pub pipeline: Pipeline,
     pub tally: Tally,
@@ -43,21 +44,24 @@ pub(crate) struct BackendSide<'a> {
 }
 
 impl<'a> BackendSide<'a> {
-    pub fn of(backend: &'a mut Backend) -> Self {
+    /// A backend's part, and its translation.
+    pub fn of(backend: &'a mut Live) -> (&'a mut Translation, Self) {
         let Live {
             conn,
             params,
             synced,
             statements,
+            stretch,
             ..
-        } = &mut **backend;
-        BackendSide {
+        } = backend;
+        let side = BackendSide {
             rbuf: &mut conn.rbuf,
             wbuf: &mut conn.wbuf,
             params,
             synced,
             statements,
-        }
+        };
+        (stretch, side)
     }
 }
 
@@ -74,6 +78,16 @@ impl Translation {
             backend_need: 0,
             client_done: false,
         }
+    }
+
+    /// As new, for the next stretch, whose first request came at `now`.
+    pub fn restart(&mut self, now: Micros) {
+        *self = Translation {
+            pipeline: std::mem::take(&mut self.pipeline).restarted(),
+            reported: std::mem::take(&mut self.reported),
+            ..Translation::new(now)
+        };
+        self.reported.clear();
     }
 
     /// Takes what the client sent (`input`) on to `backend`, answering some
