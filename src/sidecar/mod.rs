@@ -19,12 +19,11 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -33,6 +32,9 @@ use crate::config::{Config, ConfigError, DatabaseConfig, Sources, Upstream};
 use crate::listener::Listeners;
 use crate::pooler::Pooler;
 use crate::shutdown::Shutdown;
+
+mod app;
+use app::App;
 
 /// The variable pooled when `PGDYNO_URLS` does not say otherwise.
 const DEFAULT_URL_VAR: &str = "DATABASE_URL";
@@ -272,7 +274,7 @@ fn spawn_app(
     vars: &[UrlVar],
     databases: Vec<String>,
     (local, sslmode): (SocketAddr, &str),
-) -> Result<Child, SidecarError> {
+) -> Result<App, SidecarError> {
     let Some((program, args)) = command.split_first() else {
         return Err(SidecarError::Usage);
     };
@@ -287,14 +289,12 @@ fn spawn_app(
         command = %program,
         "pgdyno listening; starting the app with its database URLs pointing at pgdyno"
     );
-    Command::new(program)
-        .args(args)
-        .envs(rewritten)
-        .spawn()
-        .map_err(|source| SidecarError::Spawn {
+    App::spawn(Command::new(program).args(args).envs(rewritten)).map_err(|source| {
+        SidecarError::Spawn {
             command: program.clone(),
             source,
-        })
+        }
+    })
 }
 
 /// Where the app stands in stopping, and the clock that bounds it.
@@ -316,12 +316,12 @@ impl Stopping {
     /// usual; kills it at the deadline.
     ///
     /// # Cancel safety
-    /// Every branch is cancel-safe (`Child::wait`, `Signal::recv`, a
+    /// Every branch is cancel-safe (`App::wait`, `Signal::recv`, a
     /// `JoinHandle`, a sleep): a branch not taken loses nothing, and the
     /// handlers, which may await, run after the `select!` has chosen.
     async fn supervise(
         &mut self,
-        app: &mut Child,
+        app: &mut App,
         signals: &mut Signals,
         shutdown: &Shutdown,
         server: &mut JoinHandle<()>,
@@ -342,7 +342,7 @@ impl Stopping {
                     self.fast = true;
                     self.stop_signal(app, "QUIT").await;
                 }
-                _ = signals.hup.recv() => forward(app, "HUP").await,
+                _ = signals.hup.recv() => app.signal("HUP").await,
                 _ = &mut *server, if !self.server_done => {
                     self.server_done = true;
                     tracing::warn!("pgdyno stopped serving: asking the app to stop");
@@ -355,9 +355,7 @@ impl Stopping {
                     );
                     self.killed = true;
                     shutdown.now();
-                    if let Err(e) = app.start_kill() {
-                        tracing::warn!(error = %e, "could not kill the app");
-                    }
+                    app.signal("KILL").await;
                 }
             }
         }
@@ -365,7 +363,7 @@ impl Stopping {
 
     /// SIGTERM, SIGINT or SIGQUIT: tell the app; start the clock. A second
     /// one means hurry: clients are closed as soon as the app is gone.
-    async fn stop_signal(&mut self, app: &Child, name: &str) {
+    async fn stop_signal(&mut self, app: &App, name: &'static str) {
         if self.deadline.is_some() {
             self.fast = true;
         }
@@ -377,7 +375,7 @@ impl Stopping {
             remaining = ?deadline.saturating_duration_since(Instant::now()),
             "passing the signal to the app; serving until it exits"
         );
-        forward(app, name).await;
+        app.signal(name).await;
     }
 
     /// After the app: stop accepting, close each client at its next
@@ -448,30 +446,6 @@ impl Signals {
             quit: signal(SignalKind::quit())?,
             hup: signal(SignalKind::hangup())?,
         })
-    }
-}
-
-/// Sends the signal `name` (`TERM`, ...) to the app with the `kill` builtin
-/// of `/bin/sh`: `unsafe` is forbidden in this crate, and the shell is there
-/// on every image an app runs on.
-async fn forward(app: &Child, name: &str) {
-    // None once reaped: nothing left to tell.
-    let Some(pid) = app.id() else { return };
-    let sent = Command::new("/bin/sh")
-        .args(["-c", "kill -s \"$0\" \"$1\"", name, &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .await;
-    match sent {
-        Ok(out) if out.status.success() => tracing::debug!(pid, "sent SIG{name} to the app"),
-        Ok(out) => tracing::warn!(
-            pid,
-            error = %String::from_utf8_lossy(&out.stderr).trim(),
-            "could not send SIG{name} to the app"
-        ),
-        Err(e) => tracing::warn!(pid, error = %e, "could not send SIG{name} to the app"),
     }
 }
 

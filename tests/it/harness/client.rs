@@ -54,7 +54,7 @@ pub fn clear_pg_env(cmd: &mut Command) {
     }
 }
 
-fn client_tool(tool: &str, port: u16, db: &str) -> tokio::process::Command {
+fn client_tool(tool: &str, port: u16, db: &str) -> Command {
     let mut cmd = Command::new(pg_tool(tool));
     clear_pg_env(&mut cmd);
     cmd.env("PGHOST", "127.0.0.1")
@@ -67,15 +67,26 @@ fn client_tool(tool: &str, port: u16, db: &str) -> tokio::process::Command {
         // everywhere (SSLRequest, then the startup packet).
         .env("PGGSSENCMODE", "disable")
         .stdin(Stdio::null());
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
     cmd
 }
 
-async fn run(mut cmd: tokio::process::Command, secs: u64) -> Output {
-    match tokio::time::timeout(Duration::from_secs(secs), cmd.output()).await {
-        Ok(out) => out.expect("run client tool"),
-        Err(_) => panic!("{cmd:?} did not finish within {secs} s"),
+/// Runs a tool to its end on a blocking thread (pgdyno builds tokio
+/// without its process driver); kills it after `secs`.
+async fn run(mut cmd: Command, secs: u64) -> Output {
+    let what = format!("{cmd:?}");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run client tool");
+    let pid = child.id().to_string();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(Duration::from_secs(secs), waiting).await {
+        Ok(out) => out.expect("wait for client tool").expect("run client tool"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("{what} did not finish within {secs} s")
+        }
     }
 }
 
