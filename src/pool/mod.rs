@@ -102,6 +102,34 @@ struct State {
     saturated_since: Option<Instant>,
     /// ParameterStatus values of the newest login, for client logins.
     server_params: Option<Arc<Vec<(String, String)>>>,
+    rules: Rules,
+}
+
+/// The settings a checkout and a release go by, kept with the state whose
+/// lock they take anyway (a copy of `Pool::settings`, updated with it).
+#[derive(Debug, Default, Clone, Copy)]
+struct Rules {
+    /// `server_check_delay`, or `None` without a `server_check_query`.
+    check_after: Option<Duration>,
+    lifetime: Option<Duration>,
+    /// `pool_size` + `reserve_pool_size`.
+    max_open: usize,
+}
+
+impl Rules {
+    fn of(settings: &PoolSettings, check_query: &str) -> Rules {
+        Rules {
+            check_after: (!check_query.is_empty()).then_some(settings.check_delay),
+            lifetime: settings.lifetime,
+            max_open: settings.size + settings.reserve_size,
+        }
+    }
+
+    /// Whether a backend has been idle long enough to be checked first.
+    fn needs_check(&self, backend: &Backend, now: Micros) -> bool {
+        self.check_after
+            .is_some_and(|delay| now.passed(backend.last_used, delay))
+    }
 }
 
 /// What a waiting client is handed. (Moved once per hand-over; boxing the
@@ -134,10 +162,13 @@ impl Pool {
             resumed: Default::default(),
             generation: Default::default(),
             last_login_failure: Mutex::default(),
+            state: Mutex::new(State {
+                rules: Rules::of(&settings, &check_query),
+                ..State::default()
+            }),
             check_query: std::sync::RwLock::new(check_query),
             params_seen: Mutex::default(),
             limits,
-            state: Mutex::default(),
             line_changed: Arc::default(),
         });
         for limit in &pool.limits {
@@ -183,9 +214,14 @@ impl Pool {
     /// The backend, and whether it was lent at once (idle, no check).
     async fn lend_at(&self, now: Micros) -> Result<(Backend, bool)> {
         if !self.paused.load(Relaxed) {
-            let idle = self.take_idle(&mut self.state.lock().unwrap(), now);
+            let (idle, check) = {
+                let mut s = self.state.lock().unwrap();
+                let idle = self.take_idle(&mut s, now);
+                let check = idle.as_ref().is_some_and(|b| s.rules.needs_check(b, now));
+                (idle, check)
+            };
             if let Some(backend) = idle {
-                if !self.needs_check(&backend, now) {
+                if !check {
                     return Ok((backend, true));
                 }
                 if let Some(backend) = Box::pin(self.checked(backend)).await {
@@ -279,12 +315,6 @@ impl Pool {
         None
     }
 
-    /// Whether a backend has been idle long enough to be checked first.
-    fn needs_check(&self, backend: &Backend, now: Micros) -> bool {
-        let delay = self.settings.read().unwrap().check_delay;
-        now.passed(backend.last_used, delay) && !self.check_query.read().unwrap().is_empty()
-    }
-
     fn acquire_limits(&self) -> bool {
         for (i, limit) in self.limits.iter().enumerate() {
             if !limit.try_acquire() {
@@ -336,7 +366,8 @@ impl Pool {
     /// A backend idle longer than `server_check_delay` is checked with
     /// `server_check_query` first; `None` if it failed (it is then closed).
     async fn checked(&self, mut backend: Backend) -> Option<Backend> {
-        if !self.needs_check(&backend, clock::now()) {
+        let rules = self.state.lock().unwrap().rules;
+        if !rules.needs_check(&backend, clock::now()) {
             return Some(backend);
         }
         let settings = self.settings();
@@ -391,18 +422,16 @@ impl Pool {
 
     /// [`Pool::release`] with the caller's clock reading.
     pub fn release_at(&self, mut backend: Backend, reusable: bool, now: Micros) {
-        // Two fields, not a copy of all the settings.
-        let (lifetime, max) = {
-            let settings = self.settings.read().unwrap();
-            (settings.lifetime, settings.size + settings.reserve_size)
-        };
-        let expired = lifetime.is_some_and(|l| now.passed(backend.created, l));
         let stale = backend.generation < self.generation.load(Relaxed);
-        if reusable && !expired && !stale && backend.conn.rbuf.is_empty() {
-            backend.last_used = now;
+        if reusable && !stale && backend.conn.rbuf.is_empty() {
             let mut s = self.state.lock().unwrap();
+            let expired = s
+                .rules
+                .lifetime
+                .is_some_and(|l| now.passed(backend.created, l));
             // A reload may have made the pool smaller than what is open.
-            if s.open <= max {
+            if !expired && s.open <= s.rules.max_open {
+                backend.last_used = now;
                 if let Some(unwanted) = line::hand_over(&mut s, Grant::Backend(backend)) {
                     self.give_back(&mut s, unwanted, now);
                 }
@@ -536,9 +565,10 @@ impl Pool {
     /// as they come back, through the regular sweep).
     pub fn update_settings(&self, new: PoolSettings, check_query: String) {
         *self.settings.write().unwrap() = new;
-        *self.check_query.write().unwrap() = check_query;
         {
             let mut s = self.state.lock().unwrap();
+            s.rules = Rules::of(&new, &check_query);
+            *self.check_query.write().unwrap() = check_query;
             while s.open > new.size.max(new.min_size) {
                 let Some(b) = s.idle.pop_front() else { break };
                 self.forget(&mut s, b);
