@@ -7,6 +7,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tracing::Instrument;
 
@@ -550,17 +551,21 @@ async fn idle_wait(conn: &mut Conn, limit: Option<std::time::Duration>) -> Resul
 /// when it sent Terminate or closed the connection. A client waiting with
 /// nothing buffered holds no buffer (an idle client costs little memory).
 async fn next_message(conn: &mut Conn) -> Result<bool> {
-    while conn.rbuf.len() < 5 {
-        if conn.rbuf.is_empty() && !conn.pending_output() {
-            conn.release_buffers();
+    // One poll function, not nested futures: this runs once per transaction.
+    std::future::poll_fn(|cx| {
+        while conn.rbuf.len() < 5 {
+            if conn.rbuf.is_empty() && conn.rbuf.capacity() > 0 && !conn.pending_output() {
+                conn.release_buffers();
+            }
+            match std::task::ready!(conn.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(Error::ClientIo(e))),
+            }
         }
-        match conn.fill().await {
-            Ok(0) => return Ok(false),
-            Ok(_) => {}
-            Err(e) => return Err(Error::ClientIo(e)),
-        }
-    }
-    Ok(conn.rbuf[0] != b'X')
+        Poll::Ready(Ok(conn.rbuf[0] != b'X'))
+    })
+    .await
 }
 
 /// Runs `server_reset_query` on a session-mode backend before reuse.
