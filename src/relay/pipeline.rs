@@ -105,14 +105,20 @@ impl Default for Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline as new that keeps this one's queue (and its allocation:
+    /// As new, but keeping the queue (and its allocation:
     /// a backend's pipeline serves one bound stretch after another).
-    pub fn restarted(mut self) -> Pipeline {
-        self.entries.clear();
-        Pipeline {
-            entries: std::mem::take(&mut self.entries),
-            ..Pipeline::default()
-        }
+    pub fn restart(&mut self) {
+        let Pipeline {
+            entries,
+            unsynced,
+            discarding,
+            status,
+            copy_in,
+            set_default,
+        } = self;
+        entries.clear();
+        (*unsynced, *discarding, *copy_in, *set_default) = (false, false, false, false);
+        *status = TransactionStatus::Idle;
     }
 
     /// Nothing owed, nothing waiting for a Sync, no transaction open.
@@ -271,7 +277,7 @@ mod tests {
         p.expect(Kind::Query, false, None);
         p.status = TransactionStatus::InTransaction;
         p.unsynced = true;
-        let p = p.restarted();
+        p.restart();
         assert!(p.entries.capacity() > 0, "the queue was not kept");
         assert!(p.entries.is_empty() && p.idle() && !p.discarding);
     }

@@ -81,13 +81,26 @@ impl Translation {
     }
 
     /// As new, for the next stretch, whose first request came at `now`.
+    /// Field by field (every field named): rebuilding the whole would drop
+    /// and copy more than relaying a short query costs.
     pub fn restart(&mut self, now: Micros) {
-        *self = Translation {
-            pipeline: std::mem::take(&mut self.pipeline).restarted(),
-            reported: std::mem::take(&mut self.reported),
-            ..Translation::new(now)
-        };
-        self.reported.clear();
+        let Translation {
+            pipeline,
+            tally,
+            reported,
+            reset_seen,
+            from_client,
+            from_backend,
+            client_need,
+            backend_need,
+            client_done,
+        } = self;
+        pipeline.restart();
+        *tally = Tally::starting(now);
+        reported.clear();
+        (*from_client, *from_backend) = (Scanner::default(), Scanner::default());
+        (*client_need, *backend_need) = (0, 0);
+        (*reset_seen, *client_done) = (false, false);
     }
 
     /// Takes what the client sent (`input`) on to `backend`, answering some
