@@ -465,29 +465,30 @@ impl Bound<'_> {
     ) -> Result<bool> {
         let pool = self.pool;
         let now = crate::clock::now();
-        self.me.start_waiting(now);
-        let mut backend = tokio::select! {
-            biased;
-            b = pool.checkout(now) => b?,
-            _ = &mut stop => return Err(stopped(self.pooler)),
+        let mut backend = match pool.checkout_now(now) {
+            Ok(backend) => backend,
+            Err(due) => {
+                self.me.start_waiting(now);
+                let backend = tokio::select! {
+                    biased;
+                    b = pool.checkout_after(due, now) => b?,
+                    _ = &mut stop => return Err(stopped(self.pooler)),
+                };
+                self.me.stop_waiting();
+                backend
+            }
         };
-        self.me.stop_waiting();
         self.cancel.bind(&backend);
         let mut relay = Relay::new(self.conn, &mut backend, self.session, &self.settings, now);
-        let result = tokio::select! {
-            biased;
-            r = relay.run() => r,
-            // Dropping the relay mid-transaction: the backend is closed below.
-            _ = &mut stop => Err(stopped(self.pooler)),
-        };
+        let result = relay.run(stop).await;
         let mid_message = relay.client_mid_message();
         let now = relay.clock();
         drop(relay);
         self.cancel.unbind();
-        match result {
+        let e = match result {
             Ok(Outcome::Released) => {
                 release(pool, backend, true, now);
-                Ok(true)
+                return Ok(true);
             }
             Ok(Outcome::ClientLeft { clean }) => {
                 // Boxed, as below: rare paths keep every client's future small.
@@ -499,22 +500,21 @@ impl Bound<'_> {
                         )
                         .await);
                 release(pool, backend, reusable, crate::clock::now());
-                Ok(false)
+                return Ok(false);
             }
-            Err(e) => {
-                release(pool, backend, false, now);
-                if mid_message {
-                    self.conn.mid_message = true;
-                } else {
-                    // Whole messages still queued go first: the error
-                    // then starts at a message boundary.
-                    let flush =
-                        tokio::time::timeout(std::time::Duration::from_secs(1), self.conn.flush());
-                    let _ = Box::pin(flush).await;
-                }
-                Err(e)
-            }
+            Ok(Outcome::Stopped) => stopped(self.pooler),
+            Err(e) => e,
+        };
+        release(pool, backend, false, now);
+        if mid_message {
+            self.conn.mid_message = true;
+        } else {
+            // Whole messages still queued go first: the error then starts
+            // at a message boundary.
+            let flush = tokio::time::timeout(std::time::Duration::from_secs(1), self.conn.flush());
+            let _ = Box::pin(flush).await;
         }
+        Err(e)
     }
 }
 

@@ -132,6 +132,10 @@ impl Rules {
     }
 }
 
+/// Where [`Pool::checkout_now`] left a checkout: an idle backend due for
+/// its `server_check_query`, or none at hand.
+pub struct Due(Option<Backend>);
+
 /// What a waiting client is handed. (Moved once per hand-over; boxing the
 /// backend would cost an allocation instead.)
 #[allow(clippy::large_enum_variant)]
@@ -183,53 +187,69 @@ impl Pool {
     }
 
     /// Lends a backend, opening one if the pool has room, else waiting in
-    /// line up to `query_wait_timeout`.
+    /// line up to `query_wait_timeout`: [`Pool::checkout_now`], then
+    /// [`Pool::checkout_after`].
+    pub async fn checkout(&self, now: Micros) -> Result<Backend> {
+        match self.checkout_now(now) {
+            Ok(backend) => Ok(backend),
+            Err(due) => self.checkout_after(due, now).await,
+        }
+    }
+
+    /// The common case, without a future: an idle backend that needs no
+    /// check. Otherwise what [`Pool::checkout_after`] goes on from.
+    ///
+    /// `now` is the caller's clock reading: the hot path reads the clock
+    /// as seldom as it can.
+    pub fn checkout_now(&self, now: Micros) -> std::result::Result<Backend, Due> {
+        let backend = self.take_ready(now)?;
+        // Lent at once: no wait, and no clock to read.
+        self.stats.assigned(Duration::ZERO);
+        Ok(backend)
+    }
+
+    /// The rest of a checkout: checks the backend that was due for it, or
+    /// waits for one.
     ///
     /// # Cancel safety
     /// Cancel safe: a grant that arrives after the future is dropped goes to
     /// the next waiter (the send fails and `hand_over` moves on).
-    ///
-    /// `now` is the caller's clock reading: the hot path reads the clock
-    /// as seldom as it can.
-    pub async fn checkout(&self, now: Micros) -> Result<Backend> {
-        let (backend, at_once) = self.lend_at(now).await?;
-        // Lent at once: no wait, and no clock to read.
-        self.stats.assigned(if at_once {
-            Duration::ZERO
-        } else {
-            now.elapsed()
-        });
+    pub async fn checkout_after(&self, due: Due, now: Micros) -> Result<Backend> {
+        let backend = self.lend_after(due).await?;
+        self.stats.assigned(now.elapsed());
         Ok(backend)
     }
 
     /// [`Pool::checkout`] without counting an assignment (pgdyno's own use).
-    ///
-    /// The common case, an idle backend that needs no check, allocates
-    /// nothing; waiting, connecting and checking run boxed, which keeps
-    /// small the future every client task holds for its whole life.
     pub async fn lend(&self) -> Result<Backend> {
-        Ok(self.lend_at(clock::now()).await?.0)
+        match self.take_ready(clock::now()) {
+            Ok(backend) => Ok(backend),
+            Err(due) => self.lend_after(due).await,
+        }
     }
 
-    /// The backend, and whether it was lent at once (idle, no check).
-    async fn lend_at(&self, now: Micros) -> Result<(Backend, bool)> {
-        if !self.paused.load(Relaxed) {
-            let (idle, check) = {
-                let mut s = self.state.lock().unwrap();
-                let idle = self.take_idle(&mut s, now);
-                let check = idle.as_ref().is_some_and(|b| s.rules.needs_check(b, now));
-                (idle, check)
-            };
-            if let Some(backend) = idle {
-                if !check {
-                    return Ok((backend, true));
-                }
-                if let Some(backend) = Box::pin(self.checked(backend)).await {
-                    return Ok((backend, false));
-                }
+    /// An idle backend that needs no check, unless the pool is paused.
+    fn take_ready(&self, now: Micros) -> std::result::Result<Backend, Due> {
+        if self.paused.load(Relaxed) {
+            return Err(Due(None));
+        }
+        let mut s = self.state.lock().unwrap();
+        match self.take_idle(&mut s, now) {
+            Some(b) if s.rules.needs_check(&b, now) => Err(Due(Some(b))),
+            Some(b) => Ok(b),
+            None => Err(Due(None)),
+        }
+    }
+
+    /// Checking, waiting and connecting run boxed, which keeps small the
+    /// future every client task holds for its whole life.
+    async fn lend_after(&self, due: Due) -> Result<Backend> {
+        if let Some(backend) = due.0 {
+            if let Some(backend) = Box::pin(self.checked(backend)).await {
+                return Ok(backend);
             }
         }
-        Ok((Box::pin(self.lend_waiting()).await?, false))
+        Box::pin(self.lend_waiting()).await
     }
 
     /// [`Pool::lend`]'s general case: wait for a backend or a slot to
