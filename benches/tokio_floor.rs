@@ -3,7 +3,8 @@
 //!
 //! Each client connection is paired with a PostgreSQL connection of its
 //! own, and one task copies bytes both ways (tokio's `copy_bidirectional`)
-//! on the runtime pgdyno uses (multi-thread, one worker): no message is
+//! on the runtime pgdyno uses on a small machine (tokio's current-thread
+//! scheduler, see `runtime` in src/main.rs): no message is
 //! parsed, no backend is pooled, nothing is counted. It makes the same
 //! system calls per transaction as pgdyno and PgBouncer, so its CPU per
 //! transaction is what the kernel and tokio cost; what pgdyno needs above
@@ -21,8 +22,7 @@ fn main() {
         eprintln!("usage: tokio_floor LISTEN_ADDR UPSTREAM_ADDR");
         std::process::exit(2);
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("starting the runtime");
