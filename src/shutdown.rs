@@ -105,22 +105,34 @@ pub struct Reached<'a> {
 impl Future for Reached<'_> {
     type Output = ();
 
+    /// Inlined: a client polls it at every wake-up, and after the first
+    /// poll it is one atomic load.
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.stop.is_raised(self.level) {
             return Poll::Ready(());
         }
         if !self.registered {
-            {
-                let mut slot = self.stop.waker.lock().unwrap();
-                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *slot = Some(cx.waker().clone());
-                }
+            return self.register(cx);
+        }
+        Poll::Pending
+    }
+}
+
+impl Reached<'_> {
+    /// The first poll's part: keeps the client's waker.
+    #[cold]
+    fn register(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut slot = self.stop.waker.lock().unwrap();
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
             }
-            self.registered = true;
-            // Raised between the first check and the waker's storing.
-            if self.stop.is_raised(self.level) {
-                return Poll::Ready(());
-            }
+        }
+        self.registered = true;
+        // Raised between the first check and the waker's storing.
+        if self.stop.is_raised(self.level) {
+            return Poll::Ready(());
         }
         Poll::Pending
     }
