@@ -11,7 +11,7 @@
 //! backend a client is using at that moment.
 //!
 //! ```text
-//! client socket -> listener -> client -> pool.checkout() -> relay <-> backend socket
+//! client socket -> listener -> client -> pool.checkout_now() -> relay <-> backend socket
 //!                                    <- pool.release() <-
 //! ```
 //!

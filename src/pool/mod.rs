@@ -186,18 +186,8 @@ impl Pool {
         pool
     }
 
-    /// Lends a backend, opening one if the pool has room, else waiting in
-    /// line up to `query_wait_timeout`: [`Pool::checkout_now`], then
-    /// [`Pool::checkout_after`].
-    pub async fn checkout(&self, now: Micros) -> Result<Backend> {
-        match self.checkout_now(now) {
-            Ok(backend) => Ok(backend),
-            Err(due) => self.checkout_after(due, now).await,
-        }
-    }
-
-    /// The common case, without a future: an idle backend that needs no
-    /// check. Otherwise what [`Pool::checkout_after`] goes on from.
+    /// A checkout's common case, without a future: an idle backend that
+    /// needs no check. Otherwise what [`Pool::checkout_after`] goes on from.
     ///
     /// `now` is the caller's clock reading: the hot path reads the clock
     /// as seldom as it can.
@@ -209,7 +199,8 @@ impl Pool {
     }
 
     /// The rest of a checkout: checks the backend that was due for it, or
-    /// waits for one.
+    /// opens one if the pool has room, else waits in line up to
+    /// `query_wait_timeout`.
     ///
     /// # Cancel safety
     /// Cancel safe: a grant that arrives after the future is dropped goes to
@@ -220,7 +211,7 @@ impl Pool {
         Ok(backend)
     }
 
-    /// [`Pool::checkout`] without counting an assignment (pgdyno's own use).
+    /// A checkout without counting an assignment (pgdyno's own use).
     pub async fn lend(&self) -> Result<Backend> {
         match self.take_ready(clock::now()) {
             Ok(backend) => Ok(backend),
@@ -245,7 +236,7 @@ impl Pool {
     /// future every client task holds for its whole life.
     async fn lend_after(&self, due: Due) -> Result<Backend> {
         if let Some(backend) = due.0 {
-            if let Some(backend) = Box::pin(self.checked(backend)).await {
+            if let Some(backend) = Box::pin(self.check(backend)).await {
                 return Ok(backend);
             }
         }
@@ -385,11 +376,17 @@ impl Pool {
 
     /// A backend idle longer than `server_check_delay` is checked with
     /// `server_check_query` first; `None` if it failed (it is then closed).
-    async fn checked(&self, mut backend: Backend) -> Option<Backend> {
+    async fn checked(&self, backend: Backend) -> Option<Backend> {
         let rules = self.state.lock().unwrap().rules;
         if !rules.needs_check(&backend, clock::now()) {
             return Some(backend);
         }
+        self.check(backend).await
+    }
+
+    /// Runs `server_check_query` on a backend found due for it; `None` if
+    /// it failed (the backend is then closed).
+    async fn check(&self, mut backend: Backend) -> Option<Backend> {
         let settings = self.settings();
         let query = self.check_query.read().unwrap().clone();
         let slot = SlotGuard(Some(self));

@@ -65,10 +65,11 @@ impl App {
             return;
         }
         let pid = self.pid;
-        let sent = tokio::task::spawn_blocking(move || kill(pid, name)).await;
+        let sent = tokio::task::spawn_blocking(move || kill(pid, name))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
         match sent {
-            Ok(Ok(())) => tracing::debug!(pid, "sent SIG{name} to the app"),
-            Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not send SIG{name} to the app"),
+            Ok(()) => tracing::debug!(pid, "sent SIG{name} to the app"),
             Err(e) => tracing::warn!(pid, error = %e, "could not send SIG{name} to the app"),
         }
     }
