@@ -70,7 +70,10 @@ impl PoolStats {
     /// A client got a backend after waiting `waited`.
     pub fn assigned(&self, waited: Duration) {
         self.assignments.fetch_add(1, Relaxed);
-        self.wait_us.fetch_add(waited.as_micros() as u64, Relaxed);
+        // Most checkouts wait for nothing: no atomic add of zero for them.
+        if !waited.is_zero() {
+            self.wait_us.fetch_add(waited.as_micros() as u64, Relaxed);
+        }
         self.wait_seconds.record(waited.as_secs_f64());
     }
 
