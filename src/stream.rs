@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::protocol::frame;
@@ -27,8 +27,7 @@ const MAX_SPARE: usize = 32 * 1024;
 
 thread_local! {
     /// Buffers of connections gone idle (see [`crate::spare`]).
-    static SPARE_READS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-    static SPARE_WRITES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SPARE: RefCell<Vec<spare::Pair>> = const { RefCell::new(Vec::new()) };
 }
 
 pub enum Stream {
@@ -80,30 +79,20 @@ impl Stream {
         }
     }
 
-    /// Ready when the socket has input. A TLS stream may hold decrypted
-    /// input the socket does not show: it is ready at once, and the read
-    /// that follows waits instead.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Stream::Tcp(s) => s.poll_read_ready(cx),
-            Stream::Unix(s) => s.poll_read_ready(cx),
-            Stream::TlsServer(_) | Stream::TlsClient(_) => Poll::Ready(Ok(())),
-        }
-    }
-
     /// Whether the socket has input waiting (or was closed), from the
-    /// reactor's readiness state: a zero-length `try_read` returns
-    /// `WouldBlock` without a system call unless the reactor marked the
-    /// socket readable, and registers no waker (`poll_read_ready` would,
-    /// at twice the cost on every checkout).
+    /// reactor's readiness state alone: no system call, no waker
+    /// registered (`poll_read_ready` would register one, at twice the cost
+    /// on every checkout), and the readiness left as it was (the closure
+    /// answers `Ok`, so `try_io` does not clear it).
     pub fn readable(&self) -> bool {
+        let ready = || Ok(());
         let probe = match self {
-            Stream::Tcp(s) => s.try_read(&mut []),
-            Stream::Unix(s) => s.try_read(&mut []),
-            Stream::TlsServer(s) => s.get_ref().0.try_read(&mut []),
-            Stream::TlsClient(s) => s.get_ref().0.try_read(&mut []),
+            Stream::Tcp(s) => s.try_io(Interest::READABLE, ready),
+            Stream::Unix(s) => s.try_io(Interest::READABLE, ready),
+            Stream::TlsServer(s) => s.get_ref().0.try_io(Interest::READABLE, ready),
+            Stream::TlsClient(s) => s.get_ref().0.try_io(Interest::READABLE, ready),
         };
-        !matches!(probe, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        probe.is_ok()
     }
 }
 
@@ -169,6 +158,10 @@ pub struct Conn {
     /// Part of a message went out that will never be finished (the backend
     /// failed mid-DataRow): nothing more may be written, only a close.
     pub mid_message: bool,
+    /// The last read found nothing and registered its task's waker with
+    /// the reactor (a `Pending` that tokio's cooperative budget forced
+    /// registers none and does not count). See [`Conn::waits_for_input`].
+    read_waits: bool,
 }
 
 /// A message read whole during login: tag and body.
@@ -184,31 +177,63 @@ impl Conn {
             rbuf: BytesMut::with_capacity(READ_BUF),
             wbuf: BytesMut::with_capacity(WRITE_BUF),
             mid_message: false,
+            read_waits: false,
         }
     }
 
     /// Reads more bytes; `Ok(0)` is end of stream. A connection that gave
-    /// its buffers back (see `release_buffers`) waits for input without
-    /// them, and then takes warm ones.
+    /// its buffers back (see `release_buffers`) takes warm ones first.
     pub async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
     /// [`Conn::fill`] as a poll function.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() == 0 {
-            std::task::ready!(self.stream.poll_read_ready(cx))?;
-            self.rbuf =
-                spare::take(&SPARE_READS).unwrap_or_else(|| BytesMut::with_capacity(READ_BUF));
-        }
-        if self.wbuf.capacity() == 0 {
-            self.wbuf =
-                spare::take(&SPARE_WRITES).unwrap_or_else(|| BytesMut::with_capacity(WRITE_BUF));
+        if self.rbuf.capacity() == 0 || self.wbuf.capacity() == 0 {
+            self.take_buffers();
         }
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_BUF);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf)
+        self.poll_read(cx)
+    }
+
+    /// Reads what has come into `rbuf`'s spare room; `Ok(0)` is end of
+    /// stream.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+        self.read_waits = polled.is_pending() && tokio::task::coop::has_budget_remaining();
+        polled
+    }
+
+    /// Whether a read now would find nothing and only register again the
+    /// waker its last read left with the reactor: that read found nothing
+    /// and the socket has shown no input since (a waker stays registered
+    /// until input comes). Only for a connection one task polls for its
+    /// whole life, a client's (a backend's last read may have registered
+    /// another client's task), and not over TLS, whose reads may wait on a
+    /// write.
+    pub fn waits_for_input(&self) -> bool {
+        self.read_waits
+            && matches!(self.stream, Stream::Tcp(_) | Stream::Unix(_))
+            && !self.stream.readable()
+    }
+
+    /// Gives an empty buffer (one given back, or one a message's split
+    /// left without room) a warm one of the thread's spares, or a new one.
+    fn take_buffers(&mut self) {
+        let (rbuf, wbuf) = spare::take(&SPARE).unwrap_or_else(|| {
+            (
+                BytesMut::with_capacity(READ_BUF),
+                BytesMut::with_capacity(WRITE_BUF),
+            )
+        });
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = rbuf;
+        }
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = wbuf;
+        }
     }
 
     /// Reads one whole tagged message of at most `max_len` bytes.
@@ -250,12 +275,15 @@ impl Conn {
     }
 
     /// Gives back both buffers while the connection is idle (as
-    /// PgBouncer's idle connections hold no buffer): `fill` takes them
+    /// PgBouncer's idle connections hold no buffer): `fill` takes a pair
     /// again when input comes. Only with nothing buffered.
     pub fn release_buffers(&mut self) {
         debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
-        spare::put(&SPARE_READS, std::mem::take(&mut self.rbuf), MAX_SPARE);
-        spare::put(&SPARE_WRITES, std::mem::take(&mut self.wbuf), MAX_SPARE);
+        let pair = (
+            std::mem::take(&mut self.rbuf),
+            std::mem::take(&mut self.wbuf),
+        );
+        spare::put(&SPARE, pair, MAX_SPARE);
     }
 
     /// Whether anything written is not on the wire yet.
@@ -295,5 +323,86 @@ impl Conn {
             }
         }
         Poll::Ready(Ok(sent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, Conn) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let conn = Conn::new(Stream::tcp(accepted.unwrap().0).unwrap());
+        (peer.unwrap(), conn)
+    }
+
+    /// Polls a read once, in the calling task.
+    async fn read_once(conn: &mut Conn) -> Poll<io::Result<usize>> {
+        poll_fn(|cx| Poll::Ready(conn.poll_fill(cx))).await
+    }
+
+    #[tokio::test]
+    async fn a_read_that_found_nothing_waits_until_input_comes() {
+        let (mut peer, mut conn) = pair().await;
+        assert!(!conn.waits_for_input(), "nothing read yet");
+        assert!(read_once(&mut conn).await.is_pending());
+        assert!(conn.waits_for_input());
+
+        peer.write_all(b"Q").await.unwrap();
+        // The reactor marks the socket readable once it runs.
+        for _ in 0..500 {
+            if !conn.waits_for_input() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(!conn.waits_for_input(), "input came");
+        assert!(matches!(read_once(&mut conn).await, Poll::Ready(Ok(1))));
+        assert!(!conn.waits_for_input(), "the last read found input");
+    }
+
+    #[tokio::test]
+    async fn a_read_the_budget_stopped_registered_nothing_and_does_not_wait() {
+        let (_peer, mut conn) = pair().await;
+        assert!(read_once(&mut conn).await.is_pending());
+        assert!(conn.waits_for_input());
+        let polled = poll_fn(|cx| {
+            // Spend the task's whole budget, as a long wake-up would.
+            let mut spent = 0;
+            while let Poll::Ready(restore) = tokio::task::coop::poll_proceed(cx) {
+                restore.made_progress();
+                spent += 1;
+                assert!(spent < 10_000, "the task has a budget");
+            }
+            Poll::Ready(conn.poll_fill(cx))
+        })
+        .await;
+        assert!(polled.is_pending());
+        assert!(
+            !conn.waits_for_input(),
+            "a Pending forced by the budget left no waker with the reactor"
+        );
+    }
+
+    #[tokio::test]
+    async fn readable_leaves_the_readiness_as_it_was() {
+        let (mut peer, mut conn) = pair().await;
+        // tokio takes a new socket for readable until a read finds nothing.
+        assert!(read_once(&mut conn).await.is_pending());
+        assert!(!conn.stream.readable());
+        peer.write_all(b"Q").await.unwrap();
+        for _ in 0..500 {
+            if conn.stream.readable() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(conn.stream.readable());
+        assert!(conn.stream.readable(), "asking twice: still readable");
+        assert!(matches!(read_once(&mut conn).await, Poll::Ready(Ok(1))));
     }
 }

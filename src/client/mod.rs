@@ -549,18 +549,31 @@ async fn idle_wait(conn: &mut Conn, limit: Option<std::time::Duration>) -> Resul
 
 /// Waits, unbound, until the client has sent a message header. `false`
 /// when it sent Terminate or closed the connection. A client waiting with
-/// nothing buffered holds no buffer (an idle client costs little memory).
+/// nothing buffered holds no buffer (an idle client costs little memory):
+/// the read that finds nothing gives them back, and the read after the
+/// wake-up takes a pair again.
 async fn next_message(conn: &mut Conn) -> Result<bool> {
     // One poll function, not nested futures: this runs once per transaction.
     std::future::poll_fn(|cx| {
         while conn.rbuf.len() < 5 {
-            if conn.rbuf.is_empty() && conn.rbuf.capacity() > 0 && !conn.pending_output() {
-                conn.release_buffers();
+            // Mostly so right after a transaction: the relay's read of
+            // the client already waits (one read fewer per transaction).
+            if conn.rbuf.is_empty() && conn.waits_for_input() {
+                if conn.rbuf.capacity() > 0 && !conn.pending_output() {
+                    conn.release_buffers();
+                }
+                return Poll::Pending;
             }
-            match std::task::ready!(conn.poll_fill(cx)) {
-                Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(Error::ClientIo(e))),
+            match conn.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::ClientIo(e))),
+                Poll::Pending => {
+                    if conn.rbuf.is_empty() && !conn.pending_output() {
+                        conn.release_buffers();
+                    }
+                    return Poll::Pending;
+                }
             }
         }
         Poll::Ready(Ok(conn.rbuf[0] != b'X'))

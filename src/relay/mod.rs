@@ -257,7 +257,7 @@ impl<'a> Relay<'a> {
                 && self.backend.conn.wbuf.len() < MAX_BUFFERED;
             if !waiting.client_read && !self.backend.stretch.client_done && room {
                 reserve(&mut self.client.rbuf, need);
-                match poll_read_buf(Pin::new(&mut self.client.stream), cx, &mut self.client.rbuf) {
+                match self.client.poll_read(cx) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         self.translate_client()?;
                         progress = true;

@@ -278,15 +278,13 @@ impl FromClient<'_> {
 /// Whether SQL text (NUL-terminated or not) is `SET [SESSION] name
 /// {TO | =} DEFAULT`, which PostgreSQL treats as RESET.
 fn is_set_default(text: &[u8]) -> bool {
-    // Cheap refusals first: this runs on every short query.
+    // Cheap refusals first: this runs on every short query. (`| 0x20`
+    // folds case and maps no other byte onto a lowercase letter.)
     let start = text
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(0);
-    if !text[start..]
-        .get(..3)
-        .is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
-    {
+    if !matches!(text[start..], [s, e, t, ..] if [s | 0x20, e | 0x20, t | 0x20] == *b"set") {
         return false;
     }
     let text = crate::protocol::fields::cstr(text).map_or(text, |(t, _)| t);
@@ -359,5 +357,11 @@ mod tests {
         assert!(!super::is_set_default(b"SET LOCAL TimeZone TO DEFAULT"));
         assert!(!super::is_set_default(b"SET TimeZone TO 'UTC'"));
         assert!(!super::is_set_default(b"SELECT default"));
+        assert!(super::is_set_default(b"\n  sEt x TO default"));
+        assert!(!super::is_set_default(b"SE"));
+        assert!(
+            !super::is_set_default(b"3ET x TO default"),
+            "only letters fold"
+        );
     }
 }
