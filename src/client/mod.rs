@@ -558,18 +558,17 @@ async fn next_message(conn: &mut Conn) -> Result<bool> {
         while conn.rbuf.len() < 5 {
             // Mostly so right after a transaction: the relay's read of
             // the client already waits (one read fewer per transaction).
-            if conn.rbuf.is_empty() && conn.waits_for_input() {
-                if conn.rbuf.capacity() > 0 && !conn.pending_output() {
-                    conn.release_buffers();
-                }
-                return Poll::Pending;
-            }
-            match conn.poll_fill(cx) {
+            let polled = if conn.rbuf.is_empty() && conn.waits_for_input() {
+                Poll::Pending
+            } else {
+                conn.poll_fill(cx)
+            };
+            match polled {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(false)),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::ClientIo(e))),
                 Poll::Pending => {
-                    if conn.rbuf.is_empty() && !conn.pending_output() {
+                    if conn.rbuf.is_empty() && conn.rbuf.capacity() > 0 && !conn.pending_output() {
                         conn.release_buffers();
                     }
                     return Poll::Pending;

@@ -29,7 +29,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio_util::io::poll_read_buf;
 
 use crate::backend::Live;
 use crate::clock::{self, Micros};
@@ -215,8 +214,7 @@ impl<'a> Relay<'a> {
                 && self.client.wbuf.len() < MAX_BUFFERED;
             if !waiting.backend_read && room {
                 reserve(&mut self.backend.conn.rbuf, need);
-                let conn = &mut self.backend.conn;
-                match poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.rbuf) {
+                match self.backend.conn.poll_read(cx) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::BackendGone)),
                     Poll::Ready(Ok(_)) => {
                         self.translate_backend()?;
