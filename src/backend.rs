@@ -15,7 +15,7 @@ use crate::auth;
 use crate::auth::scram::{
     ClientBinding, KeyCache, KeyExchange, KeyProof, ScramKeys, MECHANISM, MECHANISM_PLUS,
 };
-use crate::cancel::CancelGate;
+use crate::cancel::{BackendKey, CancelGate};
 use crate::clock::{self, Micros};
 use crate::config::tls::ChannelBinding as BindingMode;
 use crate::config::{Host, Upstream};
@@ -143,6 +143,12 @@ impl Backend {
                     tls: backend.conn.stream.tls_description(),
                     active: Default::default(),
                     request_time_us: Default::default(),
+                    key: BackendKey {
+                        process_id: backend.process_id,
+                        secret_key: backend.secret_key,
+                        target: Arc::downgrade(&target),
+                        gate: backend.cancel_gate.clone(),
+                    },
                 }));
                 Ok(backend)
             }

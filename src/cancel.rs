@@ -1,9 +1,13 @@
 //! Query cancellation across the pool: each client gets a pgdyno-issued
 //! BackendKeyData; a CancelRequest with that key is sent on, with the real
 //! key, to the backend serving that client at that moment, if any.
+//!
+//! Binding a client to a backend is one store of the backend's id (twice
+//! per transaction, so no lock and no reference count); the canceller
+//! finds the backend's key by that id in the registry's SHOW SERVERS list.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -13,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::backend::{Backend, Target};
+use crate::registry::{Registry, ServerEntry};
 
 /// How long a cancel may take before pgdyno stops waiting for it.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,8 +32,10 @@ pub struct CancelGate {
 }
 
 impl CancelGate {
+    /// Read after [`CancelSlot::unbind`] (both sequentially consistent:
+    /// see [`Cancels::cancel`]).
     pub fn busy(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
+        self.in_flight.load(Ordering::SeqCst) > 0
     }
 
     /// Waits until no cancel is in flight; false if that took too long.
@@ -46,34 +53,34 @@ impl CancelGate {
     }
 }
 
-/// The backend a client is bound to right now.
-#[derive(Clone)]
-struct Bound {
-    target: Arc<Target>,
-    process_id: i32,
-    secret_key: i32,
-    gate: Arc<CancelGate>,
+/// What a cancel aimed at one backend needs, kept in its registry entry.
+#[derive(Debug)]
+pub struct BackendKey {
+    pub process_id: i32,
+    pub secret_key: i32,
+    /// Where to send the cancel. Weak: the target holds the registry
+    /// that lists this key.
+    pub target: Weak<Target>,
+    /// The backend's gate (the same as its [`crate::backend::Live::cancel_gate`]).
+    pub gate: Arc<CancelGate>,
 }
 
 /// One client's cancel key and its current backend.
 pub struct CancelSlot {
     pub process_id: i32,
     pub secret_key: i32,
-    bound: Mutex<Option<Bound>>,
+    /// The id of the backend the client is bound to, or 0.
+    bound: AtomicU64,
 }
 
 impl CancelSlot {
     pub fn bind(&self, backend: &Backend) {
-        *self.bound.lock().unwrap() = Some(Bound {
-            target: backend.target.clone(),
-            process_id: backend.process_id,
-            secret_key: backend.secret_key,
-            gate: backend.cancel_gate.clone(),
-        });
+        self.bound.store(backend.id, Ordering::SeqCst);
     }
 
+    /// Before the backend's release looks at its gate.
     pub fn unbind(&self) {
-        *self.bound.lock().unwrap() = None;
+        self.bound.store(0, Ordering::SeqCst);
     }
 }
 
@@ -94,7 +101,7 @@ impl Cancels {
             let slot = Arc::new(CancelSlot {
                 process_id,
                 secret_key: rand::random(),
-                bound: Mutex::new(None),
+                bound: AtomicU64::new(0),
             });
             if let dashmap::Entry::Vacant(e) = self.slots.entry(process_id) {
                 e.insert(slot.clone());
@@ -108,45 +115,71 @@ impl Cancels {
 
     /// Sends a cancel to the backend the keyed client is using, if any. An
     /// unknown key or an idle client cancels nothing, silently (as
-    /// PostgreSQL does).
-    pub async fn cancel(&self, process_id: i32, secret_key: i32) {
-        let bound = match self.slots.get(&process_id) {
+    /// PostgreSQL does). `servers`: where the backends' keys are listed.
+    pub async fn cancel(&self, servers: &Registry, process_id: i32, secret_key: i32) {
+        let key = match self.slots.get(&process_id) {
             Some(slot)
                 if crate::auth::constant_time_eq(
                     &slot.secret_key.to_be_bytes(),
                     &secret_key.to_be_bytes(),
                 ) =>
             {
-                // Counted under the lock: the client's unbind and release
-                // then see it.
-                let bound = slot.bound.lock().unwrap();
-                if let Some(b) = &*bound {
-                    b.gate.in_flight.fetch_add(1, Ordering::AcqRel);
-                }
-                bound.clone()
+                in_flight_to(&slot, servers)
             }
             _ => None,
         };
-        let Some(bound) = bound else {
+        let Some(server) = key else {
             tracing::debug!(process_id, "cancel request for no running query");
             return;
         };
-        match tokio::time::timeout(CANCEL_TIMEOUT, forward(&bound)).await {
-            Ok(Ok(())) => tracing::debug!(backend_pid = bound.process_id, "cancel forwarded"),
+        let key = &server.key;
+        match tokio::time::timeout(CANCEL_TIMEOUT, forward(key)).await {
+            Ok(Ok(())) => tracing::debug!(backend_pid = key.process_id, "cancel forwarded"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
             Err(_) => tracing::warn!("cancel request timed out"),
         }
-        bound.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
-        bound.gate.done.notify_waiters();
+        done(&key.gate);
     }
 }
 
-async fn forward(bound: &Bound) -> std::io::Result<()> {
-    let (mut stream, _) = crate::backend::open(&bound.target.upstream, &bound.target.connector())
+/// The key of the backend `slot`'s client is bound to, counted in that
+/// backend's gate; `None` if it is bound to none.
+///
+/// Counted, then checked again: the client unbinds, then looks at the gate
+/// before it releases the backend, and all four steps are sequentially
+/// consistent. So either this check sees the client still bound (and its
+/// release then sees the cancel in flight, and waits), or it sees it gone
+/// and the cancel is dropped. A cancel never reaches a backend that has
+/// moved on to another client.
+fn in_flight_to(slot: &CancelSlot, servers: &Registry) -> Option<Arc<ServerEntry>> {
+    let id = slot.bound.load(Ordering::SeqCst);
+    if id == 0 {
+        return None;
+    }
+    let server = servers.servers.get(&id)?.clone();
+    server.key.gate.in_flight.fetch_add(1, Ordering::SeqCst);
+    if slot.bound.load(Ordering::SeqCst) != id {
+        done(&server.key.gate);
+        return None;
+    }
+    Some(server)
+}
+
+fn done(gate: &CancelGate) {
+    gate.in_flight.fetch_sub(1, Ordering::SeqCst);
+    gate.done.notify_waiters();
+}
+
+async fn forward(key: &BackendKey) -> std::io::Result<()> {
+    let target = key
+        .target
+        .upgrade()
+        .ok_or_else(|| std::io::Error::other("the backend's pool is gone"))?;
+    let (mut stream, _) = crate::backend::open(&target.upstream, &target.connector())
         .await
         .map_err(std::io::Error::other)?;
     let mut buf = BytesMut::new();
-    frontend::cancel_request(bound.process_id, bound.secret_key, &mut buf);
+    frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
     stream.write_all(&buf).await?;
     // PostgreSQL closes the connection once it has signalled the backend.
     let mut rest = [0u8; 64];
@@ -163,5 +196,59 @@ pub struct CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         self.cancels.slots.remove(&self.slot.process_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(registry: &Registry, id: u64, gate: &Arc<CancelGate>) {
+        let entry = ServerEntry {
+            id,
+            user: "u".into(),
+            database: "d".into(),
+            addr: "127.0.0.1".into(),
+            port: 5432,
+            connect_time_us: 0,
+            remote_pid: 41,
+            tls: String::new(),
+            active: Default::default(),
+            request_time_us: Default::default(),
+            key: BackendKey {
+                process_id: 41,
+                secret_key: 42,
+                target: Weak::new(),
+                gate: gate.clone(),
+            },
+        };
+        registry.servers.insert(id, Arc::new(entry));
+    }
+
+    #[test]
+    fn a_cancel_is_counted_only_against_the_backend_its_client_is_bound_to() {
+        let registry = Registry::default();
+        let (gate, other) = (Arc::default(), Arc::default());
+        listed(&registry, 7, &gate);
+        listed(&registry, 8, &other);
+        let slot = CancelSlot {
+            process_id: 1,
+            secret_key: 2,
+            bound: AtomicU64::new(0),
+        };
+        assert!(in_flight_to(&slot, &registry).is_none(), "unbound");
+
+        slot.bound.store(7, Ordering::SeqCst);
+        let server = in_flight_to(&slot, &registry).expect("bound to 7");
+        assert_eq!((server.key.process_id, server.key.secret_key), (41, 42));
+        assert!(gate.busy() && !other.busy());
+        // The client's release now waits for the cancel: it is done.
+        done(&server.key.gate);
+        assert!(!gate.busy());
+
+        // A backend no longer listed (closed meanwhile) is not cancelled.
+        slot.bound.store(9, Ordering::SeqCst);
+        assert!(in_flight_to(&slot, &registry).is_none());
+        assert!(!gate.busy() && !other.busy());
     }
 }

@@ -64,23 +64,31 @@ pub fn render(pooler: &Pooler, handle: &PrometheusHandle) -> String {
         gauge!("pgdyno_pool_saturation", &labels).set(snap.backends_active as f64 / size);
         gauge!("pgdyno_longest_wait_seconds", &labels).set(snap.longest_wait.as_secs_f64());
         let s = &pool.stats;
+        let mut t = crate::stats::Totals::default();
+        t.add_pool(s);
         for (name, value) in [
-            ("pgdyno_transactions_total", &s.xacts),
-            ("pgdyno_queries_total", &s.queries),
-            ("pgdyno_received_bytes_total", &s.bytes_received),
-            ("pgdyno_sent_bytes_total", &s.bytes_sent),
-            ("pgdyno_client_logins_total", &s.logins),
-            ("pgdyno_backend_connects_total", &s.backend_connects),
+            ("pgdyno_transactions_total", t.xacts),
+            ("pgdyno_queries_total", t.queries),
+            ("pgdyno_received_bytes_total", t.received),
+            ("pgdyno_sent_bytes_total", t.sent),
+            ("pgdyno_client_logins_total", t.logins),
+            (
+                "pgdyno_backend_connects_total",
+                s.backend_connects.load(Relaxed),
+            ),
             (
                 "pgdyno_backend_connect_failures_total",
-                &s.backend_connect_failures,
+                s.backend_connect_failures.load(Relaxed),
             ),
-            ("pgdyno_client_parses_total", &s.client_parses),
-            ("pgdyno_backend_parses_total", &s.server_parses),
-            ("pgdyno_binds_total", &s.binds),
-            ("pgdyno_query_wait_timeouts_total", &s.wait_timeouts),
+            ("pgdyno_client_parses_total", t.client_parses),
+            ("pgdyno_backend_parses_total", t.server_parses),
+            ("pgdyno_binds_total", t.binds),
+            (
+                "pgdyno_query_wait_timeouts_total",
+                s.wait_timeouts.load(Relaxed),
+            ),
         ] {
-            counter!(name, &labels).absolute(value.load(Relaxed));
+            counter!(name, &labels).absolute(value);
         }
         for (class, n) in s.errors.lock().unwrap().iter() {
             let mut with_class = labels.to_vec();

@@ -86,6 +86,8 @@ pub struct ServerEntry {
     /// Lent to a client (else idle in its pool).
     pub active: AtomicBool,
     pub request_time_us: AtomicU64,
+    /// For a cancel aimed at the query it runs.
+    pub key: crate::cancel::BackendKey,
 }
 
 impl ServerEntry {

@@ -2,11 +2,14 @@
 //! and the Prometheus endpoint alike.
 //!
 //! The relay counts a bound stretch in a plain [`Tally`] and adds it to the
-//! pool's atomics once, when the stretch ends: no shared write per message.
-//! Histograms are `metrics` handles registered once per pool.
+//! pool's counters once, when the stretch ends: no shared write per message.
+//! Those counters are [`Sharded`]: each thread adds to its own copy with
+//! plain stores, and readers sum the copies. Histograms are `metrics`
+//! handles registered once per pool.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,17 +20,8 @@ use crate::clock::Micros;
 /// One pool's totals since start. Times in microseconds.
 #[derive(Debug)]
 pub struct PoolStats {
-    pub xacts: AtomicU64,
-    pub queries: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub xact_us: AtomicU64,
-    pub query_us: AtomicU64,
-    pub wait_us: AtomicU64,
-    pub assignments: AtomicU64,
-    pub client_parses: AtomicU64,
-    pub server_parses: AtomicU64,
-    pub binds: AtomicU64,
+    /// What every transaction adds to.
+    counts: Sharded,
     pub logins: AtomicU64,
     pub backend_connects: AtomicU64,
     pub backend_connect_failures: AtomicU64,
@@ -44,17 +38,7 @@ impl PoolStats {
     pub fn new(database: &str, user: &str) -> PoolStats {
         let labels = [("database", database.to_owned()), ("user", user.to_owned())];
         PoolStats {
-            xacts: AtomicU64::new(0),
-            queries: AtomicU64::new(0),
-            bytes_received: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            xact_us: AtomicU64::new(0),
-            query_us: AtomicU64::new(0),
-            wait_us: AtomicU64::new(0),
-            assignments: AtomicU64::new(0),
-            client_parses: AtomicU64::new(0),
-            server_parses: AtomicU64::new(0),
-            binds: AtomicU64::new(0),
+            counts: Sharded::default(),
             logins: AtomicU64::new(0),
             backend_connects: AtomicU64::new(0),
             backend_connect_failures: AtomicU64::new(0),
@@ -69,11 +53,9 @@ impl PoolStats {
 
     /// A client got a backend after waiting `waited`.
     pub fn assigned(&self, waited: Duration) {
-        self.assignments.fetch_add(1, Relaxed);
-        // Most checkouts wait for nothing: no atomic add of zero for them.
-        if !waited.is_zero() {
-            self.wait_us.fetch_add(waited.as_micros() as u64, Relaxed);
-        }
+        let (c, to) = self.counts.own();
+        to.add(&c.assignments, 1);
+        to.add(&c.wait_us, waited.as_micros() as u64);
         self.wait_seconds.record(waited.as_secs_f64());
     }
 
@@ -89,20 +71,109 @@ impl PoolStats {
 
     /// Adds what a bound stretch counted.
     pub fn add(&self, t: &Tally) {
-        let add = |c: &AtomicU64, v: u64| {
-            if v > 0 {
-                c.fetch_add(v, Relaxed);
-            }
-        };
-        add(&self.xacts, t.xacts);
-        add(&self.queries, t.queries);
-        add(&self.bytes_received, t.bytes_received);
-        add(&self.bytes_sent, t.bytes_sent);
-        add(&self.xact_us, t.xact_us);
-        add(&self.query_us, t.query_us);
-        add(&self.client_parses, t.client_parses);
-        add(&self.server_parses, t.server_parses);
-        add(&self.binds, t.binds);
+        let (c, to) = self.counts.own();
+        to.add(&c.xacts, t.xacts);
+        to.add(&c.queries, t.queries);
+        to.add(&c.bytes_received, t.bytes_received);
+        to.add(&c.bytes_sent, t.bytes_sent);
+        to.add(&c.xact_us, t.xact_us);
+        to.add(&c.query_us, t.query_us);
+        to.add(&c.client_parses, t.client_parses);
+        to.add(&c.server_parses, t.server_parses);
+        to.add(&c.binds, t.binds);
+    }
+}
+
+/// A pool's per-transaction counters, one copy per thread.
+///
+/// A thread adds only to the copy of its own index: with one writer per
+/// copy, an add is a load and a store, where a shared counter takes a
+/// locked read-modify-write (seven per transaction otherwise). Threads
+/// past the first [`SHARDS`] share one more copy, with atomic adds.
+#[derive(Debug)]
+struct Sharded {
+    shards: Box<[Counts]>,
+    shared: Counts,
+}
+
+/// Threads with a copy of their own (a runtime's workers and the main
+/// thread come first).
+const SHARDS: usize = 16;
+
+/// Each thread's index, given at its first add, never reused.
+fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        if i.get() == usize::MAX {
+            i.set(NEXT.fetch_add(1, Relaxed));
+        }
+        i.get()
+    })
+}
+
+/// How a thread adds to the copy [`Sharded::own`] gave it.
+#[derive(Clone, Copy)]
+struct Adder {
+    only_writer: bool,
+}
+
+impl Adder {
+    /// Adding zero writes nothing.
+    fn add(self, counter: &AtomicU64, v: u64) {
+        if v == 0 {
+        } else if self.only_writer {
+            counter.store(counter.load(Relaxed) + v, Relaxed);
+        } else {
+            counter.fetch_add(v, Relaxed);
+        }
+    }
+}
+
+/// One copy; a cache line of its own, so that threads do not share lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Counts {
+    xacts: AtomicU64,
+    queries: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    xact_us: AtomicU64,
+    query_us: AtomicU64,
+    wait_us: AtomicU64,
+    assignments: AtomicU64,
+    client_parses: AtomicU64,
+    server_parses: AtomicU64,
+    binds: AtomicU64,
+}
+
+impl Default for Sharded {
+    fn default() -> Self {
+        Sharded {
+            shards: (0..SHARDS).map(|_| Counts::default()).collect(),
+            shared: Counts::default(),
+        }
+    }
+}
+
+impl Sharded {
+    /// The copy this thread adds to, and how.
+    fn own(&self) -> (&Counts, Adder) {
+        match self.shards.get(thread_index()) {
+            Some(own) => (own, Adder { only_writer: true }),
+            None => (&self.shared, Adder { only_writer: false }),
+        }
+    }
+
+    /// A counter's total over the copies.
+    fn sum(&self, counter: impl Fn(&Counts) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .chain([&self.shared])
+            .map(|c| counter(c).load(Relaxed))
+            .sum()
     }
 }
 
@@ -207,17 +278,18 @@ pub struct Totals {
 
 impl Totals {
     pub fn add_pool(&mut self, s: &PoolStats) {
-        self.assignments += s.assignments.load(Relaxed);
-        self.xacts += s.xacts.load(Relaxed);
-        self.queries += s.queries.load(Relaxed);
-        self.received += s.bytes_received.load(Relaxed);
-        self.sent += s.bytes_sent.load(Relaxed);
-        self.xact_us += s.xact_us.load(Relaxed);
-        self.query_us += s.query_us.load(Relaxed);
-        self.wait_us += s.wait_us.load(Relaxed);
-        self.client_parses += s.client_parses.load(Relaxed);
-        self.server_parses += s.server_parses.load(Relaxed);
-        self.binds += s.binds.load(Relaxed);
+        let c = &s.counts;
+        self.assignments += c.sum(|c| &c.assignments);
+        self.xacts += c.sum(|c| &c.xacts);
+        self.queries += c.sum(|c| &c.queries);
+        self.received += c.sum(|c| &c.bytes_received);
+        self.sent += c.sum(|c| &c.bytes_sent);
+        self.xact_us += c.sum(|c| &c.xact_us);
+        self.query_us += c.sum(|c| &c.query_us);
+        self.wait_us += c.sum(|c| &c.wait_us);
+        self.client_parses += c.sum(|c| &c.client_parses);
+        self.server_parses += c.sum(|c| &c.server_parses);
+        self.binds += c.sum(|c| &c.binds);
         self.logins += s.logins.load(Relaxed);
     }
 
@@ -257,4 +329,40 @@ impl Totals {
 #[derive(Debug, Default)]
 pub struct Periods {
     pub by_database: Mutex<BTreeMap<String, (Totals, Totals)>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More threads than copies, all adding at once: none of the adds is
+    /// lost, whether a thread has a copy of its own or shares the last.
+    #[test]
+    fn sharded_counts_lose_no_add() {
+        let stats = PoolStats::new("db", "user");
+        let threads = SHARDS * 3;
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        stats.add(&Tally {
+                            xacts: 1,
+                            bytes_sent: 3,
+                            ..Tally::starting(crate::clock::now())
+                        });
+                        stats.assigned(Duration::from_micros(2));
+                    }
+                });
+            }
+        });
+        let mut t = Totals::default();
+        t.add_pool(&stats);
+        let n = threads as u64 * 1000;
+        assert_eq!((t.xacts, t.sent, t.queries), (n, 3 * n, 0));
+        assert_eq!((t.assignments, t.wait_us), (n, 2 * n));
+        assert!(
+            stats.counts.shared.xacts.load(Relaxed) > 0,
+            "the threads past the copies share one"
+        );
+    }
 }

@@ -216,7 +216,10 @@ async fn log_in(
             process_id,
             secret_key,
         } => {
-            pooler.cancels.cancel(process_id, secret_key).await;
+            pooler
+                .cancels
+                .cancel(&pooler.registry, process_id, secret_key)
+                .await;
             return Ok(None);
         }
         StartupPacket::Startup { minor, params } => parse_startup(minor, params, config)?,
