@@ -19,6 +19,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+
 use crate::backend::{Backend, Target};
 use crate::clock::{self, Micros};
 use crate::config::PoolMode;
@@ -240,7 +242,20 @@ impl Pool {
                 return Ok(backend);
             }
         }
-        Box::pin(self.lend_waiting()).await
+        if self.paused.load(Relaxed) {
+            return Box::pin(self.lend_waiting()).await;
+        }
+        // The wait in line, and a backend that needs no check, are what a
+        // checkout under load mostly is: not boxed (no allocation per
+        // transaction), and small.
+        let grant = match self.queue(Instant::now()) {
+            Ok(grant) => grant,
+            Err(rx) => self.wait_in_line(rx).await?,
+        };
+        match grant {
+            Grant::Backend(b) if !self.needs_check(&b) => Ok(b),
+            grant => Box::pin(self.finish(grant)).await,
+        }
     }
 
     /// [`Pool::lend`]'s general case: wait for a backend or a slot to
@@ -254,43 +269,52 @@ impl Pool {
             }
             resumed.await;
         }
-        let rx = {
-            let mut s = self.state.lock().unwrap();
-            match self.take_or_reserve(&mut s, self.settings().size) {
-                Some(grant) => Ok(grant),
-                None => {
-                    let rx = self.join_line(&mut s, started);
-                    if s.saturated_since.is_none() {
-                        s.saturated_since = Some(started);
-                        tracing::info!(
-                            event = "pool_saturated",
-                            database = %self.database,
-                            user = %self.user,
-                            pool_size = self.settings().size,
-                            "all backends busy: clients are waiting"
-                        );
-                    }
-                    Err(rx)
-                }
-            }
-        };
-        let grant = match rx {
+        let grant = match self.queue(started) {
             Ok(grant) => grant,
-            Err(rx) => {
-                if self.limits.iter().any(|l| l.evict_idle(self)) {
-                    self.grant_slots();
-                }
-                // The line keeper ends a wait past query_wait_timeout by
-                // dropping the waiter, sender and all.
-                let Ok(grant) = rx.await else {
-                    self.stats
-                        .wait_timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Err(Error::QueryWaitTimeout);
-                };
-                grant
-            }
+            Err(rx) => self.wait_in_line(rx).await?,
         };
+        self.finish(grant).await
+    }
+
+    /// What is free now (an idle backend, or a slot to open one), else a
+    /// place at the back of the line, joined at `started`.
+    fn queue(&self, started: Instant) -> std::result::Result<Grant, oneshot::Receiver<Grant>> {
+        let mut s = self.state.lock().unwrap();
+        if let Some(grant) = self.take_or_reserve(&mut s, self.settings().size) {
+            return Ok(grant);
+        }
+        let rx = self.join_line(&mut s, started);
+        if s.saturated_since.is_none() {
+            s.saturated_since = Some(started);
+            tracing::info!(
+                event = "pool_saturated",
+                database = %self.database,
+                user = %self.user,
+                pool_size = self.settings().size,
+                "all backends busy: clients are waiting"
+            );
+        }
+        Err(rx)
+    }
+
+    /// Waits for the front of the line to be served.
+    async fn wait_in_line(&self, rx: oneshot::Receiver<Grant>) -> Result<Grant> {
+        if self.limits.iter().any(|l| l.evict_idle(self)) {
+            self.grant_slots();
+        }
+        // The line keeper ends a wait past query_wait_timeout by dropping
+        // the waiter, sender and all.
+        rx.await.map_err(|_| {
+            self.stats
+                .wait_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Error::QueryWaitTimeout
+        })
+    }
+
+    /// A grant made a backend: a slot is connected, a backend checked if
+    /// it has been idle long.
+    async fn finish(&self, grant: Grant) -> Result<Backend> {
         let backend = self.use_grant(grant).await?;
         match self.checked(backend).await {
             Some(b) => Ok(b),
@@ -377,11 +401,16 @@ impl Pool {
     /// A backend idle longer than `server_check_delay` is checked with
     /// `server_check_query` first; `None` if it failed (it is then closed).
     async fn checked(&self, backend: Backend) -> Option<Backend> {
-        let rules = self.state.lock().unwrap().rules;
-        if !rules.needs_check(&backend, clock::now()) {
+        if !self.needs_check(&backend) {
             return Some(backend);
         }
         self.check(backend).await
+    }
+
+    /// Whether a backend handed over is due for `server_check_query`.
+    fn needs_check(&self, backend: &Backend) -> bool {
+        let rules = self.state.lock().unwrap().rules;
+        rules.needs_check(backend, clock::now())
     }
 
     /// Runs `server_check_query` on a backend found due for it; `None` if

@@ -63,16 +63,25 @@ pub enum Undo {
     },
 }
 
+/// One owed reply. Sixteen bytes: a request queues one and its reply pops
+/// it, several per transaction, while undos and local replies are rare and
+/// boxed.
 #[derive(Debug)]
 enum Entry {
     Reply {
         kind: Kind,
         /// The request was pgdyno's: its reply is not the client's business.
         hidden: bool,
-        undo: Option<Undo>,
+        undo: Option<Box<Undo>>,
     },
     /// A reply pgdyno makes itself, due once everything before it is answered.
-    Local { bytes: Bytes, undo: Option<Undo> },
+    Local(Box<Local>),
+}
+
+#[derive(Debug)]
+struct Local {
+    bytes: Bytes,
+    undo: Option<Undo>,
 }
 
 #[derive(Debug)]
@@ -136,7 +145,11 @@ impl Pipeline {
     }
 
     pub fn expect(&mut self, kind: Kind, hidden: bool, undo: Option<Undo>) {
-        self.entries.push_back(Entry::Reply { kind, hidden, undo });
+        self.entries.push_back(Entry::Reply {
+            kind,
+            hidden,
+            undo: undo.map(Box::new),
+        });
     }
 
     /// A locally made reply: written now if nothing is owed before it.
@@ -144,10 +157,10 @@ impl Pipeline {
         if self.entries.is_empty() {
             to_client.extend_from_slice(bytes);
         } else {
-            self.entries.push_back(Entry::Local {
+            self.entries.push_back(Entry::Local(Box::new(Local {
                 bytes: Bytes::copy_from_slice(bytes),
                 undo,
-            });
+            })));
         }
     }
 
@@ -175,9 +188,9 @@ impl Pipeline {
     }
 
     fn flush_locals(&mut self, to_client: &mut BytesMut) {
-        while let Some(Entry::Local { .. }) = self.entries.front() {
-            if let Some(Entry::Local { bytes, .. }) = self.entries.pop_front() {
-                to_client.extend_from_slice(&bytes);
+        while let Some(Entry::Local(_)) = self.entries.front() {
+            if let Some(Entry::Local(local)) = self.entries.pop_front() {
+                to_client.extend_from_slice(&local.bytes);
             }
         }
     }
@@ -200,13 +213,13 @@ impl Pipeline {
             ) {
                 return;
             }
-            match self.entries.pop_front() {
-                Some(Entry::Reply { undo, .. }) | Some(Entry::Local { undo, .. }) => {
-                    if let Some(undo) = undo {
-                        apply(undo, session, statements);
-                    }
-                }
-                None => {}
+            let undo = match self.entries.pop_front() {
+                Some(Entry::Reply { undo, .. }) => undo.map(|u| *u),
+                Some(Entry::Local(local)) => local.undo,
+                None => None,
+            };
+            if let Some(undo) = undo {
+                apply(undo, session, statements);
             }
         }
         // The Sync is still to come: skip what the client sends until then.
@@ -270,6 +283,12 @@ fn apply(undo: Undo, session: &mut Session, statements: &mut BackendStatements) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Queued and popped several times per transaction: kept small.
+    #[test]
+    fn an_owed_reply_is_two_words() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    }
 
     #[test]
     fn a_restarted_pipeline_is_new_but_keeps_its_queue() {
