@@ -54,7 +54,6 @@ impl CancelGate {
 }
 
 /// What a cancel aimed at one backend needs, kept in its registry entry.
-#[derive(Debug)]
 pub struct BackendKey {
     pub process_id: i32,
     pub secret_key: i32,
@@ -63,6 +62,15 @@ pub struct BackendKey {
     pub target: Weak<Target>,
     /// The backend's gate (the same as its [`crate::backend::Live::cancel_gate`]).
     pub gate: Arc<CancelGate>,
+}
+
+/// Without the secret: the registry's entries may be logged.
+impl std::fmt::Debug for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendKey")
+            .field("process_id", &self.process_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One client's cancel key and its current backend.
@@ -117,7 +125,7 @@ impl Cancels {
     /// unknown key or an idle client cancels nothing, silently (as
     /// PostgreSQL does). `servers`: where the backends' keys are listed.
     pub async fn cancel(&self, servers: &Registry, process_id: i32, secret_key: i32) {
-        let key = match self.slots.get(&process_id) {
+        let server = match self.slots.get(&process_id) {
             Some(slot)
                 if crate::auth::constant_time_eq(
                     &slot.secret_key.to_be_bytes(),
@@ -128,7 +136,7 @@ impl Cancels {
             }
             _ => None,
         };
-        let Some(server) = key else {
+        let Some(server) = server else {
             tracing::debug!(process_id, "cancel request for no running query");
             return;
         };
@@ -241,6 +249,8 @@ mod tests {
         slot.bound.store(7, Ordering::SeqCst);
         let server = in_flight_to(&slot, &registry).expect("bound to 7");
         assert_eq!((server.key.process_id, server.key.secret_key), (41, 42));
+        let shown = format!("{server:?}");
+        assert!(shown.contains("41") && !shown.contains("42"), "{shown}");
         assert!(gate.busy() && !other.busy());
         // The client's release now waits for the cancel: it is done.
         done(&server.key.gate);
