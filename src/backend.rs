@@ -144,7 +144,6 @@ impl Backend {
                     active: Default::default(),
                     request_time_us: Default::default(),
                     key: BackendKey {
-                        process_id: backend.process_id,
                         secret_key: backend.secret_key,
                         target: Arc::downgrade(&target),
                         gate: backend.cancel_gate.clone(),

@@ -38,6 +38,17 @@ impl CancelGate {
         self.in_flight.load(Ordering::SeqCst) > 0
     }
 
+    /// A cancel is on its way to the backend.
+    fn enter(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// That cancel is done (or dropped): wakes a release waiting on it.
+    fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
+
     /// Waits until no cancel is in flight; false if that took too long.
     pub async fn wait(&self) -> bool {
         let idle = async {
@@ -53,9 +64,9 @@ impl CancelGate {
     }
 }
 
-/// What a cancel aimed at one backend needs, kept in its registry entry.
+/// What a cancel aimed at one backend needs besides its process id (the
+/// entry's `remote_pid`), kept in its registry entry.
 pub struct BackendKey {
-    pub process_id: i32,
     pub secret_key: i32,
     /// Where to send the cancel. Weak: the target holds the registry
     /// that lists this key.
@@ -67,9 +78,7 @@ pub struct BackendKey {
 /// Without the secret: the registry's entries may be logged.
 impl std::fmt::Debug for BackendKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendKey")
-            .field("process_id", &self.process_id)
-            .finish_non_exhaustive()
+        f.debug_struct("BackendKey").finish_non_exhaustive()
     }
 }
 
@@ -140,13 +149,12 @@ impl Cancels {
             tracing::debug!(process_id, "cancel request for no running query");
             return;
         };
-        let key = &server.key;
-        match tokio::time::timeout(CANCEL_TIMEOUT, forward(key)).await {
-            Ok(Ok(())) => tracing::debug!(backend_pid = key.process_id, "cancel forwarded"),
+        match tokio::time::timeout(CANCEL_TIMEOUT, forward(&server)).await {
+            Ok(Ok(())) => tracing::debug!(backend_pid = server.remote_pid, "cancel forwarded"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
             Err(_) => tracing::warn!("cancel request timed out"),
         }
-        done(&key.gate);
+        server.key.gate.leave();
     }
 }
 
@@ -165,20 +173,16 @@ fn in_flight_to(slot: &CancelSlot, servers: &Registry) -> Option<Arc<ServerEntry
         return None;
     }
     let server = servers.servers.get(&id)?.clone();
-    server.key.gate.in_flight.fetch_add(1, Ordering::SeqCst);
+    server.key.gate.enter();
     if slot.bound.load(Ordering::SeqCst) != id {
-        done(&server.key.gate);
+        server.key.gate.leave();
         return None;
     }
     Some(server)
 }
 
-fn done(gate: &CancelGate) {
-    gate.in_flight.fetch_sub(1, Ordering::SeqCst);
-    gate.done.notify_waiters();
-}
-
-async fn forward(key: &BackendKey) -> std::io::Result<()> {
+async fn forward(server: &ServerEntry) -> std::io::Result<()> {
+    let key = &server.key;
     let target = key
         .target
         .upgrade()
@@ -187,7 +191,7 @@ async fn forward(key: &BackendKey) -> std::io::Result<()> {
         .await
         .map_err(std::io::Error::other)?;
     let mut buf = BytesMut::new();
-    frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
+    frontend::cancel_request(server.remote_pid, key.secret_key, &mut buf);
     stream.write_all(&buf).await?;
     // PostgreSQL closes the connection once it has signalled the backend.
     let mut rest = [0u8; 64];
@@ -224,7 +228,6 @@ mod tests {
             active: Default::default(),
             request_time_us: Default::default(),
             key: BackendKey {
-                process_id: 41,
                 secret_key: 42,
                 target: Weak::new(),
                 gate: gate.clone(),
@@ -248,12 +251,12 @@ mod tests {
 
         slot.bound.store(7, Ordering::SeqCst);
         let server = in_flight_to(&slot, &registry).expect("bound to 7");
-        assert_eq!((server.key.process_id, server.key.secret_key), (41, 42));
+        assert_eq!((server.remote_pid, server.key.secret_key), (41, 42));
         let shown = format!("{server:?}");
         assert!(shown.contains("41") && !shown.contains("42"), "{shown}");
         assert!(gate.busy() && !other.busy());
         // The client's release now waits for the cancel: it is done.
-        done(&server.key.gate);
+        server.key.gate.leave();
         assert!(!gate.busy());
 
         // A backend no longer listed (closed meanwhile) is not cancelled.

@@ -132,7 +132,8 @@ impl Adder {
     }
 }
 
-/// One copy; a cache line of its own, so that threads do not share lines.
+/// One copy (88 bytes), aligned to lines of its own, so that threads do
+/// not share cache lines.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Counts {
@@ -167,13 +168,9 @@ impl Sharded {
         }
     }
 
-    /// A counter's total over the copies.
-    fn sum(&self, counter: impl Fn(&Counts) -> &AtomicU64) -> u64 {
-        self.shards
-            .iter()
-            .chain([&self.shared])
-            .map(|c| counter(c).load(Relaxed))
-            .sum()
+    /// Every copy, to sum.
+    fn copies(&self) -> impl Iterator<Item = &Counts> {
+        self.shards.iter().chain([&self.shared])
     }
 }
 
@@ -278,18 +275,20 @@ pub struct Totals {
 
 impl Totals {
     pub fn add_pool(&mut self, s: &PoolStats) {
-        let c = &s.counts;
-        self.assignments += c.sum(|c| &c.assignments);
-        self.xacts += c.sum(|c| &c.xacts);
-        self.queries += c.sum(|c| &c.queries);
-        self.received += c.sum(|c| &c.bytes_received);
-        self.sent += c.sum(|c| &c.bytes_sent);
-        self.xact_us += c.sum(|c| &c.xact_us);
-        self.query_us += c.sum(|c| &c.query_us);
-        self.wait_us += c.sum(|c| &c.wait_us);
-        self.client_parses += c.sum(|c| &c.client_parses);
-        self.server_parses += c.sum(|c| &c.server_parses);
-        self.binds += c.sum(|c| &c.binds);
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        for c in s.counts.copies() {
+            self.assignments += get(&c.assignments);
+            self.xacts += get(&c.xacts);
+            self.queries += get(&c.queries);
+            self.received += get(&c.bytes_received);
+            self.sent += get(&c.bytes_sent);
+            self.xact_us += get(&c.xact_us);
+            self.query_us += get(&c.query_us);
+            self.wait_us += get(&c.wait_us);
+            self.client_parses += get(&c.client_parses);
+            self.server_parses += get(&c.server_parses);
+            self.binds += get(&c.binds);
+        }
         self.logins += s.logins.load(Relaxed);
     }
 

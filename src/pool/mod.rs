@@ -234,21 +234,22 @@ impl Pool {
         }
     }
 
-    /// Checking, waiting and connecting run boxed, which keeps small the
-    /// future every client task holds for its whole life.
+    /// A pause's wait, a check and connecting run boxed, which keeps small
+    /// the future every client task holds for its whole life; the wait in
+    /// line, and a backend that needs no check, are what a checkout under
+    /// load mostly is: not boxed (no allocation per transaction).
     async fn lend_after(&self, due: Due) -> Result<Backend> {
         if let Some(backend) = due.0 {
             if let Some(backend) = Box::pin(self.check(backend)).await {
                 return Ok(backend);
             }
         }
-        if self.paused.load(Relaxed) {
-            return Box::pin(self.lend_waiting()).await;
-        }
-        // The wait in line, and a backend that needs no check, are what a
-        // checkout under load mostly is: not boxed (no allocation per
-        // transaction), and small.
-        let grant = match self.queue(Instant::now()) {
+        let started = if self.paused.load(Relaxed) {
+            Box::pin(self.until_resumed()).await
+        } else {
+            Instant::now()
+        };
+        let grant = match self.queue(started) {
             Ok(grant) => grant,
             Err(rx) => self.wait_in_line(rx).await?,
         };
@@ -258,9 +259,9 @@ impl Pool {
         }
     }
 
-    /// [`Pool::lend`]'s general case: wait for a backend or a slot to
-    /// open one, in FIFO order.
-    async fn lend_waiting(&self) -> Result<Backend> {
+    /// Waits while the pool is paused; returns when it started waiting
+    /// (a pause counts toward `query_wait_timeout`).
+    async fn until_resumed(&self) -> Instant {
         let started = Instant::now();
         while self.paused.load(Relaxed) {
             let resumed = self.resumed.notified();
@@ -269,11 +270,7 @@ impl Pool {
             }
             resumed.await;
         }
-        let grant = match self.queue(started) {
-            Ok(grant) => grant,
-            Err(rx) => self.wait_in_line(rx).await?,
-        };
-        self.finish(grant).await
+        started
     }
 
     /// What is free now (an idle backend, or a slot to open one), else a
