@@ -48,6 +48,12 @@ impl Micros {
         Duration::from_micros(now().micros_since(self))
     }
 
+    /// This reading as a std `Instant` (for deadlines kept as `Instant`s),
+    /// without reading the clock again.
+    pub fn instant(self) -> Instant {
+        origin().instant + Duration::from_micros(self.0)
+    }
+
     /// This reading as wall-clock microseconds since the Unix epoch (the
     /// wall clock at the first reading, plus monotonic time since), for
     /// SHOW CLIENTS and SHOW SERVERS.
@@ -79,6 +85,13 @@ mod tests {
         assert!(b.passed(a, Duration::from_millis(20)));
         assert!(!b.passed(a, Duration::from_secs(5)));
         assert!(a.elapsed() >= Duration::from_millis(20));
+        let (ia, ib) = (a.instant(), b.instant());
+        assert_eq!(
+            ib - ia,
+            Duration::from_micros(us),
+            "as Instants, as far apart"
+        );
+        assert!(ib <= Instant::now());
     }
 
     #[test]

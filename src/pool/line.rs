@@ -55,7 +55,7 @@ impl Pool {
                 .front()
                 .is_some_and(|w| now >= w.since + settings.reserve_timeout)
             {
-                let Some(grant) = self.take_or_reserve(&mut s, max) else {
+                let Some(grant) = self.take_or_reserve(&mut s, max, clock::now()) else {
                     break;
                 };
                 match hand_over(&mut s, grant) {

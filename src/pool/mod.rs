@@ -208,16 +208,18 @@ impl Pool {
     /// Cancel safe: a grant that arrives after the future is dropped goes to
     /// the next waiter (the send fails and `hand_over` moves on).
     pub async fn checkout_after(&self, due: Due, now: Micros) -> Result<Backend> {
-        let backend = self.lend_after(due).await?;
-        self.stats.assigned(now.elapsed());
+        let (backend, lent) = self.lend_after(due, now).await?;
+        self.stats
+            .assigned(Duration::from_micros(lent.micros_since(now)));
         Ok(backend)
     }
 
     /// A checkout without counting an assignment (pgdyno's own use).
     pub async fn lend(&self) -> Result<Backend> {
-        match self.take_ready(clock::now()) {
+        let now = clock::now();
+        match self.take_ready(now) {
             Ok(backend) => Ok(backend),
-            Err(due) => self.lend_after(due).await,
+            Err(due) => Ok(self.lend_after(due, now).await?.0),
         }
     }
 
@@ -238,24 +240,28 @@ impl Pool {
     /// the future every client task holds for its whole life; the wait in
     /// line, and a backend that needs no check, are what a checkout under
     /// load mostly is: not boxed (no allocation per transaction).
-    async fn lend_after(&self, due: Due) -> Result<Backend> {
+    ///
+    /// `now`: the caller's clock reading as its request came. Returns the
+    /// backend and a clock reading taken once it was lent (`now` itself
+    /// if nothing was waited for): the waiting path reads the clock once.
+    async fn lend_after(&self, due: Due, now: Micros) -> Result<(Backend, Micros)> {
         if let Some(backend) = due.0 {
             if let Some(backend) = Box::pin(self.check(backend)).await {
-                return Ok(backend);
+                return Ok((backend, clock::now()));
             }
         }
-        let started = if self.paused.load(Relaxed) {
-            Box::pin(self.until_resumed()).await
+        let (started, now) = if self.paused.load(Relaxed) {
+            (Box::pin(self.until_resumed()).await, clock::now())
         } else {
-            Instant::now()
+            (now.instant(), now)
         };
-        let grant = match self.queue(started) {
-            Ok(grant) => grant,
-            Err(rx) => self.wait_in_line(rx).await?,
+        let (grant, now) = match self.queue(started, now) {
+            Ok(grant) => (grant, now),
+            Err(rx) => (self.wait_in_line(rx).await?, clock::now()),
         };
         match grant {
-            Grant::Backend(b) if !self.needs_check(&b) => Ok(b),
-            grant => Box::pin(self.finish(grant)).await,
+            Grant::Backend(b) if !self.needs_check(&b, now) => Ok((b, now)),
+            grant => Ok((Box::pin(self.finish(grant)).await?, clock::now())),
         }
     }
 
@@ -275,9 +281,13 @@ impl Pool {
 
     /// What is free now (an idle backend, or a slot to open one), else a
     /// place at the back of the line, joined at `started`.
-    fn queue(&self, started: Instant) -> std::result::Result<Grant, oneshot::Receiver<Grant>> {
+    fn queue(
+        &self,
+        started: Instant,
+        now: Micros,
+    ) -> std::result::Result<Grant, oneshot::Receiver<Grant>> {
         let mut s = self.state.lock().unwrap();
-        if let Some(grant) = self.take_or_reserve(&mut s, self.settings().size) {
+        if let Some(grant) = self.take_or_reserve(&mut s, self.settings().size, now) {
             return Ok(grant);
         }
         let rx = self.join_line(&mut s, started);
@@ -322,8 +332,8 @@ impl Pool {
 
     /// An idle healthy backend, or a slot to open one if `open < max` and
     /// the shared limits allow.
-    fn take_or_reserve(&self, s: &mut State, max: usize) -> Option<Grant> {
-        if let Some(backend) = self.take_idle(s, clock::now()) {
+    fn take_or_reserve(&self, s: &mut State, max: usize, now: Micros) -> Option<Grant> {
+        if let Some(backend) = self.take_idle(s, now) {
             return Some(Grant::Backend(backend));
         }
         if s.open < max && self.acquire_limits() {
@@ -398,16 +408,16 @@ impl Pool {
     /// A backend idle longer than `server_check_delay` is checked with
     /// `server_check_query` first; `None` if it failed (it is then closed).
     async fn checked(&self, backend: Backend) -> Option<Backend> {
-        if !self.needs_check(&backend) {
+        if !self.needs_check(&backend, clock::now()) {
             return Some(backend);
         }
         self.check(backend).await
     }
 
     /// Whether a backend handed over is due for `server_check_query`.
-    fn needs_check(&self, backend: &Backend) -> bool {
+    fn needs_check(&self, backend: &Backend, now: Micros) -> bool {
         let rules = self.state.lock().unwrap().rules;
-        rules.needs_check(backend, clock::now())
+        rules.needs_check(backend, now)
     }
 
     /// Runs `server_check_query` on a backend found due for it; `None` if
