@@ -146,7 +146,8 @@ log "postgres pid $PG_PID on 127.0.0.1:$PG_PORT"
 
 # ---------------------------------------------------------------- pgdyno
 DYN_PORT=$(free_port)
-env -u DATABASE_URL "$WORK/pgdyno" --listen "127.0.0.1:$DYN_PORT" \
+# pgdyno takes every PGDYNO_* variable for a setting; PGDYNO_BIN is this script's.
+env -u DATABASE_URL -u PGDYNO_BIN "$WORK/pgdyno" --listen "127.0.0.1:$DYN_PORT" \
   --upstream "postgres://app:$PGPASS@127.0.0.1:$PG_PORT/appdb" \
   --pool-mode transaction --pool-size "$POOL" --max-client-conn $((CLIENTS + 100)) \
   --log-connections false --log-disconnections false >"$WORK/pgdyno.log" 2>&1 &
