@@ -116,9 +116,9 @@ def derive_run(r, hz, ncpu):
     return d
 
 
-# The figures compared with PgBouncer's repetition by repetition, and the
-# ratio each one gives.
-PAIRED = {"tps": "tps_vs_pgb", "pooler_us": "cpu_vs_pgb", "p99_ms": "p99_vs_pgb"}
+# Each ratio to PgBouncer and the figure it compares; those figures are
+# also compared repetition by repetition.
+PAIRED = {"tps_vs_pgb": "tps", "cpu_vs_pgb": "pooler_us", "p99_vs_pgb": "p99_ms"}
 
 
 def summarize(runs, hz, ncpu):
@@ -164,22 +164,16 @@ def summarize(runs, hz, ncpu):
     # (minutes apart at most): how far the ratio of the medians moves from
     # one repetition to the next, mostly with PostgreSQL's own CPU per
     # transaction, which no pooler controls.
-    good_runs = {}
-    for r in runs:
-        d = derive_run(r, hz, ncpu)
-        if d["ok"]:
-            good_runs[(r["scenario"], r["tls"], r["target"], r["rep"])] = d
+    pgb_runs = {(r["scenario"], r["tls"], r["rep"]): d
+                for key, rows in groups.items() if key[2] == "pgbouncer" for r, d in rows if d["ok"]}
     for (scen, tls, target), v in out.items():
-        v["by_rep"] = {f: [] for f in PAIRED}
-        if target == "pgbouncer":
-            continue
-        for (sc, tl, tg, rep), d in good_runs.items():
-            b = good_runs.get((scen, tls, "pgbouncer", rep))
-            if (sc, tl, tg) == (scen, tls, target) and b:
-                for f, ratios in v["by_rep"].items():
-                    q = ratio(d[f], b[f])
-                    if q is not None:
-                        ratios.append(q)
+        v["by_rep"] = {f: [] for f in PAIRED.values()}
+        for r, d in groups[(scen, tls, target)] if target != "pgbouncer" else []:
+            b = pgb_runs.get((scen, tls, r["rep"]))
+            for f, ratios in v["by_rep"].items():
+                q = ratio(d[f], b[f]) if d["ok"] and b else None
+                if q is not None:
+                    ratios.append(q)
     return out
 
 
@@ -197,10 +191,9 @@ def spread_text(s, field):
 
 def by_rep_note(s, field, firm):
     """What a miss's text adds about the repetitions."""
-    sp = spread_text(s, field)
-    if sp == "-":
+    if spread(s, field) is None:
         return ""
-    return f"; {sp} by repetition" + ("" if firm else ", not missed in every one")
+    return f"; {spread_text(s, field)} by repetition" + ("" if firm else ", not missed in every one")
 
 
 def firm_miss(s, field, op, bound):
@@ -289,7 +282,7 @@ def evaluate_targets(s, idle):
             res.append((desc, "-", "not measured", []))
             return
         ok = r >= bound if op == ">=" else r <= bound
-        paired = next(f for f, rf in PAIRED.items() if rf == field)
+        paired = PAIRED[field]
         firm = firm_miss(v, paired, op, bound)
         res.append((desc, f"{r:.2f}x", "met" if ok else "missed",
                     [] if ok else [(key, f"{scen} ({what} {r:.2f}x, target {op} {bound:.2f}x"

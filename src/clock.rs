@@ -43,9 +43,14 @@ impl Micros {
         u128::from(self.micros_since(earlier)) >= span.as_micros()
     }
 
+    /// Time from `earlier` to this reading (zero if `earlier` is later).
+    pub fn duration_since(self, earlier: Micros) -> Duration {
+        Duration::from_micros(self.micros_since(earlier))
+    }
+
     /// Time from this reading to now.
     pub fn elapsed(self) -> Duration {
-        Duration::from_micros(now().micros_since(self))
+        now().duration_since(self)
     }
 
     /// This reading as a std `Instant` (for deadlines kept as `Instant`s),

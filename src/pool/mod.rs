@@ -209,8 +209,7 @@ impl Pool {
     /// the next waiter (the send fails and `hand_over` moves on).
     pub async fn checkout_after(&self, due: Due, now: Micros) -> Result<Backend> {
         let (backend, lent) = self.lend_after(due, now).await?;
-        self.stats
-            .assigned(Duration::from_micros(lent.micros_since(now)));
+        self.stats.assigned(lent.duration_since(now));
         Ok(backend)
     }
 
