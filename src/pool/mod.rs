@@ -318,11 +318,15 @@ impl Pool {
         })
     }
 
-    /// A grant made a backend: a slot is connected, a backend checked if
-    /// it has been idle long.
+    /// A grant that needs more than handing over: a backend the caller
+    /// found due for its check is checked; a slot is connected (and the
+    /// new backend checked if due: with `server_check_delay` 0 it is).
     async fn finish(&self, grant: Grant) -> Result<Backend> {
-        let backend = self.use_grant(grant).await?;
-        match self.checked(backend).await {
+        let checked = match grant {
+            Grant::Backend(due) => self.check(due).await,
+            slot => self.checked(self.use_grant(slot).await?).await,
+        };
+        match checked {
             Some(b) => Ok(b),
             // The check failed and closed it: the slot is free, try again.
             None => Box::pin(self.lend()).await,
