@@ -423,6 +423,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         cancel: &cancel.slot,
         me,
         pooler,
+        last: None,
     };
     loop {
         tokio::select! {
@@ -448,6 +449,9 @@ struct Bound<'a> {
     cancel: &'a crate::cancel::CancelSlot,
     me: &'a ClientEntry,
     pooler: &'a Pooler,
+    /// The backend of the last stretch, asked for again (see
+    /// [`crate::pool::AFFINITY`]).
+    last: Option<crate::backend::BackendAddr>,
 }
 
 /// Why a client's stop token fired: the shutdown, or KILL.
@@ -468,7 +472,7 @@ impl Bound<'_> {
     ) -> Result<bool> {
         let pool = self.pool;
         let now = crate::clock::now();
-        let mut backend = match pool.checkout_now(now) {
+        let mut backend = match pool.checkout_now(now, self.last) {
             Ok(backend) => backend,
             Err(due) => {
                 self.me.start_waiting(now);
@@ -482,6 +486,7 @@ impl Bound<'_> {
             }
         };
         self.cancel.bind(&backend);
+        self.last = Some(backend.addr());
         let mut relay = Relay::new(self.conn, &mut backend, self.session, &self.settings, now);
         let result = relay.run(stop).await;
         let mid_message = relay.client_mid_message();

@@ -6,6 +6,9 @@
 //! business; whether one comes back clean is the relay's call too (it
 //! passes `reusable` to [`Pool::release`]).
 //!
+//! Idle backends are reused most recently used first, except that a
+//! client coming back soon gets its last backend again ([`AFFINITY`]).
+//!
 //! Locking: one short critical section per checkout and release. A pool's
 //! lock is never held across an await, nor while a [`Limit`] lock is taken
 //! in [`Limit::release`].
@@ -21,13 +24,26 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, Target};
+use crate::backend::{Backend, BackendAddr, Target};
 use crate::clock::{self, Micros};
 use crate::config::PoolMode;
 use crate::error::{Error, Result};
 use crate::session::{ParamList, Params};
 use crate::stats::PoolStats;
 pub use limit::Limit;
+
+/// A client's next transaction goes back to the backend it used last if
+/// that one is idle and was given back at most this long ago. The same
+/// pair again finds its state still in the CPU's caches, the kernel's
+/// socket state too, and in PostgreSQL its session's caches and the
+/// statements it prepared: measured with `pgbench -S` (16 clients, pool
+/// 16), about 1 µs less CPU per select in pgdyno, 3% in all.
+///
+/// Only a recent release counts: a client back after longer takes the
+/// most recently used backend, as PgBouncer does, so that a pool whose
+/// load fell still leaves its other backends to `server_idle_timeout`.
+/// (A client that comes back this soon is a busy one.)
+pub const AFFINITY: Duration = Duration::from_millis(10);
 
 /// The sizes and times a pool works by.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,8 +209,15 @@ impl Pool {
     ///
     /// `now` is the caller's clock reading: the hot path reads the clock
     /// as seldom as it can.
-    pub fn checkout_now(&self, now: Micros) -> std::result::Result<Backend, Due> {
-        let backend = self.take_ready(now)?;
+    ///
+    /// `last`: the backend this client used last. If it is idle and was
+    /// given back within [`AFFINITY`], the client gets it again.
+    pub fn checkout_now(
+        &self,
+        now: Micros,
+        last: Option<BackendAddr>,
+    ) -> std::result::Result<Backend, Due> {
+        let backend = self.take_ready(now, last)?;
         // Lent at once: no wait, and no clock to read.
         self.stats.assigned(Duration::ZERO);
         Ok(backend)
@@ -216,19 +239,24 @@ impl Pool {
     /// A checkout without counting an assignment (pgdyno's own use).
     pub async fn lend(&self) -> Result<Backend> {
         let now = clock::now();
-        match self.take_ready(now) {
+        match self.take_ready(now, None) {
             Ok(backend) => Ok(backend),
             Err(due) => Ok(self.lend_after(due, now).await?.0),
         }
     }
 
     /// An idle backend that needs no check, unless the pool is paused.
-    fn take_ready(&self, now: Micros) -> std::result::Result<Backend, Due> {
+    fn take_ready(
+        &self,
+        now: Micros,
+        last: Option<BackendAddr>,
+    ) -> std::result::Result<Backend, Due> {
         if self.paused.load(Relaxed) {
             return Err(Due(None));
         }
         let mut s = self.state.lock().unwrap();
-        match self.take_idle(&mut s, now) {
+        let again = last.and_then(|last| self.take_again(&mut s, last, now));
+        match again.or_else(|| self.take_idle(&mut s, now)) {
             Some(b) if s.rules.needs_check(&b, now) => Err(Due(Some(b))),
             Some(b) => Ok(b),
             None => Err(Due(None)),
@@ -346,18 +374,38 @@ impl Pool {
         None
     }
 
+    /// The backend at `last`, if it is idle, sound, and was given back
+    /// within [`AFFINITY`].
+    fn take_again(&self, s: &mut State, last: BackendAddr, now: Micros) -> Option<Backend> {
+        // Given back recently, it is at or near the top of the stack.
+        let i = s.idle.iter().rposition(|b| b.addr() == last)?;
+        if now.passed(s.idle[i].last_used, AFFINITY) {
+            return None;
+        }
+        let backend = s.idle.remove(i)?;
+        self.lend_if_sound(s, backend, now)
+    }
+
     /// The most recently used idle backend that is still sound.
     fn take_idle(&self, s: &mut State, now: Micros) -> Option<Backend> {
         while let Some(backend) = s.idle.pop_back() {
-            if backend.has_pending_input() {
-                // PostgreSQL closed it or is shutting down: never lend it.
-                self.forget(s, backend);
-                continue;
+            if let Some(backend) = self.lend_if_sound(s, backend, now) {
+                return Some(backend);
             }
-            backend.set_active(true, now);
-            return Some(backend);
         }
         None
+    }
+
+    /// An idle backend taken out of the list, marked lent; closed instead
+    /// if PostgreSQL has closed it or is shutting down (it sent something
+    /// unasked).
+    fn lend_if_sound(&self, s: &mut State, backend: Backend, now: Micros) -> Option<Backend> {
+        if backend.has_pending_input() {
+            self.forget(s, backend);
+            return None;
+        }
+        backend.set_active(true, now);
+        Some(backend)
     }
 
     fn acquire_limits(&self) -> bool {

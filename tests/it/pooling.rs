@@ -137,6 +137,55 @@ async fn a_transaction_keeps_its_backend_to_the_end() {
     .await
 }
 
+/// A client that comes back at once gets the backend it used last, even
+/// when another was given back after it; one that comes back later gets
+/// the most recently used one, as from PgBouncer (see `pool::AFFINITY`).
+#[tokio::test]
+async fn a_client_back_at_once_gets_its_last_backend() {
+    within(60, async {
+        let pgdyno = Pgdyno::start(&[
+            "--upstream",
+            &Cluster::shared().url(APP_DB),
+            "--default-pool-size",
+            "2",
+        ])
+        .await;
+        let (a, b) = (pgdyno.connect(APP_DB).await, pgdyno.connect(APP_DB).await);
+        async fn pid(c: &tokio_postgres::Client) -> i32 {
+            let row = c.query_typed_one("SELECT pg_backend_pid()", &[]).await;
+            row.unwrap().get(0)
+        }
+        // A and B each hold a backend; A gives its back first, so B's is
+        // the most recently used when A asks again.
+        let both_busy_a_first = || async {
+            a.batch_execute("BEGIN").await.unwrap();
+            b.batch_execute("BEGIN").await.unwrap();
+            let (pa, pb) = (pid(&a).await, pid(&b).await);
+            assert_ne!(pa, pb, "two open transactions on one backend");
+            a.batch_execute("COMMIT").await.unwrap();
+            b.batch_execute("COMMIT").await.unwrap();
+            (pa, pb)
+        };
+        // Within AFFINITY only on a slow machine: one try is enough, and
+        // without affinity no try would get A's backend.
+        let mut again = 0;
+        for _ in 0..5 {
+            let (pa, _) = both_busy_a_first().await;
+            again += usize::from(pid(&a).await == pa);
+        }
+        assert!(again > 0, "A never got its last backend back");
+
+        let (_, pb) = both_busy_a_first().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            pid(&a).await,
+            pb,
+            "A, back after AFFINITY, did not get the most recently used backend"
+        );
+    })
+    .await
+}
+
 #[tokio::test]
 async fn session_mode_gives_each_client_its_own_backend() {
     within(60, async {
