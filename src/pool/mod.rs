@@ -1,18 +1,17 @@
 //! Pools of backends, one per (database, user): bounded by `pool_size`,
 //! a FIFO line of waiting clients (`line.rs`: its timeouts and the reserve
-//! pool), idle and lifetime limits (`maintain.rs`).
+//! pool), the idle backends and which one a checkout gets (`idle.rs`),
+//! idle and lifetime limits (`maintain.rs`).
 //!
 //! The pool only lends backends. What runs on them is the relay's
 //! business; whether one comes back clean is the relay's call too (it
 //! passes `reusable` to [`Pool::release`]).
 //!
-//! Idle backends are reused most recently used first, except that a
-//! client coming back soon gets its last backend again ([`AFFINITY`]).
-//!
 //! Locking: one short critical section per checkout and release. A pool's
 //! lock is never held across an await, nor while a [`Limit`] lock is taken
 //! in [`Limit::release`].
 
+mod idle;
 mod limit;
 mod line;
 mod maintain;
@@ -30,20 +29,8 @@ use crate::config::PoolMode;
 use crate::error::{Error, Result};
 use crate::session::{ParamList, Params};
 use crate::stats::PoolStats;
+pub use idle::AFFINITY;
 pub use limit::Limit;
-
-/// A client's next transaction goes back to the backend it used last if
-/// that one is idle and was given back at most this long ago. The same
-/// pair again finds its state still in the CPU's caches, the kernel's
-/// socket state too, and in PostgreSQL its session's caches and the
-/// statements it prepared: measured with `pgbench -S` (16 clients, pool
-/// 16), about 1 µs less CPU per select in pgdyno, 3% in all.
-///
-/// Only a recent release counts: a client back after longer takes the
-/// most recently used backend, as PgBouncer does, so that a pool whose
-/// load fell still leaves its other backends to `server_idle_timeout`.
-/// (A client that comes back this soon is a busy one.)
-pub const AFFINITY: Duration = Duration::from_millis(10);
 
 /// The sizes and times a pool works by.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -374,40 +361,6 @@ impl Pool {
         None
     }
 
-    /// The backend at `last`, if it is idle, sound, and was given back
-    /// within [`AFFINITY`].
-    fn take_again(&self, s: &mut State, last: BackendAddr, now: Micros) -> Option<Backend> {
-        // Given back recently, it is at or near the top of the stack.
-        let i = s.idle.iter().rposition(|b| b.addr() == last)?;
-        if now.passed(s.idle[i].last_used, AFFINITY) {
-            return None;
-        }
-        let backend = s.idle.remove(i)?;
-        self.lend_if_sound(s, backend, now)
-    }
-
-    /// The most recently used idle backend that is still sound.
-    fn take_idle(&self, s: &mut State, now: Micros) -> Option<Backend> {
-        while let Some(backend) = s.idle.pop_back() {
-            if let Some(backend) = self.lend_if_sound(s, backend, now) {
-                return Some(backend);
-            }
-        }
-        None
-    }
-
-    /// An idle backend taken out of the list, marked lent; closed instead
-    /// if PostgreSQL has closed it or is shutting down (it sent something
-    /// unasked).
-    fn lend_if_sound(&self, s: &mut State, backend: Backend, now: Micros) -> Option<Backend> {
-        if backend.has_pending_input() {
-            self.forget(s, backend);
-            return None;
-        }
-        backend.set_active(true, now);
-        Some(backend)
-    }
-
     fn acquire_limits(&self) -> bool {
         for (i, limit) in self.limits.iter().enumerate() {
             if !limit.try_acquire() {
@@ -574,25 +527,6 @@ impl Pool {
         served
     }
 
-    /// Drops a backend taken out of the idle list (state lock held).
-    fn forget(&self, s: &mut State, backend: Backend) {
-        drop(backend);
-        s.open -= 1;
-        self.limits.iter().for_each(|l| l.release_count_only());
-    }
-
-    /// Closes one idle backend, for a [`Limit`] another pool waits on.
-    pub(crate) fn close_one_idle(&self) -> bool {
-        let mut s = self.state.lock().unwrap();
-        match s.idle.pop_front() {
-            Some(b) => {
-                self.forget(&mut s, b);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// A logged-in client's parameter list, or an equal one other clients
     /// of this pool already share (most clients of an application ask for
     /// the same). A few distinct lists are remembered, as long as a client
@@ -649,14 +583,6 @@ impl Pool {
     pub fn reconnect(&self) {
         self.generation.fetch_add(1, Relaxed);
         self.close_idle();
-    }
-
-    /// Closes every idle backend.
-    pub fn close_idle(&self) {
-        let mut s = self.state.lock().unwrap();
-        while let Some(b) = s.idle.pop_front() {
-            self.forget(&mut s, b);
-        }
     }
 
     /// The sizes and times in force.

@@ -166,8 +166,8 @@ async fn a_client_back_at_once_gets_its_last_backend() {
             b.batch_execute("COMMIT").await.unwrap();
             (pa, pb)
         };
-        // Within AFFINITY only on a slow machine: one try is enough, and
-        // without affinity no try would get A's backend.
+        // A try can take longer than AFFINITY on a slow machine: one try
+        // in five is enough, and without affinity none would get A's.
         let mut again = 0;
         for _ in 0..5 {
             let (pa, _) = both_busy_a_first().await;
