@@ -3,9 +3,13 @@
 //!
 //! Counters live in [`crate::stats`] (atomics shared with `SHOW STATS`) and
 //! are published here at each scrape, with the gauges read from the pools at
-//! that moment; histograms are recorded as traffic flows. The HTTP side is a
-//! few lines over tokio: three GET routes need no framework.
+//! that moment. The histograms live there too, as per-thread buckets, and
+//! are written out here in Prometheus' text format: a histogram in the
+//! `metrics` recorder would cost every transaction atomic adds to shared
+//! buckets. The HTTP side is a few lines over tokio: three GET routes need
+//! no framework.
 
+use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,31 +20,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::pooler::Pooler;
-
-/// Histogram buckets, in seconds: 100 µs to a minute.
-const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
+use crate::stats::{Histogram, BOUNDS_US, HISTOGRAMS};
 
 /// Installs the process-wide recorder; returns the handle that renders it.
-/// Call before any pool is made, so their histogram handles are live.
 pub fn install() -> PrometheusHandle {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets(BUCKETS)
-        .expect("buckets are not empty")
-        .build_recorder();
+    let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     // A second install (in tests) keeps the first recorder.
     let _ = metrics::set_global_recorder(recorder);
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     handle
 }
 
@@ -105,7 +92,60 @@ pub fn render(pooler: &Pooler, handle: &PrometheusHandle) -> String {
     for (class, n) in g.errors.lock().unwrap().iter() {
         counter!("pgdyno_pooler_errors_total", "sqlstate_class" => class.clone()).absolute(*n);
     }
-    handle.render()
+    let mut text = handle.render();
+    histograms(pooler, &mut text);
+    text
+}
+
+/// Appends each pool's histograms in Prometheus' text format, one family
+/// after another: cumulative `_bucket` lines ending in `le="+Inf"`, then
+/// `_sum` in seconds and `_count`.
+fn histograms(pooler: &Pooler, out: &mut String) {
+    let pools: Vec<_> = pooler
+        .pools()
+        .into_iter()
+        .map(|pool| {
+            let labels = format!(
+                "database=\"{}\",user=\"{}\"",
+                escape(&pool.database),
+                escape(&pool.user)
+            );
+            (labels, pool.stats.histograms())
+        })
+        .collect();
+    if pools.is_empty() {
+        return;
+    }
+    for (family, name) in HISTOGRAMS.iter().enumerate() {
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (labels, histograms) in &pools {
+            family_lines(out, name, labels, &histograms[family]);
+        }
+    }
+}
+
+fn family_lines(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let mut below = 0;
+    for (i, n) in h.counts.iter().enumerate() {
+        below += n;
+        let le = match BOUNDS_US.get(i) {
+            Some(&us) => (us as f64 / 1e6).to_string(),
+            None => "+Inf".to_owned(),
+        };
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {below}");
+    }
+    let sum = h.sum_us as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {below}");
+}
+
+/// A label value as the text format wants it: backslash, double quote and
+/// line feed escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serves `GET /metrics`, `/health` and `/ready` until the process ends.

@@ -4,8 +4,10 @@
 //! The relay counts a bound stretch in a plain [`Tally`] and adds it to the
 //! pool's counters once, when the stretch ends: no shared write per message.
 //! Those counters are [`Sharded`]: each thread adds to its own copy with
-//! plain stores, and readers sum the copies. Histograms are `metrics`
-//! handles registered once per pool.
+//! plain stores, and readers sum the copies. The histograms (wait,
+//! transaction, query and backend connect times) are [`Buckets`] in those
+//! same copies: a sample is a load and a store to this thread's bucket,
+//! summed only when the Prometheus endpoint is read.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -13,12 +15,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use metrics::{histogram, Histogram};
-
 use crate::clock::Micros;
 
 /// One pool's totals since start. Times in microseconds.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PoolStats {
     /// What every transaction adds to.
     counts: Sharded,
@@ -28,40 +28,49 @@ pub struct PoolStats {
     pub wait_timeouts: AtomicU64,
     /// ErrorResponses sent to clients, by SQLSTATE class (two characters).
     pub errors: Mutex<BTreeMap<String, u64>>,
-    wait_seconds: Histogram,
-    xact_seconds: Histogram,
-    query_seconds: Histogram,
-    connect_seconds: Histogram,
 }
 
 impl PoolStats {
-    pub fn new(database: &str, user: &str) -> PoolStats {
-        let labels = [("database", database.to_owned()), ("user", user.to_owned())];
-        PoolStats {
-            counts: Sharded::default(),
-            logins: AtomicU64::new(0),
-            backend_connects: AtomicU64::new(0),
-            backend_connect_failures: AtomicU64::new(0),
-            wait_timeouts: AtomicU64::new(0),
-            errors: Mutex::default(),
-            wait_seconds: histogram!("pgdyno_client_wait_seconds", &labels),
-            xact_seconds: histogram!("pgdyno_transaction_duration_seconds", &labels),
-            query_seconds: histogram!("pgdyno_query_duration_seconds", &labels),
-            connect_seconds: histogram!("pgdyno_backend_connect_seconds", &labels),
-        }
-    }
-
     /// A client got a backend after waiting `waited`.
     pub fn assigned(&self, waited: Duration) {
         let (c, to) = self.counts.own();
+        let waited = waited.as_micros() as u64;
         to.add(&c.assignments, 1);
-        to.add(&c.wait_us, waited.as_micros() as u64);
-        self.wait_seconds.record(waited.as_secs_f64());
+        to.add(&c.wait_us, waited);
+        c.wait.record(waited, to);
     }
 
     pub fn connected(&self, took: Duration) {
         self.backend_connects.fetch_add(1, Relaxed);
-        self.connect_seconds.record(took.as_secs_f64());
+        let (c, to) = self.counts.own();
+        c.connect.record(took.as_micros() as u64, to);
+    }
+
+    /// The histograms, summed over the threads' copies, in the order of
+    /// [`HISTOGRAMS`].
+    pub fn histograms(&self) -> [Histogram; 4] {
+        let sum = |of: fn(&Counts) -> &Buckets| {
+            let mut h = Histogram::default();
+            self.counts.copies().for_each(|c| h.add(of(c)));
+            h
+        };
+        [
+            sum(|c| &c.wait),
+            sum(|c| &c.xact),
+            sum(|c| &c.query),
+            sum(|c| &c.connect),
+        ]
+    }
+
+    /// Records a query's and a transaction's time in this thread's copy.
+    fn took(&self, query_us: Option<u64>, xact_us: Option<u64>) {
+        let (c, to) = self.counts.own();
+        if let Some(us) = query_us {
+            c.query.record(us, to);
+        }
+        if let Some(us) = xact_us {
+            c.xact.record(us, to);
+        }
     }
 
     pub fn error(&self, sqlstate: &str) {
@@ -132,11 +141,15 @@ impl Adder {
     }
 }
 
-/// One copy (88 bytes), aligned to lines of its own, so that threads do
+/// One copy (728 bytes), aligned to lines of its own, so that threads do
 /// not share cache lines.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Counts {
+    wait: Buckets,
+    xact: Buckets,
+    query: Buckets,
+    connect: Buckets,
     xacts: AtomicU64,
     queries: AtomicU64,
     bytes_received: AtomicU64,
@@ -171,6 +184,59 @@ impl Sharded {
     /// Every copy, to sum.
     fn copies(&self) -> impl Iterator<Item = &Counts> {
         self.shards.iter().chain([&self.shared])
+    }
+}
+
+/// The histograms' names on the Prometheus endpoint, as
+/// [`PoolStats::histograms`] orders them.
+pub const HISTOGRAMS: [&str; 4] = [
+    "pgdyno_client_wait_seconds",
+    "pgdyno_transaction_duration_seconds",
+    "pgdyno_query_duration_seconds",
+    "pgdyno_backend_connect_seconds",
+];
+
+/// Histogram bucket bounds in µs, each bucket holding the samples up to
+/// its bound (Prometheus' `le`): 100 µs to a minute, then everything above.
+pub const BOUNDS_US: [u64; 18] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// One thread's part of a histogram: samples per bucket (not cumulative),
+/// the last bucket past every bound, and their sum in µs.
+#[derive(Debug, Default)]
+struct Buckets {
+    counts: [AtomicU64; BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Buckets {
+    fn record(&self, us: u64, to: Adder) {
+        // Most samples fall in the first buckets: a scan from the bottom.
+        let i = BOUNDS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(BOUNDS_US.len());
+        to.add(&self.counts[i], 1);
+        to.add(&self.sum_us, us);
+    }
+}
+
+/// A histogram summed over the threads' copies.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Samples per bucket (not cumulative), as [`BOUNDS_US`], then +Inf.
+    pub counts: [u64; BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    fn add(&mut self, b: &Buckets) {
+        for (n, c) in self.counts.iter_mut().zip(&b.counts) {
+            *n += c.load(Relaxed);
+        }
+        self.sum_us += b.sum_us.load(Relaxed);
     }
 }
 
@@ -227,22 +293,26 @@ impl Tally {
     pub fn ready_for_query(&mut self, idle: bool, more_pending: bool, stats: &PoolStats) {
         self.queries += 1;
         let now = self.now;
-        if let Some(start) = self.query_started.take() {
-            let took = now.micros_since(start);
+        let query = self
+            .query_started
+            .take()
+            .map(|start| now.micros_since(start));
+        if let Some(took) = query {
             self.query_us += took;
-            stats.query_seconds.record(took as f64 / 1e6);
             if more_pending {
                 self.query_started = Some(now);
             }
         }
+        let mut xact = None;
         if idle {
             self.xacts += 1;
-            if let Some(start) = self.xact_started.take() {
-                let took = now.micros_since(start);
-                self.xact_us += took;
-                stats.xact_seconds.record(took as f64 / 1e6);
-            }
+            xact = self
+                .xact_started
+                .take()
+                .map(|start| now.micros_since(start));
+            self.xact_us += xact.unwrap_or(0);
         }
+        stats.took(query, xact);
     }
 }
 
@@ -338,7 +408,7 @@ mod tests {
     /// lost, whether a thread has a copy of its own or shares the last.
     #[test]
     fn sharded_counts_lose_no_add() {
-        let stats = PoolStats::new("db", "user");
+        let stats = PoolStats::default();
         let threads = SHARDS * 3;
         std::thread::scope(|s| {
             for _ in 0..threads {
@@ -359,9 +429,49 @@ mod tests {
         let n = threads as u64 * 1000;
         assert_eq!((t.xacts, t.sent, t.queries), (n, 3 * n, 0));
         assert_eq!((t.assignments, t.wait_us), (n, 2 * n));
+        assert_eq!(stats.histograms()[0].counts[0], n, "every wait sampled");
         assert!(
             stats.counts.shared.xacts.load(Relaxed) > 0,
             "the threads past the copies share one"
+        );
+    }
+
+    /// Prometheus' `le` holds its bound: a sample goes to the first bucket
+    /// whose bound is at least the sample, past the last one to +Inf.
+    #[test]
+    fn a_sample_goes_to_the_first_bucket_that_holds_it() {
+        let stats = PoolStats::default();
+        for us in [0, 100, 101, 250, 60_000_000, 60_000_001] {
+            stats.assigned(Duration::from_micros(us));
+        }
+        let [wait, xact, query, connect] = stats.histograms();
+        let mut want = [0; BOUNDS_US.len() + 1];
+        (want[0], want[1], want[17], want[18]) = (2, 2, 1, 1);
+        assert_eq!(wait.counts, want);
+        assert_eq!(wait.sum_us, 100 + 101 + 250 + 60_000_000 + 60_000_001);
+        for other in [xact, query, connect] {
+            assert_eq!(other, Histogram::default());
+        }
+    }
+
+    /// A ReadyForQuery records a query; one reporting idle, a transaction
+    /// too; both in the pool's histograms as well as in the tally.
+    #[test]
+    fn ready_for_query_records_queries_and_transactions() {
+        let stats = PoolStats::default();
+        let mut t = Tally::starting(crate::clock::now());
+        t.request_began();
+        t.ready_for_query(false, false, &stats);
+        t.request_began();
+        t.ready_for_query(true, false, &stats);
+        stats.connected(Duration::from_millis(3));
+        let [wait, xact, query, connect] = stats.histograms();
+        let count = |h: &Histogram| h.counts.iter().sum::<u64>();
+        assert_eq!((count(&query), count(&xact)), (2, 1));
+        assert_eq!((t.queries, t.xacts), (2, 1));
+        assert_eq!(
+            (count(&wait), connect.counts[5], connect.sum_us),
+            (0, 1, 3000)
         );
     }
 }

@@ -160,7 +160,7 @@ impl Pool {
         limits: Vec<Arc<Limit>>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
-            stats: PoolStats::new(&database, &user),
+            stats: PoolStats::default(),
             database,
             user,
             target,
@@ -379,8 +379,7 @@ impl Pool {
                 // instead of each waiting for its own failure.
                 let retry = self.settings().login_retry;
                 let cached = self.last_login_failure.lock().unwrap().clone();
-                if let Some((at, message)) = cached.filter(|(at, _)| at.elapsed() < retry) {
-                    let _ = at;
+                if let Some((_, message)) = cached.filter(|(at, _)| at.elapsed() < retry) {
                     self.free_slot();
                     return Err(Error::LoginRetry(message));
                 }

@@ -28,7 +28,7 @@ pub fn exchange(data: &[u8]) {
     let Some((&flags, mut rest)) = data.split_first() else {
         return;
     };
-    let stats = PoolStats::new("fuzz", "fuzz");
+    let stats = PoolStats::default();
     let span = tracing::Span::none();
     let settings = RelaySettings {
         max_packet: 8192,
