@@ -43,6 +43,7 @@ pub async fn resolve(config: &mut Config) -> Result<(), ConfigError> {
                 .clone()
                 .unwrap_or_else(|| db.name.clone()),
             credential,
+            tcp: std::sync::RwLock::new(config.tcp),
             tls: std::sync::RwLock::new(Arc::new(crate::tls::Connector::new(
                 &db.upstream,
                 &config.server_tls,

@@ -18,7 +18,7 @@ use crate::auth::scram::{
 use crate::cancel::{BackendKey, CancelGate};
 use crate::clock::{self, Micros};
 use crate::config::tls::ChannelBinding as BindingMode;
-use crate::config::{Host, Upstream};
+use crate::config::{Host, TcpOptions, Upstream};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::fields;
@@ -44,6 +44,8 @@ pub struct Target {
     pub credential: Credential,
     /// How to encrypt; replaced on reload (new backends use the new one).
     pub tls: RwLock<Arc<Connector>>,
+    /// Keepalive and the like for new sockets; replaced on reload.
+    pub tcp: RwLock<TcpOptions>,
     /// SCRAM keys derived from the password, so that PBKDF2 runs once
     /// per server secret rather than once per backend.
     pub scram_cache: Arc<KeyCache>,
@@ -52,6 +54,13 @@ pub struct Target {
 impl Target {
     pub fn connector(&self) -> Arc<Connector> {
         self.tls.read().unwrap().clone()
+    }
+
+    /// Opens a connection to the server as [`open`] does, with the
+    /// current TLS and TCP settings.
+    pub async fn open(&self) -> Result<(Stream, Option<Vec<u8>>)> {
+        let tcp = *self.tcp.read().unwrap();
+        open(&self.upstream, &self.connector(), &tcp).await
     }
 }
 
@@ -136,7 +145,7 @@ impl Backend {
     /// Connects and logs in, all within `timeout`.
     pub async fn connect(target: Arc<Target>, timeout: Duration) -> Result<Backend> {
         let login = async {
-            let (stream, binding) = open(&target.upstream, &target.connector()).await?;
+            let (stream, binding) = target.open().await?;
             login(Conn::new(stream), target.clone(), binding).await
         };
         match tokio::time::timeout(timeout, login).await {
@@ -204,7 +213,11 @@ pub fn set_param(params: &mut Vec<(String, String)>, name: &str, value: &str) {
 /// Opens a connection to PostgreSQL, encrypted as `tls` says, without
 /// logging in (for logins and cancels). Over TLS, also returns the server
 /// certificate's channel binding data.
-pub async fn open(upstream: &Upstream, tls: &Connector) -> Result<(Stream, Option<Vec<u8>>)> {
+pub async fn open(
+    upstream: &Upstream,
+    tls: &Connector,
+    tcp: &TcpOptions,
+) -> Result<(Stream, Option<Vec<u8>>)> {
     let connect_err =
         |e: std::io::Error| Error::BackendConnect(format!("{}: {e}", upstream.redacted()));
     match &upstream.host {
@@ -212,7 +225,7 @@ pub async fn open(upstream: &Upstream, tls: &Connector) -> Result<(Stream, Optio
             let stream = TcpStream::connect((host.as_str(), upstream.port))
                 .await
                 .map_err(connect_err)?;
-            stream.set_nodelay(true).map_err(connect_err)?;
+            crate::stream::set_tcp_options(&stream, tcp).map_err(connect_err)?;
             tls.negotiate(stream).await
         }
         Host::Unix(dir) => {

@@ -187,9 +187,7 @@ async fn forward(server: &ServerEntry) -> std::io::Result<()> {
         .target
         .upgrade()
         .ok_or_else(|| std::io::Error::other("the backend's pool is gone"))?;
-    let (mut stream, _) = crate::backend::open(&target.upstream, &target.connector())
-        .await
-        .map_err(std::io::Error::other)?;
+    let (mut stream, _) = target.open().await.map_err(std::io::Error::other)?;
     let mut buf = BytesMut::new();
     frontend::cancel_request(server.remote_pid, key.secret_key, &mut buf);
     stream.write_all(&buf).await?;

@@ -51,17 +51,14 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(pooler: &Pooler) -> std::io::Result<Listeners> {
         let config = &pooler.config();
-        let tcp = bind_tcp(config.listen, config.listen_backlog)?;
+        let tcp = bind_tcp(config.listen, config.listen_backlog, config.so_reuseport)?;
         let unix = match &config.unix_socket_dir {
             None => None,
             Some(dir) => {
                 let port = tcp.local_addr()?.port();
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                // A socket file left by a previous run that nobody listens on.
-                if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
-                    std::fs::remove_file(&path)?;
-                }
-                Some((UnixListener::bind(&path)?, path))
+                let listener = bind_unix(&path, config.unix_socket_mode)?;
+                Some((listener, path))
             }
         };
         Ok(Listeners { tcp, unix })
@@ -76,19 +73,21 @@ impl Listeners {
     /// shutdown's close.
     pub async fn serve(self, pooler: Arc<Pooler>) {
         let mut tasks = JoinSet::new();
-        let limit = pooler.config().max_client_conn + ACCEPT_HEADROOM;
         let shutdown = pooler.shutdown.clone();
         let (mut refusals, mut failures) = (Throttled::default(), Throttled::default());
         loop {
             let accepted = tokio::select! {
-                r = self.tcp.accept() => r.map(|(s, peer)| (Stream::tcp(s), peer.to_string())),
+                r = self.tcp.accept() => r.map(|(s, peer)| {
+                    (Stream::tcp(s, &pooler.config().tcp), peer.to_string())
+                }),
                 r = accept_unix(&self.unix) => r.map(|s| (Ok(Stream::Unix(s)), "unix".to_owned())),
                 _ = shutdown.drain.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             };
             match accepted {
                 Ok((Ok(stream), peer)) => {
-                    if tasks.len() >= limit {
+                    // Read at each accept: RELOAD may change it.
+                    if tasks.len() >= pooler.config().max_client_conn + ACCEPT_HEADROOM {
                         if let Some(unlogged) = refusals.hit() {
                             tracing::warn!(
                                 event = "connection_refused",
@@ -138,15 +137,47 @@ impl Listeners {
 
 /// A TCP listener with room for `backlog` pending connections: a burst
 /// beyond the default 128 would otherwise see SYNs dropped and clients
-/// retrying a second later.
-fn bind_tcp(addr: std::net::SocketAddr, backlog: usize) -> std::io::Result<TcpListener> {
+/// retrying a second later. `reuse_port`: other processes may listen on
+/// the same port (`so_reuseport`).
+fn bind_tcp(
+    addr: std::net::SocketAddr,
+    backlog: usize,
+    reuse_port: bool,
+) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.clamp(1, i32::MAX as usize) as i32)?;
     TcpListener::from_std(socket.into())
+}
+
+/// A Unix socket at `path` with permissions `mode`. It is bound under a
+/// second name, given its mode, then renamed into place, so no client can
+/// reach it before it has its mode. A file left at `path` by an earlier
+/// run that nobody listens on is removed; a live one means the address is
+/// in use.
+fn bind_unix(path: &std::path::Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(".new");
+    let staging = std::path::PathBuf::from(staging);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&staging, path)?;
+    Ok(listener)
 }
 
 async fn accept_unix(

@@ -105,6 +105,7 @@ impl Pooler {
                         .unwrap_or_else(|| db.name.clone()),
                     credential: self.credential(db, user, proof),
                     tls: RwLock::new(self.tls.read().unwrap().connector(&db.name)),
+                    tcp: RwLock::new(self.config().tcp),
                     scram_cache: Default::default(),
                 });
                 let db_limit = self
@@ -189,6 +190,7 @@ impl Pooler {
         *self.tls.write().unwrap() = tls.clone();
         for pool in self.pools() {
             *pool.target.tls.write().unwrap() = tls.connector(&pool.database);
+            *pool.target.tcp.write().unwrap() = self.config().tcp;
             if let Some(db) = self.config().database(&pool.database) {
                 pool.update_settings(self.settings(db), self.config().server_check_query.clone());
             }

@@ -14,6 +14,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::config::TcpOptions;
 use crate::protocol::frame;
 use crate::spare;
 
@@ -24,6 +25,31 @@ const WRITE_BUF: usize = 1024;
 /// Buffers larger than this (a big result went through) are not kept for
 /// the next connection that wakes up on this thread.
 const MAX_SPARE: usize = 32 * 1024;
+
+/// TCP_NODELAY, and keepalive and TCP_USER_TIMEOUT as `options` say, on a
+/// client's or a backend's socket.
+pub fn set_tcp_options(stream: &TcpStream, options: &TcpOptions) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let socket = socket2::SockRef::from(stream);
+    socket.set_keepalive(options.keepalive)?;
+    if options.keepalive {
+        let mut keepalive = socket2::TcpKeepalive::new();
+        if let Some(idle) = options.keepidle {
+            keepalive = keepalive.with_time(idle);
+        }
+        if let Some(interval) = options.keepintvl {
+            keepalive = keepalive.with_interval(interval);
+        }
+        if let Some(count) = options.keepcnt {
+            keepalive = keepalive.with_retries(count);
+        }
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    if options.user_timeout.is_some() {
+        socket.set_tcp_user_timeout(options.user_timeout)?;
+    }
+    Ok(())
+}
 
 thread_local! {
     /// Buffers of connections gone idle (see [`crate::spare`]).
@@ -40,9 +66,9 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Applies TCP_NODELAY (pgdyno batches its own writes).
-    pub fn tcp(stream: TcpStream) -> io::Result<Stream> {
-        stream.set_nodelay(true)?;
+    /// Applies TCP_NODELAY (pgdyno batches its own writes) and `options`.
+    pub fn tcp(stream: TcpStream, options: &TcpOptions) -> io::Result<Stream> {
+        set_tcp_options(&stream, options)?;
         Ok(Stream::Tcp(stream))
     }
 
@@ -330,14 +356,44 @@ impl Conn {
 mod tests {
     use super::*;
     use std::future::poll_fn;
+    use std::time::Duration;
     use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, Conn) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let conn = Conn::new(Stream::tcp(accepted.unwrap().0).unwrap());
+        let conn = Conn::new(Stream::tcp(accepted.unwrap().0, &TcpOptions::default()).unwrap());
         (peer.unwrap(), conn)
+    }
+
+    /// Each option reaches the socket, and keepalive off leaves it off.
+    #[tokio::test]
+    async fn tcp_options_reach_the_socket() {
+        let (peer, _conn) = pair().await;
+        let options = TcpOptions {
+            keepalive: true,
+            keepidle: Some(Duration::from_secs(40)),
+            keepintvl: Some(Duration::from_secs(7)),
+            keepcnt: Some(3),
+            user_timeout: Some(Duration::from_millis(2500)),
+        };
+        set_tcp_options(&peer, &options).unwrap();
+        let s = socket2::SockRef::from(&peer);
+        assert!(s.tcp_nodelay().unwrap() && s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(40));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            s.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        let off = TcpOptions {
+            keepalive: false,
+            ..options
+        };
+        set_tcp_options(&peer, &off).unwrap();
+        assert!(!s.keepalive().unwrap());
     }
 
     /// Polls a read once, in the calling task.

@@ -4,6 +4,7 @@
 //!
 //! `admin_users` may run everything; `stats_users` only `SHOW`.
 
+mod config;
 mod rows;
 mod show;
 

@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 
 use super::rows::{timestamp, v, Table, Type};
-use crate::config::tls::{Pem, Protocols};
-use crate::config::{Host, PoolMode, SETTINGS};
+use crate::config::{Host, PoolMode};
 use crate::pooler::Pooler;
 use crate::stats::Totals;
 
@@ -21,7 +20,7 @@ pub fn show(what: &str, pooler: &Pooler, out: &mut BytesMut) -> Result<(), Strin
             t.row(vec![v(version())]);
             t
         }
-        "config" => config(pooler),
+        "config" => super::config::table(pooler),
         "lists" => lists(pooler),
         "pools" => pools(pooler),
         "stats" => stats(pooler),
@@ -62,102 +61,6 @@ fn help() -> Table {
         "SHUTDOWN",
     ] {
         t.row(vec![v(line)]);
-    }
-    t
-}
-
-fn config(pooler: &Pooler) -> Table {
-    let mut t = Table::new(&[
-        ("key", Text),
-        ("value", Text),
-        ("default", Text),
-        ("changeable", Text),
-    ]);
-    let c = &pooler.config();
-    let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
-    let opt = |d: Option<std::time::Duration>| d.map(secs).unwrap_or_else(|| "0".into());
-    let path = |p: &Option<std::path::PathBuf>| {
-        p.as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
-    };
-    let pem_file = |p: &Option<Pem>| match p {
-        Some(Pem::File(f)) => f.display().to_string(),
-        _ => String::new(),
-    };
-    let pem_text = |p: &Option<Pem>| match p {
-        Some(Pem::Text { .. }) => "(set)".to_owned(),
-        _ => String::new(),
-    };
-    let protocols = |p: Protocols| {
-        match (p.tls12, p.tls13) {
-            (true, true) => "secure",
-            (true, false) => "tlsv1.2",
-            _ => "tlsv1.3",
-        }
-        .to_owned()
-    };
-    let mode = |m: PoolMode| match m {
-        PoolMode::Session => "session",
-        PoolMode::Transaction => "transaction",
-    };
-    for s in SETTINGS {
-        let value = match s.name {
-            "listen" => c.listen.to_string(),
-            "listen_backlog" => c.listen_backlog.to_string(),
-            "pool_mode" => mode(c.pool_mode).into(),
-            "default_pool_size" => c.default_pool_size.to_string(),
-            "min_pool_size" => c.min_pool_size.to_string(),
-            "reserve_pool_size" => c.reserve_pool_size.to_string(),
-            "reserve_pool_timeout" => secs(c.reserve_pool_timeout),
-            "max_client_conn" => c.max_client_conn.to_string(),
-            "max_db_connections" => c.max_db_connections.to_string(),
-            "max_user_connections" => c.max_user_connections.to_string(),
-            "query_wait_timeout" => opt(c.query_wait_timeout),
-            "client_login_timeout" => secs(c.client_login_timeout),
-            "server_connect_timeout" => secs(c.server_connect_timeout),
-            "server_idle_timeout" => opt(c.server_idle_timeout),
-            "server_lifetime" => opt(c.server_lifetime),
-            "shutdown_timeout" => secs(c.shutdown_timeout),
-            "server_reset_query" => c.server_reset_query.clone(),
-            "max_prepared_statements" => c.max_prepared_statements.to_string(),
-            "max_packet_size" => c.max_packet_size.to_string(),
-            "stats_period" => secs(c.stats_period),
-            "admin_users" => c.admin_users.join(","),
-            "stats_users" => c.stats_users.join(","),
-            "ignore_startup_parameters" => c.ignore_startup_parameters.join(","),
-            "track_extra_parameters" => c.track_extra_parameters.join(","),
-            "log_level" => c.log_level.clone(),
-            "auth_file" => c
-                .auth_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            "unix_socket_dir" => c
-                .unix_socket_dir
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            "metrics_listen" => c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
-            "client_tls_sslmode" => c.client_tls.sslmode.name().into(),
-            "server_tls_sslmode" => c.server_tls.sslmode.name().into(),
-            "client_tls_cert_file" => pem_file(&c.client_tls.cert),
-            "client_tls_key_file" => pem_file(&c.client_tls.key),
-            "client_tls_ca_file" => pem_file(&c.client_tls.ca),
-            // PEM text is shown as set or not, never printed (keys are secret).
-            "client_tls_cert_pem" => pem_text(&c.client_tls.cert),
-            "client_tls_key_pem" => pem_text(&c.client_tls.key),
-            "client_tls_ca_pem" => pem_text(&c.client_tls.ca),
-            "client_tls_protocols" => protocols(c.client_tls.protocols),
-            "server_tls_protocols" => protocols(c.server_tls.protocols),
-            "server_tls_ca_file" => path(&c.server_tls.ca_file),
-            "server_tls_cert_file" => path(&c.server_tls.cert_file),
-            "server_tls_key_file" => path(&c.server_tls.key_file),
-            // Never show secrets (upstream URLs carry passwords).
-            "upstream" => String::new(),
-            _ => s.default.to_owned(),
-        };
-        t.row(vec![v(s.name), v(value), v(s.default), v("no")]);
     }
     t
 }

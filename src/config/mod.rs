@@ -33,6 +33,17 @@ pub enum AuthType {
     ScramSha256,
 }
 
+/// Socket options for client and server TCP connections (PgBouncer's
+/// `tcp_*`). `None`: the system's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalive: bool,
+    pub keepidle: Option<Duration>,
+    pub keepintvl: Option<Duration>,
+    pub keepcnt: Option<u32>,
+    pub user_timeout: Option<Duration>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -45,6 +56,9 @@ pub struct Config {
     pub listen_backlog: usize,
     pub worker_threads: usize,
     pub unix_socket_dir: Option<PathBuf>,
+    pub unix_socket_mode: u32,
+    pub so_reuseport: bool,
+    pub tcp: TcpOptions,
     pub metrics_listen: Option<SocketAddr>,
     pub pool_mode: PoolMode,
     pub default_pool_size: usize,
@@ -170,6 +184,15 @@ impl Config {
             listen_backlog: raw.parse("listen_backlog")?,
             worker_threads: raw.parse("worker_threads")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
+            unix_socket_mode: octal(raw, "unix_socket_mode")?,
+            so_reuseport: raw.parse("so_reuseport")?,
+            tcp: TcpOptions {
+                keepalive: raw.parse("tcp_keepalive")?,
+                keepidle: nonzero(raw.duration("tcp_keepidle")?),
+                keepintvl: nonzero(raw.duration("tcp_keepintvl")?),
+                keepcnt: Some(raw.parse("tcp_keepcnt")?).filter(|&n| n > 0),
+                user_timeout: nonzero(raw.millis("tcp_user_timeout")?),
+            },
             metrics_listen: raw.optional("metrics_listen")?,
             pool_mode: raw.parse("pool_mode")?,
             default_pool_size: if raw.string("default_pool_size")?.trim() == "auto" {
@@ -245,6 +268,19 @@ impl Config {
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
     }
+}
+
+/// File permissions in octal, as `chmod` takes them.
+fn octal(raw: &Raw, key: &str) -> Result<u32, ConfigError> {
+    let text = raw.string(key)?;
+    u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|&mode| mode <= 0o777)
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "invalid value for {key}: \"{text}\": expected octal permissions, such as 0770"
+            ))
+        })
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {

@@ -86,6 +86,54 @@ fn errors_name_the_key() {
     })
     .unwrap_err();
     assert!(e.0.contains("PGDYNO_QUERY_WAIT_TIMEOUT"), "{e}");
+    for (key, bad) in [
+        ("unix_socket_mode", "0999"),
+        ("unix_socket_mode", "01777"),
+        ("tcp_keepcnt", "-1"),
+        ("tcp_user_timeout", "soon"),
+        ("so_reuseport", "maybe"),
+    ] {
+        let e = Config::load(&Sources {
+            flags: flags(&[("upstream", "postgres://u@h/d"), (key, bad)]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.0.contains(key) && e.0.contains(bad), "{key}: {e}");
+    }
+}
+
+/// PgBouncer's units: tcp_user_timeout in milliseconds, the keepalive
+/// times in seconds; units may be given.
+#[test]
+fn tcp_options() {
+    let load = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("upstream", "postgres://u@h/d")];
+        all.extend_from_slice(pairs);
+        Config::load(&Sources {
+            flags: flags(&all),
+            ..Default::default()
+        })
+        .unwrap()
+        .tcp
+    };
+    let defaults = load(&[]);
+    assert!(defaults.keepalive);
+    assert_eq!(
+        (defaults.keepidle, defaults.keepcnt, defaults.user_timeout),
+        (None, None, None)
+    );
+    let set = load(&[
+        ("tcp_keepidle", "60"),
+        ("tcp_keepintvl", "500ms"),
+        ("tcp_keepcnt", "4"),
+        ("tcp_user_timeout", "1500"),
+    ]);
+    assert_eq!(set.keepidle, Some(Duration::from_secs(60)));
+    assert_eq!(set.keepintvl, Some(Duration::from_millis(500)));
+    assert_eq!(set.keepcnt, Some(4));
+    assert_eq!(set.user_timeout, Some(Duration::from_millis(1500)));
+    let with_unit = load(&[("tcp_user_timeout", "2s")]);
+    assert_eq!(with_unit.user_timeout, Some(Duration::from_secs(2)));
 }
 
 #[test]

@@ -162,6 +162,20 @@ impl Raw {
         let (text, origin) = self.text(key)?;
         parse_duration(text.trim()).map_err(|why| Self::invalid(key, origin, &text, &why))
     }
+
+    /// Milliseconds (PgBouncer's unit for `tcp_user_timeout`), or a
+    /// number with a unit.
+    pub fn millis(&self, key: &str) -> Result<Duration, ConfigError> {
+        let (text, origin) = self.text(key)?;
+        let text = text.trim();
+        let ms = text.chars().all(|c| c.is_ascii_digit() || c == '.');
+        let parsed = if ms && !text.is_empty() {
+            parse_duration(&format!("{text}ms"))
+        } else {
+            parse_duration(text)
+        };
+        parsed.map_err(|why| Self::invalid(key, origin, text, &why))
+    }
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -190,6 +204,12 @@ pub trait Parse: Sized {
 impl Parse for usize {
     fn parse(text: &str) -> Result<Self, String> {
         usize::from_str(text).map_err(|_| "expected a non-negative integer".into())
+    }
+}
+
+impl Parse for u32 {
+    fn parse(text: &str) -> Result<Self, String> {
+        u32::from_str(text).map_err(|_| "expected a non-negative integer".into())
     }
 }
 

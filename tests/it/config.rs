@@ -1,8 +1,8 @@
 //! Configuration as a user meets it: flags beat `PGDYNO_*` env vars, which
 //! beat the TOML file; DATABASE_URL as the default upstream; bad settings
 //! stop pgdyno with a message naming the key; several databases from TOML,
-//! each with its own pool; the Unix socket; JSON logs; ignored startup
-//! parameters.
+//! each with its own pool; the Unix socket and its mode; JSON logs;
+//! ignored startup parameters.
 
 use crate::harness::*;
 use futures_util::future::join_all;
@@ -258,6 +258,8 @@ async fn unix_socket_accepts_clients() {
             &Cluster::shared().url(APP_DB),
             "--unix-socket-dir",
             dir.to_str().unwrap(),
+            "--unix-socket-mode",
+            "0770",
         ])
         .await;
         let socket = dir.join(format!(".s.PGSQL.{}", pgdyno.port()));
@@ -268,6 +270,9 @@ async fn unix_socket_accepts_clients() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(socket.exists(), "no socket at {}", socket.display());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o770, "unix_socket_mode");
         let mut config = pgdyno.config(APP_DB);
         config.host_path(&dir);
         let client = connect(&config)

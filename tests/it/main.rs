@@ -28,5 +28,6 @@ mod restart;
 mod secrets;
 mod sidecar;
 mod smoke;
+mod sockets;
 mod tls;
 mod transactions;

@@ -36,31 +36,38 @@ impl Pgdyno {
     }
 
     pub async fn launch(launch: Launch<'_>) -> Pgdyno {
-        let dir = scratch_dir("pgdyno");
         let mut last_log = String::new();
         for _ in 0..3 {
-            let port = free_port();
-            let listen = format!("127.0.0.1:{port}");
-            let mut child = command(&dir, &launch)
-                .args(["--listen", &listen])
-                .spawn()
-                .expect("spawn pgdyno");
-            std::fs::write(dir.join("pgdyno.pid"), child.id().to_string()).expect("pid file");
-            match wait_until_listening(&mut child, port).await {
-                Ok(()) => return Pgdyno { child, port, dir },
-                Err(why) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let _ = std::fs::remove_file(dir.join("pgdyno.pid"));
-                    last_log = read_log(&dir);
-                    // Another process may have taken the port: try another.
-                    if !last_log.to_lowercase().contains("in use") {
-                        panic!("pgdyno did not start: {why}\n--- pgdyno log ---\n{last_log}");
-                    }
-                }
+            match Pgdyno::launch_on(free_port(), &launch).await {
+                Ok(pgdyno) => return pgdyno,
+                // Another process may have taken the port: try another.
+                Err(log) if log.to_lowercase().contains("in use") => last_log = log,
+                Err(log) => panic!("pgdyno did not start:\n--- pgdyno log ---\n{log}"),
             }
         }
         panic!("pgdyno could not find a free port:\n{last_log}");
+    }
+
+    /// pgdyno on `port` (another may listen there too, with
+    /// `so_reuseport`); its log if it did not start listening.
+    pub async fn launch_on(port: u16, launch: &Launch<'_>) -> Result<Pgdyno, String> {
+        let dir = scratch_dir("pgdyno");
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = command(&dir, launch)
+            .args(["--listen", &listen])
+            .spawn()
+            .expect("spawn pgdyno");
+        std::fs::write(dir.join("pgdyno.pid"), child.id().to_string()).expect("pid file");
+        match wait_until_listening(&mut child, port).await {
+            Ok(()) => Ok(Pgdyno { child, port, dir }),
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = read_log(&dir);
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(format!("{why}\n{log}"))
+            }
+        }
     }
 
     pub fn port(&self) -> u16 {

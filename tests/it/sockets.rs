@@ -1,0 +1,162 @@
+//! Socket options as the kernel sees them: TCP keepalive on the clients'
+//! and the backends' sockets (`tcp_keepalive`, `tcp_keepidle`), and
+//! `so_reuseport` letting two pgdyno processes share a port.
+//!
+//! The keepalive timer of an idle connection shows in `/proc/net/tcp`
+//! (timer kind 2, its expiry in hundredths of a second); pgdyno's own
+//! sockets are told apart from other tests' by the inodes in its
+//! `/proc/<pid>/fd`.
+
+use crate::harness::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// One of pgdyno's established TCP connections.
+#[derive(Debug)]
+struct Socket {
+    local_port: u16,
+    remote_port: u16,
+    /// `/proc/net/tcp`'s timer kind: 0 none, 1 retransmit, 2 keepalive.
+    timer: u8,
+    /// When that timer fires, in seconds from now.
+    fires_in: f64,
+}
+
+/// The established TCP sockets process `pid` holds.
+fn tcp_sockets(pid: u32) -> Vec<Socket> {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read pgdyno's fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local remote st queues tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                continue;
+            }
+            let (timer, when) = f[5].split_once(':').unwrap();
+            out.push(Socket {
+                local_port: port(f[1]),
+                remote_port: port(f[2]),
+                timer: u8::from_str_radix(timer, 16).unwrap(),
+                fires_in: u64::from_str_radix(when, 16).unwrap() as f64 / 100.0,
+            });
+        }
+    }
+    out
+}
+
+/// pgdyno with `extra` flags, one client that ran a query, and pgdyno's
+/// established sockets once both connections are idle.
+async fn idle_sockets(extra: &[&str]) -> (Vec<Socket>, Vec<Socket>) {
+    let url = Cluster::shared().url(APP_DB);
+    let mut args = vec!["--upstream", url.as_str(), "--pool-mode", "session"];
+    args.extend_from_slice(extra);
+    let pgdyno = Pgdyno::start(&args).await;
+    let client = pgdyno.connect(APP_DB).await;
+    client.simple_query("SELECT 1").await.expect("SELECT 1");
+    // Every byte acknowledged: no retransmit timer in the way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sockets = tcp_sockets(pgdyno.pid());
+    let pg_port = Cluster::shared().port();
+    let (to_clients, to_postgres): (Vec<_>, Vec<_>) = sockets
+        .into_iter()
+        .filter(|s| s.local_port == pgdyno.port() || s.remote_port == pg_port)
+        .partition(|s| s.local_port == pgdyno.port());
+    drop(client);
+    (to_clients, to_postgres)
+}
+
+#[tokio::test]
+async fn keepalive_runs_on_client_and_backend_sockets_with_tcp_keepidle() {
+    within(60, async {
+        let (clients, backends) = idle_sockets(&["--tcp-keepidle", "1234"]).await;
+        assert_eq!(clients.len(), 1, "one client socket: {clients:?}");
+        assert!(!backends.is_empty(), "a backend socket: {backends:?}");
+        for s in clients.iter().chain(&backends) {
+            assert_eq!(s.timer, 2, "keepalive timer armed: {s:?}");
+            assert!(
+                (1200.0..=1234.0).contains(&s.fires_in),
+                "first probe after tcp_keepidle (1234 s): {s:?}"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tcp_keepalive_false_leaves_sockets_without_probes() {
+    within(60, async {
+        let (clients, backends) = idle_sockets(&["--tcp-keepalive", "false"]).await;
+        assert_eq!(clients.len(), 1, "one client socket: {clients:?}");
+        assert!(!backends.is_empty(), "a backend socket: {backends:?}");
+        for s in clients.iter().chain(&backends) {
+            assert_eq!(s.timer, 0, "no timer on an idle socket: {s:?}");
+        }
+    })
+    .await
+}
+
+/// Logins in a JSON log.
+fn logins(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("\"event\":\"login\""))
+        .count()
+}
+
+#[tokio::test]
+async fn so_reuseport_lets_two_pgdynos_share_a_port() {
+    within(90, async {
+        let url = Cluster::shared().url(APP_DB);
+        let args = [
+            "--upstream",
+            url.as_str(),
+            "--so-reuseport",
+            "true",
+            "--log-format",
+            "json",
+        ];
+        let first = Pgdyno::start(&args).await;
+        let port = first.port();
+        let launch = Launch {
+            args: &args,
+            ..Launch::default()
+        };
+        let mut second = Pgdyno::launch_on(port, &launch)
+            .await
+            .expect("a second pgdyno on the same port");
+
+        // Without the option, the port is taken.
+        let listen = format!("127.0.0.1:{port}");
+        let (status, log) = run_to_exit(Launch {
+            args: &["--upstream", &url, "--listen", &listen],
+            ..Launch::default()
+        })
+        .await;
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "without so_reuseport a second pgdyno must not start:\n{log}"
+        );
+        assert!(log.to_lowercase().contains("in use"), "{log}");
+
+        // The kernel spreads new connections over both.
+        for i in 0..24 {
+            let client = first.connect(APP_DB).await;
+            let row = client.query_one("SELECT $1::int", &[&i]).await;
+            assert_eq!(row.expect("query").get::<_, i32>(0), i);
+        }
+        assert!(second.is_running(), "the second pgdyno is still up");
+        let (a, b) = (logins(&first.log()), logins(&second.log()));
+        assert_eq!(a + b, 24, "every login in one of the logs");
+        assert!(a > 0 && b > 0, "both served clients: {a} and {b}");
+    })
+    .await
+}
