@@ -231,7 +231,7 @@ impl Pooler {
                     .map(|(_, after)| *after)
                     .unwrap_or_default();
                 let avg = totals.averages(&before, period);
-                if totals != before {
+                if totals != before && self.config().log_stats {
                     tracing::info!(
                         event = "stats",
                         database = %db,
@@ -264,6 +264,7 @@ impl Pooler {
             lifetime: c.server_lifetime,
             check_delay: c.server_check_delay,
             login_retry: c.server_login_retry,
+            round_robin: c.server_round_robin,
         }
     }
 

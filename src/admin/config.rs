@@ -123,6 +123,9 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "server_lifetime" => opt(c.server_lifetime),
         "shutdown_timeout" => secs(c.shutdown_timeout),
         "server_reset_query" => c.server_reset_query.clone(),
+        "server_reset_query_always" => c.server_reset_query_always.to_string(),
+        "server_round_robin" => c.server_round_robin.to_string(),
+        "application_name_add_host" => c.application_name_add_host.to_string(),
         "client_tls_sslmode" => c.client_tls.sslmode.name().into(),
         "client_tls_cert_file" => pem_file(&c.client_tls.cert),
         "client_tls_key_file" => pem_file(&c.client_tls.key),
@@ -162,6 +165,8 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "log_level" => c.log_level.clone(),
         "log_connections" => c.log_connections.to_string(),
         "log_disconnections" => c.log_disconnections.to_string(),
+        "log_pooler_errors" => c.log_pooler_errors.to_string(),
+        "log_stats" => c.log_stats.to_string(),
         _ => return None,
     })
 }

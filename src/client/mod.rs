@@ -66,11 +66,12 @@ async fn fail(pooler: &Pooler, conn: &mut Conn, e: &Error) {
             .entry(class)
             .or_default() += 1;
     }
+    // Login failures are logged whatever log_pooler_errors says.
+    log_failure(e, pooler.config().log_pooler_errors);
     report(conn, e).await;
 }
 
 async fn report(conn: &mut Conn, e: &Error) {
-    log_failure(e);
     // Inside a message that will never be finished, an ErrorResponse would
     // be read as that message's bytes: the client only sees a close.
     if e.client_reachable() && !conn.mid_message {
@@ -85,10 +86,13 @@ async fn report(conn: &mut Conn, e: &Error) {
     }
 }
 
-fn log_failure(e: &Error) {
+fn log_failure(e: &Error, logged: bool) {
     match (e.side(), e) {
         (_, Error::ClientGone | Error::ClientIo(_)) => {
             tracing::debug!(error = %e, "client connection ended")
+        }
+        _ if !logged && !matches!(e, Error::AuthFailed { .. } | Error::ClientTls(_)) => {
+            tracing::debug!(sqlstate = e.sqlstate(), error = %e, "error sent to the client")
         }
         (_, Error::ClientTls(why)) => {
             tracing::warn!(event = "tls_handshake_failed", error = %why, "TLS handshake with client failed")
@@ -168,7 +172,7 @@ async fn admit(
     let (mut conn, tls) = match negotiated {
         Ok(negotiated) => negotiated,
         Err(e) => {
-            log_failure(&e);
+            log_failure(&e, true);
             return None;
         }
     };
@@ -186,7 +190,7 @@ async fn admit(
             match client.conn.flush().await {
                 Ok(()) => Some(client),
                 Err(e) => {
-                    log_failure(&Error::ClientIo(e));
+                    log_failure(&Error::ClientIo(e), true);
                     None
                 }
             }
@@ -211,7 +215,7 @@ async fn log_in(
         tokio::time::timeout_at(login_deadline, read_startup(conn, encryption.tls.is_some()))
             .await
             .map_err(|_| Error::LoginTimeout)??;
-    let startup = match packet {
+    let mut startup = match packet {
         StartupPacket::Cancel {
             process_id,
             secret_key,
@@ -229,6 +233,9 @@ async fn log_in(
             ))
         }
     };
+    if config.application_name_add_host {
+        add_host(&mut startup.params, peer);
+    }
     let span = tracing::Span::current();
     span.record("user", startup.user.as_str());
     span.record("database", startup.database.as_str());
@@ -292,6 +299,15 @@ async fn log_in(
         tracing::info!(event = "login", "login");
     }
     Ok(Some(admission))
+}
+
+/// `application_name_add_host`: "<application_name or app> - <address>",
+/// as PgBouncer names a client's session.
+fn add_host(params: &mut Vec<(String, String)>, peer: &str) {
+    match params.iter_mut().find(|(k, _)| k == "application_name") {
+        Some((_, name)) => *name = format!("{name} - {peer}"),
+        None => params.push(("application_name".into(), format!("app - {peer}"))),
+    }
 }
 
 /// AuthenticationOk and ParameterStatus, after a successful login. The
@@ -409,6 +425,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         idle_transaction_timeout: config.idle_transaction_timeout,
         query_timeout: config.query_timeout,
         client_idle_timeout: config.client_idle_timeout.filter(|_| !transaction_mode),
+        reset_after_each: transaction_mode && config.server_reset_query_always,
         span,
     };
     // Made once: each poll is then one atomic load.
@@ -464,6 +481,15 @@ fn stopped(pooler: &Pooler) -> Error {
 }
 
 impl Bound<'_> {
+    /// Runs `server_reset_query` on `backend`. Callers box it: rare paths
+    /// keep every client's future small.
+    async fn reset(&self, backend: &mut crate::backend::Backend) -> bool {
+        let query = self.pooler.config().server_reset_query.clone();
+        reset(backend, &query)
+            .instrument(self.settings.span.clone())
+            .await
+    }
+
     /// Takes a backend, relays until it can go back, gives it back.
     /// `Ok(false)` when the client left.
     async fn run(
@@ -494,21 +520,29 @@ impl Bound<'_> {
         drop(relay);
         self.cancel.unbind();
         let e = match result {
-            Ok(Outcome::Released) => {
-                release(pool, backend, true, now);
-                return Ok(true);
-            }
-            Ok(Outcome::ClientLeft { clean }) => {
-                // Boxed, as below: rare paths keep every client's future small.
-                let reusable = clean
-                    && (self.settings.transaction_mode
-                        || Box::pin(
-                            reset(&mut backend, &self.pooler.config().server_reset_query)
-                                .instrument(self.settings.span.clone()),
-                        )
-                        .await);
-                release(pool, backend, reusable, crate::clock::now());
-                return Ok(false);
+            Ok(outcome @ (Outcome::Released | Outcome::ClientLeft { .. })) => {
+                let stays = outcome == Outcome::Released;
+                // A backend is reset when a session-mode client leaves,
+                // and in transaction mode after each transaction with
+                // server_reset_query_always.
+                let reset = match outcome {
+                    Outcome::ClientLeft { clean: false } => {
+                        release(pool, backend, false, crate::clock::now());
+                        return Ok(false);
+                    }
+                    Outcome::ClientLeft { .. } => !self.settings.transaction_mode,
+                    _ => self.settings.reset_after_each,
+                };
+                if reset {
+                    // Boxed, with nothing else kept across it: rare paths
+                    // keep every client's future small.
+                    let reusable = Box::pin(self.reset(&mut backend)).await;
+                    release(pool, backend, reusable, crate::clock::now());
+                } else {
+                    let now = if stays { now } else { crate::clock::now() };
+                    release(pool, backend, true, now);
+                }
+                return Ok(stays);
             }
             Ok(Outcome::Stopped) => stopped(self.pooler),
             Err(e) => e,
@@ -588,11 +622,16 @@ async fn next_message(conn: &mut Conn) -> Result<bool> {
     .await
 }
 
-/// Runs `server_reset_query` on a session-mode backend before reuse.
+/// Runs `server_reset_query` on a backend before reuse: at a session-mode
+/// client's end, or after each transaction with `server_reset_query_always`.
+/// What pgdyno knew of the backend's session (its parameters matching a
+/// client's, the statements it prepared there) is forgotten.
 async fn reset(backend: &mut crate::backend::Backend, query: &str) -> bool {
     if query.is_empty() {
         return true;
     }
+    backend.synced = None;
+    backend.statements.clear();
     match tokio::time::timeout(
         std::time::Duration::from_secs(10),
         backend.simple_query(query),

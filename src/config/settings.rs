@@ -56,6 +56,9 @@ pub const SETTINGS: &[Setting] = &[
     s("server_lifetime", "3600", "seconds after which a released backend is closed (0: never)"),
     s("shutdown_timeout", "25", "seconds transactions get to finish after SIGTERM before clients are closed"),
     s("server_reset_query", "DISCARD ALL", "run on a backend when a session-mode client leaves"),
+    s("server_reset_query_always", "false", "run server_reset_query in transaction mode too, after every transaction"),
+    s("server_round_robin", "false", "lend idle backends in turn (least recently used first) instead of the most recently used"),
+    s("application_name_add_host", "false", "append \" - <client address>:<port>\" to the application_name a client logs in with"),
     s("client_tls_sslmode", "disable", "TLS for clients: disable, allow, prefer (TLS offered), require (plaintext refused), verify-ca, verify-full (client certificate checked; its CN must be the user name)"),
     s("client_tls_cert_file", "", "PEM certificate (chain) pgdyno shows clients"),
     s("client_tls_key_file", "", "PEM private key of client_tls_cert_file"),
@@ -85,6 +88,8 @@ pub const SETTINGS: &[Setting] = &[
     s("log_level", "info", "error, warn, info, debug or trace (or a tracing filter)"),
     s("log_connections", "true", "log each client login"),
     s("log_disconnections", "true", "log each client disconnection"),
+    s("log_pooler_errors", "true", "log the errors pgdyno itself sends to clients"),
+    s("log_stats", "true", "log each database's traffic every stats_period"),
 ];
 
 pub fn find(name: &str) -> Option<&'static Setting> {

@@ -1,7 +1,7 @@
 //! The idle backends: a stack, most recently used on top. A checkout
 //! takes from the top, except that a client coming back soon gets its last
-//! backend again ([`AFFINITY`]); closing idle backends takes from the
-//! bottom, the longest idle.
+//! backend again ([`AFFINITY`]); with `server_round_robin` it takes from
+//! the bottom, the longest idle, as closing idle backends does.
 
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ impl Pool {
         last: BackendAddr,
         now: Micros,
     ) -> Option<Backend> {
+        if s.rules.round_robin {
+            return None;
+        }
         // Given back recently, it is at or near the top of the stack.
         let i = s.idle.iter().rposition(|b| b.addr() == last)?;
         if now.passed(s.idle[i].last_used, AFFINITY) {
@@ -40,9 +43,14 @@ impl Pool {
         self.lend_if_sound(s, backend, now)
     }
 
-    /// The most recently used idle backend that is still sound.
+    /// The most recently used idle backend that is still sound (the least
+    /// recently used, with `server_round_robin`).
     pub(super) fn take_idle(&self, s: &mut State, now: Micros) -> Option<Backend> {
-        while let Some(backend) = s.idle.pop_back() {
+        let take = |s: &mut State| match s.rules.round_robin {
+            false => s.idle.pop_back(),
+            true => s.idle.pop_front(),
+        };
+        while let Some(backend) = take(s) {
             if let Some(backend) = self.lend_if_sound(s, backend, now) {
                 return Some(backend);
             }

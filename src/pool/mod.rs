@@ -46,6 +46,7 @@ pub struct PoolSettings {
     pub lifetime: Option<Duration>,
     pub check_delay: Duration,
     pub login_retry: Duration,
+    pub round_robin: bool,
 }
 
 /// A pool's counts at one moment (PgBouncer's SHOW POOLS).
@@ -119,6 +120,9 @@ struct Rules {
     lifetime: Option<Duration>,
     /// `pool_size` + `reserve_pool_size`.
     max_open: usize,
+    /// `server_round_robin`: lend the longest idle backend, not the most
+    /// recently used (and no client gets its last one again).
+    round_robin: bool,
 }
 
 impl Rules {
@@ -127,6 +131,7 @@ impl Rules {
             check_after: (!check_query.is_empty()).then_some(settings.check_delay),
             lifetime: settings.lifetime,
             max_open: settings.size + settings.reserve_size,
+            round_robin: settings.round_robin,
         }
     }
 

@@ -33,6 +33,7 @@ pub fn exchange(data: &[u8]) {
     let settings = RelaySettings {
         max_packet: 8192,
         transaction_mode: flags & 1 == 1,
+        reset_after_each: false,
         max_prepared: if flags & 2 == 2 { 8 } else { 0 },
         extra_tracked: &[],
         stats: &stats,

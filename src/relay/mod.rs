@@ -62,6 +62,9 @@ pub struct RelaySettings<'a> {
     pub max_packet: usize,
     /// Transaction mode: release at the first clean point, rename statements.
     pub transaction_mode: bool,
+    /// With `server_reset_query_always`: the client resets the backend
+    /// after each stretch, before releasing it.
+    pub reset_after_each: bool,
     pub max_prepared: usize,
     pub extra_tracked: &'a [String],
     pub stats: &'a PoolStats,

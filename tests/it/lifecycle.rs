@@ -8,10 +8,12 @@
 //! max_connections.
 //!
 //! `timers` holds the timeouts and backend checks, `reload` SIGHUP, RELOAD
-//! and the auto pool size; `json_log` reads pgdyno's JSON log for both.
+//! and the auto pool size, `switches` PgBouncer's behaviour switches
+//! (`server_round_robin` and the like); `json_log` reads pgdyno's JSON log.
 
 mod json_log;
 mod reload;
+mod switches;
 mod timers;
 
 use crate::harness::*;

@@ -1,0 +1,182 @@
+//! PgBouncer's behaviour switches, each against its default:
+//! `server_round_robin` lends backends in turn, `server_reset_query_always`
+//! wipes session state after every transaction (and the client's own
+//! settings and prepared statements still work), `application_name_add_host`
+//! names the client's address, and `log_pooler_errors` and `log_stats`
+//! silence their log lines.
+
+use super::{backend_pid, pgdyno};
+use crate::harness::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// Opens `n` backends (n clients inside a transaction at once), then has
+/// one client run six transactions one after another: the backends it got.
+async fn six_in_a_row(pgdyno: &Pgdyno, n: usize) -> Vec<i32> {
+    let mut holders = Vec::new();
+    for _ in 0..n {
+        let client = pgdyno.connect(APP_DB).await;
+        client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        holders.push(client);
+    }
+    for client in &holders {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    let mut pids = Vec::new();
+    for _ in 0..6 {
+        pids.push(backend_pid(&holders[0]).await);
+    }
+    pids
+}
+
+#[tokio::test]
+async fn server_round_robin_lends_backends_in_turn() {
+    within(60, async {
+        let rr = pgdyno(&["--pool-size", "3", "--server-round-robin", "true"]).await;
+        let pids = six_in_a_row(&rr, 3).await;
+        assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3, "{pids:?}");
+        assert_eq!(pids[..3], pids[3..], "each in turn: {pids:?}");
+
+        // By default the most recently used (here: the client's last) again.
+        let lifo = pgdyno(&["--pool-size", "3"]).await;
+        let pids = six_in_a_row(&lifo, 3).await;
+        assert!(pids.iter().all(|&p| p == pids[0]), "{pids:?}");
+    })
+    .await
+}
+
+/// Whether the backend serving `client`'s next transaction has a temporary
+/// table `t` in its session.
+async fn temp_table_left(client: &Client) -> bool {
+    client
+        .query_one("SELECT to_regclass('pg_temp.t') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn server_reset_query_always_leaves_no_session_state_behind() {
+    within(60, async {
+        for (always, left) in [("false", true), ("true", false)] {
+            let pgdyno = pgdyno(&["--pool-size", "1", "--server-reset-query-always", always]).await;
+            let a = pgdyno.connect(APP_DB).await;
+            let b = pgdyno.connect(APP_DB).await;
+            a.batch_execute("CREATE TEMP TABLE t (x int)")
+                .await
+                .unwrap();
+            assert_eq!(
+                temp_table_left(&b).await,
+                left,
+                "server_reset_query_always = {always}"
+            );
+
+            // The client's own session carries on: its settings and its
+            // prepared statements, across resets of the one backend.
+            a.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+                .await
+                .unwrap();
+            let statement = a.prepare("SELECT $1::int + 1").await.unwrap();
+            for i in 0..3 {
+                let row = a.query_one(&statement, &[&i]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + 1);
+                let tz: String = a.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+                assert_eq!(tz, "Asia/Tokyo");
+                b.batch_execute("SELECT 1").await.unwrap();
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn application_name_add_host_names_the_client_address() {
+    within(60, async {
+        let pgdyno = pgdyno(&["--application-name-add-host", "true"]).await;
+        // The harness logs in with application_name "pgdyno-it".
+        let client = pgdyno.connect(APP_DB).await;
+        let name: String = client
+            .query_one("SELECT current_setting('application_name')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let port = name
+            .strip_prefix("pgdyno-it - 127.0.0.1:")
+            .unwrap_or_else(|| panic!("application_name {name:?}"));
+        assert!(port.parse::<u16>().is_ok(), "{name:?}");
+
+        // None given: "app".
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(pgdyno.port())
+            .user(APP_USER)
+            .password(APP_PASSWORD)
+            .dbname(APP_DB);
+        let unnamed = connect(&config).await.unwrap();
+        let name: String = unnamed
+            .query_one("SHOW application_name", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(name.starts_with("app - 127.0.0.1:"), "{name:?}");
+
+        // Off (the default): as given.
+        let plain = pgdyno_default_name().await;
+        assert_eq!(plain, "pgdyno-it");
+    })
+    .await
+}
+
+async fn pgdyno_default_name() -> String {
+    let pgdyno = pgdyno(&[]).await;
+    let client = pgdyno.connect(APP_DB).await;
+    client
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Log lines of event `event`.
+fn events(log: &str, event: &str) -> usize {
+    let field = format!("\"event\":\"{event}\"");
+    log.lines().filter(|l| l.contains(&field)).count()
+}
+
+/// The log of a pgdyno with `extra` flags, after a client over
+/// `max_client_conn` was refused and two stats periods of traffic.
+async fn log_after_refusal_and_traffic(extra: &[&str]) -> String {
+    let mut args = vec!["--max-client-conn", "1", "--stats-period", "1"];
+    args.extend_from_slice(extra);
+    let pgdyno = pgdyno(&args).await;
+    let client = pgdyno.connect(APP_DB).await;
+    let refused = connect(&pgdyno.config(APP_DB)).await;
+    assert_eq!(refused.err().as_ref().and_then(sqlstate), Some("53300"));
+    for _ in 0..25 {
+        client.batch_execute("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pgdyno.log()
+}
+
+#[tokio::test]
+async fn log_pooler_errors_and_log_stats_silence_their_lines() {
+    within(60, async {
+        let on = log_after_refusal_and_traffic(&[]).await;
+        assert_eq!(events(&on, "client_refused"), 1, "{on}");
+        assert!(events(&on, "stats") >= 1, "{on}");
+
+        let off = log_after_refusal_and_traffic(&[
+            "--log-pooler-errors",
+            "false",
+            "--log-stats",
+            "false",
+        ])
+        .await;
+        assert_eq!(events(&off, "client_refused"), 0, "{off}");
+        assert_eq!(events(&off, "stats"), 0, "{off}");
+    })
+    .await
+}
