@@ -236,7 +236,20 @@ pub async fn open(
     }
 }
 
-fn io_err(e: std::io::Error) -> Error {
+/// An ErrorResponse from PostgreSQL as an error (`fallback`: the message
+/// if it has none).
+pub(crate) fn rejected(body: &[u8], fallback: &str) -> Error {
+    Error::BackendRejected {
+        code: fields::error_field(body, b'C')
+            .unwrap_or("XX000")
+            .to_owned(),
+        message: fields::error_field(body, b'M')
+            .unwrap_or(fallback)
+            .to_owned(),
+    }
+}
+
+pub(crate) fn io_err(e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof => Error::BackendGone,
         std::io::ErrorKind::InvalidData => Error::BackendProtocol(e.to_string()),
@@ -459,16 +472,7 @@ impl Backend {
                 .await
                 .map_err(io_err)?;
             match msg.tag {
-                b'E' => {
-                    failure = Some(Error::BackendRejected {
-                        code: fields::error_field(&msg.body, b'C')
-                            .unwrap_or("XX000")
-                            .to_owned(),
-                        message: fields::error_field(&msg.body, b'M')
-                            .unwrap_or("query failed")
-                            .to_owned(),
-                    })
-                }
+                b'E' => failure = Some(rejected(&msg.body, "query failed")),
                 b'S' => {
                     if let Some((k, v)) = fields::parameter_status(&msg.body) {
                         set_param(&mut self.params, k, v);

@@ -278,7 +278,8 @@ impl Pooler {
                 return Credential::Password(p.clone());
             }
         }
-        match self.users().get(user).as_deref() {
+        let secret = self.users().get(user).or_else(|| proof.looked_up.clone());
+        match secret.as_deref() {
             Some(Secret::Plain { password, .. }) => Credential::Password(password.clone()),
             Some(Secret::Md5(m)) => Credential::Md5(m.clone()),
             _ => match (&proof.cleartext, &proof.scram) {

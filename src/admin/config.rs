@@ -147,6 +147,9 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         }
         .into(),
         "auth_file" => path(&c.auth_file),
+        "auth_user" => c.auth_user.clone(),
+        "auth_query" => c.auth_query.clone(),
+        "auth_dbname" => c.auth_dbname.clone(),
         "auth_failure_limit" => c.auth_failure_limit.to_string(),
         "auth_failure_block_time" => secs(c.auth_failure_block_time),
         "auth_failure_delay" => secs(c.auth_failure_delay),

@@ -25,6 +25,8 @@ pub struct Proof {
     pub cleartext: Option<String>,
     /// The ClientKey a SCRAM login proved, with the secret it matched.
     pub scram: Option<ScramKeys>,
+    /// The secret `auth_query` found, which the client was checked against.
+    pub looked_up: Option<std::sync::Arc<Secret>>,
 }
 
 /// Runs the exchange `auth_type` asks for. `secret` is `None` for a user
@@ -61,7 +63,7 @@ async fn exchange(
             match secret {
                 Some(s) if s.verify_password(user, &password) => Ok(Proof {
                     cleartext: Some(password),
-                    scram: None,
+                    ..Proof::default()
                 }),
                 _ => Err(Error::AuthFailed {
                     user: String::new(),
@@ -177,10 +179,10 @@ async fn scram(conn: &mut Conn, secret: &ScramSecret, cb: Option<&[u8]>) -> Resu
     let (server_final, client_key) = exchange.finish(&body, secret).map_err(scram_err)?;
     write::authentication_sasl_final(&mut conn.wbuf, server_final.as_bytes());
     Ok(Proof {
-        cleartext: None,
         scram: Some(ScramKeys {
             client_key,
             secret: secret.clone(),
         }),
+        ..Proof::default()
     })
 }

@@ -4,10 +4,12 @@
 //! - [`scram`]: SCRAM-SHA-256 secrets and the server side of the exchange;
 //! - [`client`]: the authentication exchange with a client (trust, plain,
 //!   md5, SCRAM);
+//! - [`query`]: `auth_query`, for users the auth file does not list;
 //! - this file: secrets and the user list (PgBouncer's `userlist.txt`
 //!   format, plus the users of upstream URLs).
 
 pub mod client;
+pub mod query;
 pub mod scram;
 pub mod throttle;
 

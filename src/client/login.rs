@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::client::authenticate;
 use crate::config::tls::SslMode;
-use crate::config::Config;
+use crate::config::{AuthType, Config, DatabaseConfig};
 use crate::error::{Error, Result};
 use crate::pooler::Pooler;
 use crate::protocol::startup::{self, StartupPacket};
@@ -76,12 +76,15 @@ pub(super) struct Login<'a> {
 
 /// Authenticates a client, slowing down and then refusing addresses that
 /// keep failing.
+/// `db`: the database a pool client asked for (`None` on the console),
+/// where `auth_query` looks up a user the auth file does not list.
 pub(super) async fn login(
     pooler: &Pooler,
     conn: &mut Conn,
     user: &str,
     peer: &str,
     how: Login<'_>,
+    db: Option<&DatabaseConfig>,
 ) -> Result<crate::auth::client::Proof> {
     let ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     if ip.is_some_and(|ip| pooler.throttle.blocked(ip)) {
@@ -93,19 +96,31 @@ pub(super) async fn login(
             "too many failed login attempts from this address; try again later".into(),
         ));
     }
-    let secret = pooler.users().get(user);
-    let result = tokio::time::timeout_at(
-        how.deadline,
-        authenticate(
+    let exchange = async {
+        let mut looked_up = None;
+        let secret = match (pooler.users().get(user), db) {
+            (Some(secret), _) => Some(secret),
+            (None, Some(db)) if pooler.config().auth_type != AuthType::Trust => {
+                looked_up = Box::pin(crate::auth::query::look_up(pooler, db, user)).await?;
+                looked_up.clone()
+            }
+            (None, _) => None,
+        };
+        let auth_type = pooler.config().auth_type;
+        let mut proof = authenticate(
             conn,
-            pooler.config().auth_type,
+            auth_type,
             user,
             secret.as_deref(),
             how.channel_binding,
-        ),
-    )
-    .await
-    .map_err(|_| Error::LoginTimeout)?;
+        )
+        .await?;
+        proof.looked_up = looked_up;
+        Ok(proof)
+    };
+    let result = tokio::time::timeout_at(how.deadline, exchange)
+        .await
+        .map_err(|_| Error::LoginTimeout)?;
     match (&result, ip) {
         (Err(Error::AuthFailed { .. }), ip) => {
             pooler.stats.login_failures.fetch_add(1, Ordering::Relaxed);
@@ -132,7 +147,7 @@ pub(super) async fn console(
     peer: &str,
     how: Login<'_>,
 ) -> Result<()> {
-    login(pooler, conn, &startup.user, peer, how).await?;
+    login(pooler, conn, &startup.user, peer, how, None).await?;
     let role = crate::admin::role(pooler, &startup.user).ok_or_else(|| {
         Error::AuthUnsupported(format!(
             "user \"{}\" is not in admin_users or stats_users",

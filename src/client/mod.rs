@@ -263,7 +263,7 @@ async fn log_in(
     let db = config
         .database(&startup.database)
         .ok_or_else(|| Error::NoSuchDatabase(startup.database.clone()))?;
-    let proof = login(pooler, conn, &startup.user, peer, how).await?;
+    let proof = login(pooler, conn, &startup.user, peer, how, Some(db)).await?;
     let pool = pooler.pool(db, &startup.user, &proof);
     let session = welcome(conn, config, &pool, &startup).await?;
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);

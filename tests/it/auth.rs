@@ -1,8 +1,9 @@
 //! Logging in to pgdyno: the method it asks for under each auth_type, that
 //! a wrong password and an unknown user look alike (28P01), an unknown
-//! database (3D000), and users from an auth_file with plain, md5 and
-//! SCRAM secrets. The auth_file users also exist in PostgreSQL with the
-//! same secrets, so pgdyno may log in to PostgreSQL as them.
+//! database (3D000), users from an auth_file with plain, md5 and SCRAM
+//! secrets, and users looked up with auth_query. The auth_file users also
+//! exist in PostgreSQL with the same secrets, so pgdyno may log in to
+//! PostgreSQL as them.
 
 use crate::harness::*;
 
@@ -172,6 +173,70 @@ async fn auth_file_users_with_plain_md5_and_scram_secrets() {
         select_one_as(&md5, "alice_md5", "alice-secret").await;
         select_one_as(&md5, MD5_ROLE, "bob-secret").await;
         let (code, _) = login_error(&md5, APP_DB, MD5_ROLE, "alice-secret").await;
+        assert_eq!(code, "28P01");
+    })
+    .await
+}
+
+/// `auth_query`: users the auth file does not list are looked up in
+/// PostgreSQL as `auth_user`, through a SECURITY DEFINER function in
+/// `auth_dbname` (PgBouncer's recipe), and log in with the secret
+/// PostgreSQL has: SCRAM (passed through to PostgreSQL) or md5.
+#[tokio::test]
+async fn auth_query_finds_users_the_auth_file_does_not_list() {
+    within(120, async {
+        let cluster = Cluster::dedicated();
+        cluster.psql_admin(&[
+            "CREATE ROLE lookup LOGIN PASSWORD 'lookup-secret'",
+            "CREATE ROLE dyn_scram LOGIN PASSWORD 'scram-secret'",
+            &format!("SET password_encryption = 'md5'; CREATE ROLE {MD5_ROLE} LOGIN PASSWORD 'md5-secret'"),
+            "CREATE FUNCTION public.user_lookup(name text, OUT usename text, OUT passwd text) \
+             RETURNS record LANGUAGE sql SECURITY DEFINER AS \
+             $$ SELECT rolname::text, rolpassword FROM pg_authid WHERE rolname = name AND rolcanlogin $$",
+            "REVOKE ALL ON FUNCTION public.user_lookup(text) FROM PUBLIC",
+            "GRANT EXECUTE ON FUNCTION public.user_lookup(text) TO lookup",
+        ]);
+        let dir = scratch_dir("authquery");
+        let userlist = dir.join("userlist.txt");
+        std::fs::write(&userlist, "\"lookup\" \"lookup-secret\"\n").unwrap();
+        let config = dir.join("pgdyno.toml");
+        let port = cluster.port();
+        std::fs::write(
+            &config,
+            format!(
+                "auth_file = \"{}\"\n\
+                 auth_user = \"lookup\"\n\
+                 auth_dbname = \"postgres\"\n\
+                 auth_query = \"SELECT usename, passwd FROM public.user_lookup($1)\"\n\
+                 [databases]\n\
+                 {APP_DB} = \"postgres://127.0.0.1:{port}/{APP_DB}\"\n\
+                 postgres = \"postgres://127.0.0.1:{port}/postgres\"\n",
+                userlist.display()
+            ),
+        )
+        .unwrap();
+        let config = config.to_str().unwrap();
+
+        let scram = Pgdyno::start(&["--config", config]).await;
+        select_one_as(&scram, "dyn_scram", "scram-secret").await;
+        let (code, wrong) = login_error(&scram, APP_DB, "dyn_scram", "not-it").await;
+        assert_eq!(code, "28P01", "{wrong}");
+        let (code, unknown) = login_error(&scram, APP_DB, "nosuchuser", "not-it").await;
+        assert_eq!(code, "28P01", "{unknown}");
+        assert_eq!(
+            wrong.replace("dyn_scram", "USER"),
+            unknown.replace("nosuchuser", "USER")
+        );
+
+        // An md5 secret: the client answers md5, pgdyno logs in with it.
+        let md5 = Pgdyno::start(&["--config", config, "--auth-type", "md5"]).await;
+        select_one_as(&md5, MD5_ROLE, "md5-secret").await;
+        let (code, _) = login_error(&md5, APP_DB, MD5_ROLE, "not-it").await;
+        assert_eq!(code, "28P01");
+
+        // Without auth_user, only the auth file's users get in.
+        let no_lookup = Pgdyno::start(&["--config", config, "--auth-user", ""]).await;
+        let (code, _) = login_error(&no_lookup, APP_DB, "dyn_scram", "scram-secret").await;
         assert_eq!(code, "28P01");
     })
     .await
