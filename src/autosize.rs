@@ -57,7 +57,7 @@ pub async fn resolve(config: &mut Config) -> Result<(), ConfigError> {
                 db.name
             ))
         };
-        let mut backend = Backend::connect(target, config.server_connect_timeout)
+        let mut backend = Backend::connect(target, config.server_connect_timeout, 0)
             .await
             .map_err(fail)?;
         let row = backend

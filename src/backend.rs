@@ -142,14 +142,20 @@ pub struct Live {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Backend {
-    /// Connects and logs in, all within `timeout`.
-    pub async fn connect(target: Arc<Target>, timeout: Duration) -> Result<Backend> {
+    /// Connects and logs in, all within `timeout`. `generation`: the pool's
+    /// as the connection began (see RECONNECT).
+    pub async fn connect(
+        target: Arc<Target>,
+        timeout: Duration,
+        generation: u64,
+    ) -> Result<Backend> {
         let login = async {
             let (stream, binding) = target.open().await?;
             login(Conn::new(stream), target.clone(), binding).await
         };
         match tokio::time::timeout(timeout, login).await {
             Ok(Ok(mut backend)) => {
+                backend.generation = generation;
                 let (addr, port) = match &target.upstream.host {
                     Host::Tcp(h) => (h.clone(), target.upstream.port),
                     Host::Unix(dir) => (dir.display().to_string(), target.upstream.port),
@@ -162,6 +168,7 @@ impl Backend {
                     port,
                     connect_time_us: clock::now().epoch_us(),
                     remote_pid: backend.process_id,
+                    generation,
                     tls: backend.conn.stream.tls_description(),
                     active: Default::default(),
                     request_time_us: Default::default(),

@@ -222,6 +222,7 @@ mod tests {
             port: 5432,
             connect_time_us: 0,
             remote_pid: 41,
+            generation: 0,
             tls: String::new(),
             active: Default::default(),
             request_time_us: Default::default(),

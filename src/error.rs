@@ -37,6 +37,9 @@ pub enum Error {
     UnsupportedStartupParameter(String),
     #[error("no more connections allowed (max_client_conn)")]
     TooManyClients,
+    /// DISABLE on the console.
+    #[error("database does not allow connections: {0}")]
+    DatabaseDisabled(String),
     #[error("query_wait_timeout")]
     QueryWaitTimeout,
     #[error("client_login_timeout")]
@@ -80,6 +83,7 @@ impl Error {
             Error::NoSuchDatabase(_) => "3D000",
             Error::UnsupportedStartupParameter(_) => "08P01",
             Error::TooManyClients => "53300",
+            Error::DatabaseDisabled(_) => "08P01",
             Error::QueryWaitTimeout
             | Error::LoginTimeout
             | Error::ClientIdleTimeout
@@ -106,6 +110,7 @@ impl Error {
             | Error::UnsupportedStartupParameter(_)
             | Error::LoginTimeout => Side::Client,
             Error::TooManyClients
+            | Error::DatabaseDisabled(_)
             | Error::ClientIdleTimeout
             | Error::IdleTransactionTimeout
             | Error::QueryTimeout

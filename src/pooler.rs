@@ -38,6 +38,8 @@ pub struct Pooler {
     /// Built from the configuration; swapped whole on reload.
     tls: RwLock<Arc<Tls>>,
     pools: DashMap<(String, String), Arc<Pool>>,
+    /// Databases DISABLEd on the console: new clients are refused.
+    disabled: std::sync::Mutex<std::collections::BTreeSet<String>>,
     db_limits: DashMap<String, Arc<Limit>>,
     user_limits: DashMap<String, Arc<Limit>>,
 }
@@ -77,9 +79,24 @@ impl Pooler {
             periods: Periods::default(),
             tls: RwLock::new(Arc::new(tls)),
             pools: DashMap::new(),
+            disabled: Default::default(),
             db_limits,
             user_limits: DashMap::new(),
         }))
+    }
+
+    /// DISABLE (`true`) or ENABLE a database for new clients.
+    pub fn set_disabled(&self, database: &str, disabled: bool) {
+        let mut set = self.disabled.lock().unwrap();
+        if disabled {
+            set.insert(database.to_owned());
+        } else {
+            set.remove(database);
+        }
+    }
+
+    pub fn is_disabled(&self, database: &str) -> bool {
+        self.disabled.lock().unwrap().contains(database)
     }
 
     /// The pool for a logged-in client, created on first use.

@@ -81,6 +81,8 @@ pub struct ServerEntry {
     pub port: u16,
     pub connect_time_us: u64,
     pub remote_pid: i32,
+    /// Its pool's generation when it was opened (see RECONNECT).
+    pub generation: u64,
     /// TLS version and cipher, empty for plaintext.
     pub tls: String,
     /// Lent to a client (else idle in its pool).

@@ -132,6 +132,39 @@ async fn run(
                 }
                 write::command_complete(out, "RECONNECT");
             }
+            (Some("wait_close"), _) => {
+                let pools = pools_of(pooler, arg)?;
+                let stale = || pools.iter().any(|p| p.has_stale_backends(&pooler.registry));
+                while stale() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                        _ = pooler.shutdown.drain.cancelled() => {
+                            return Err("pgdyno is shutting down".into())
+                        }
+                    }
+                }
+                write::command_complete(out, "WAIT_CLOSE");
+            }
+            (Some(command @ ("disable" | "enable")), _) => {
+                let db =
+                    arg.ok_or_else(|| format!("{} needs a database name", command.to_uppercase()))?;
+                pools_of(pooler, Some(db))?;
+                pooler.set_disabled(db, command == "disable");
+                write::command_complete(out, &command.to_uppercase());
+            }
+            (Some("kill_client"), _) => {
+                let id: u64 = arg
+                    .and_then(|a| a.parse().ok())
+                    .ok_or("KILL_CLIENT needs a client id (SHOW CLIENTS' id column)")?;
+                let client = pooler
+                    .registry
+                    .clients
+                    .get(&id)
+                    .map(|c| c.clone())
+                    .ok_or_else(|| format!("no client with id {id}"))?;
+                client.kill();
+                write::command_complete(out, "KILL_CLIENT");
+            }
             (Some("kill"), _) => {
                 let pools = pools_of(pooler, arg)?;
                 for entry in pooler.registry.clients.iter() {

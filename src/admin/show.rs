@@ -21,6 +21,7 @@ pub fn show(what: &str, pooler: &Pooler, out: &mut BytesMut) -> Result<(), Strin
             t
         }
         "config" => super::config::table(pooler),
+        "state" => state(pooler),
         "lists" => lists(pooler),
         "pools" => pools(pooler),
         "stats" => stats(pooler),
@@ -53,14 +54,37 @@ fn help() -> Table {
     for line in [
         "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION",
         "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS",
+        "SHOW STATE",
         "PAUSE [<db>]",
         "RESUME [<db>]",
+        "DISABLE <db>",
+        "ENABLE <db>",
         "RECONNECT [<db>]",
+        "WAIT_CLOSE [<db>]",
         "RELOAD",
         "KILL [<db>]",
+        "KILL_CLIENT <id>",
         "SHUTDOWN",
     ] {
         t.row(vec![v(line)]);
+    }
+    t
+}
+
+/// PgBouncer's SHOW STATE: whether pgdyno serves, is paused, is suspended
+/// (it has no SUSPEND: always no).
+fn state(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[("key", Text), ("value", Text)]);
+    let pools = pooler.pools();
+    let paused = !pools.is_empty() && pools.iter().all(|p| p.is_paused());
+    let active = !pooler.shutdown.drain.is_cancelled() && !paused;
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    for (key, value) in [
+        ("active", yes_no(active)),
+        ("paused", yes_no(paused)),
+        ("suspended", "no"),
+    ] {
+        t.row(vec![v(key), v(value)]);
     }
     t
 }
@@ -461,7 +485,7 @@ fn databases(pooler: &Pooler) -> Table {
             v(0),
             v(clients),
             v(i32::from(mine.iter().any(|p| p.is_paused()))),
-            v(0),
+            v(i32::from(pooler.is_disabled(&d.name))),
         ]);
     }
     t

@@ -263,6 +263,9 @@ async fn log_in(
     let db = config
         .database(&startup.database)
         .ok_or_else(|| Error::NoSuchDatabase(startup.database.clone()))?;
+    if pooler.is_disabled(&db.name) {
+        return Err(Error::DatabaseDisabled(db.name.clone()));
+    }
     let proof = login(pooler, conn, &startup.user, peer, how, Some(db)).await?;
     let pool = pooler.pool(db, &startup.user, &proof);
     let session = welcome(conn, config, &pool, &startup).await?;

@@ -394,8 +394,7 @@ impl Pool {
                 let connected = Box::pin(self.connect()).await;
                 slot.disarm();
                 match connected {
-                    Ok(mut b) => {
-                        b.generation = self.generation.load(Relaxed);
+                    Ok(b) => {
                         b.set_active(true, clock::now());
                         *self.last_login_failure.lock().unwrap() = None;
                         self.state.lock().unwrap().server_params = Some(Arc::new(b.params.clone()));
@@ -460,7 +459,13 @@ impl Pool {
             }
         }
         let connecting = Connecting(self);
-        let result = Backend::connect(self.target.clone(), self.settings().connect_timeout).await;
+        let generation = self.generation.load(Relaxed);
+        let result = Backend::connect(
+            self.target.clone(),
+            self.settings().connect_timeout,
+            generation,
+        )
+        .await;
         drop(connecting);
         self.failing
             .store(result.is_err(), std::sync::atomic::Ordering::Relaxed);
@@ -587,6 +592,16 @@ impl Pool {
     pub fn reconnect(&self) {
         self.generation.fetch_add(1, Relaxed);
         self.close_idle();
+    }
+
+    /// Whether a backend opened before the last RECONNECT is still open
+    /// (WAIT_CLOSE waits until none is).
+    pub fn has_stale_backends(&self, registry: &crate::registry::Registry) -> bool {
+        let current = self.generation.load(Relaxed);
+        registry
+            .servers
+            .iter()
+            .any(|s| s.database == self.database && s.user == self.user && s.generation < current)
     }
 
     /// The sizes and times in force.

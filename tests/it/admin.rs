@@ -7,6 +7,7 @@
 //!   on; stats_users limited to SHOW; what the console refuses;
 //! - `control`: PAUSE/RESUME under load losing nothing, RECONNECT,
 //!   KILL <db>, SHUTDOWN, the console past max_client_conn;
+//! - `maintenance`: DISABLE/ENABLE, WAIT_CLOSE, KILL_CLIENT, SHOW STATE;
 //! - `throttle`: failed logins slowed, then refused for a while.
 //!
 //! This file holds what they share: a pgdyno with `app` as admin, console
@@ -14,6 +15,7 @@
 
 mod columns;
 mod control;
+mod maintenance;
 mod throttle;
 mod views;
 
