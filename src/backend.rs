@@ -49,6 +49,8 @@ pub struct Target {
     /// SCRAM keys derived from the password, so that PBKDF2 runs once
     /// per server secret rather than once per backend.
     pub scram_cache: Arc<KeyCache>,
+    /// `connect_query`: run on each new backend before a client gets it.
+    pub connect_query: String,
 }
 
 impl Target {
@@ -151,7 +153,11 @@ impl Backend {
     ) -> Result<Backend> {
         let login = async {
             let (stream, binding) = target.open().await?;
-            login(Conn::new(stream), target.clone(), binding).await
+            let mut backend = login(Conn::new(stream), target.clone(), binding).await?;
+            if !target.connect_query.is_empty() {
+                backend.simple_query(&target.connect_query).await?;
+            }
+            Ok(backend)
         };
         match tokio::time::timeout(timeout, login).await {
             Ok(Ok(mut backend)) => {

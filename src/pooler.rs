@@ -123,6 +123,7 @@ impl Pooler {
                     credential: self.credential(db, user, proof),
                     tls: RwLock::new(self.tls.read().unwrap().connector(&db.name)),
                     tcp: RwLock::new(self.config().tcp),
+                    connect_query: db.connect_query.clone(),
                     scram_cache: Default::default(),
                 });
                 let db_limit = self

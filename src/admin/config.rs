@@ -123,6 +123,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "server_lifetime" => opt(c.server_lifetime),
         "shutdown_timeout" => secs(c.shutdown_timeout),
         "server_reset_query" => c.server_reset_query.clone(),
+        "connect_query" => c.connect_query.clone(),
         "server_reset_query_always" => c.server_reset_query_always.to_string(),
         "server_round_robin" => c.server_round_robin.to_string(),
         "application_name_add_host" => c.application_name_add_host.to_string(),

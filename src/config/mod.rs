@@ -85,6 +85,7 @@ pub struct Config {
     pub server_login_retry: Duration,
     pub server_lifetime: Option<Duration>,
     pub server_reset_query: String,
+    pub connect_query: String,
     pub server_reset_query_always: bool,
     pub server_round_robin: bool,
     pub application_name_add_host: bool,
@@ -129,6 +130,7 @@ pub struct DatabaseConfig {
     pub reserve_pool_size: usize,
     pub pool_mode: PoolMode,
     pub max_db_connections: usize,
+    pub connect_query: String,
 }
 
 /// Where settings come from, gathered by `main`.
@@ -229,6 +231,7 @@ impl Config {
             server_login_retry: raw.duration("server_login_retry")?,
             server_lifetime: nonzero(raw.duration("server_lifetime")?),
             server_reset_query: raw.string("server_reset_query")?,
+            connect_query: raw.string("connect_query")?,
             server_reset_query_always: raw.parse("server_reset_query_always")?,
             server_round_robin: raw.parse("server_round_robin")?,
             application_name_add_host: raw.parse("application_name_add_host")?,
@@ -364,6 +367,7 @@ impl DatabaseConfig {
             reserve_pool_size: config.reserve_pool_size,
             pool_mode: config.pool_mode,
             max_db_connections: config.max_db_connections,
+            connect_query: config.connect_query.clone(),
         }
     }
 }
@@ -405,10 +409,11 @@ fn database_entry(
             "reserve_pool_size" => db.reserve_pool_size = raw.parse(&key)?,
             "pool_mode" => db.pool_mode = raw.parse(&key)?,
             "max_db_connections" => db.max_db_connections = raw.parse(&key)?,
+            "connect_query" => db.connect_query = raw.string(&key)?,
             other => {
                 return Err(err(format!(
                     "unknown key \"{other}\" (use url, pool_size, min_pool_size, \
-                     reserve_pool_size, pool_mode, max_db_connections)"
+                     reserve_pool_size, pool_mode, max_db_connections, connect_query)"
                 )))
             }
         }

@@ -56,6 +56,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_lifetime", "3600", "seconds after which a released backend is closed (0: never)"),
     s("shutdown_timeout", "25", "seconds transactions get to finish after SIGTERM before clients are closed"),
     s("server_reset_query", "DISCARD ALL", "run on a backend when a session-mode client leaves"),
+    s("connect_query", "", "run on each new backend before any client gets it (a database may set its own)"),
     s("server_reset_query_always", "false", "run server_reset_query in transaction mode too, after every transaction"),
     s("server_round_robin", "false", "lend idle backends in turn (least recently used first) instead of the most recently used"),
     s("application_name_add_host", "false", "append \" - <client address>:<port>\" to the application_name a client logs in with"),

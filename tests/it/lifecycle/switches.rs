@@ -2,8 +2,8 @@
 //! `server_round_robin` lends backends in turn, `server_reset_query_always`
 //! wipes session state after every transaction (and the client's own
 //! settings and prepared statements still work), `application_name_add_host`
-//! names the client's address, and `log_pooler_errors` and `log_stats`
-//! silence their log lines.
+//! names the client's address, `log_pooler_errors` and `log_stats` silence
+//! their log lines, and `connect_query` prepares each new backend.
 
 use super::{backend_pid, pgdyno};
 use crate::harness::*;
@@ -177,6 +177,51 @@ async fn log_pooler_errors_and_log_stats_silence_their_lines() {
         .await;
         assert_eq!(events(&off, "client_refused"), 0, "{off}");
         assert_eq!(events(&off, "stats"), 0, "{off}");
+    })
+    .await
+}
+
+async fn marker(client: &Client) -> Option<String> {
+    client
+        .query_one("SELECT current_setting('pgdyno.marker', true)", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// `connect_query` runs on each new backend before a client gets it: the
+/// global one, or a database's own. One that fails fails the client's
+/// login (or checkout) with PostgreSQL's error, and pgdyno carries on.
+#[tokio::test]
+async fn connect_query_runs_on_each_new_backend() {
+    within(60, async {
+        let url = Cluster::shared().url(APP_DB);
+        let path = scratch_dir("connect-query").join("pgdyno.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "connect_query = \"SET pgdyno.marker = 'global'\"\n[databases]\n\
+                 plain = \"{url}\"\n\
+                 own = {{ url = \"{url}\", connect_query = \"SET pgdyno.marker = 'own'\" }}\n"
+            ),
+        )
+        .unwrap();
+        let two = Pgdyno::start(&["--config", path.to_str().unwrap()]).await;
+        for (db, want) in [("plain", "global"), ("own", "own")] {
+            let client = two.connect(db).await;
+            for _ in 0..3 {
+                assert_eq!(marker(&client).await.as_deref(), Some(want), "{db}");
+            }
+        }
+
+        // The first backend is opened at the first login, for the server's
+        // parameters: that login gets the error.
+        let mut failing = pgdyno(&["--connect-query", "SELECT 1/0"]).await;
+        let Err(err) = connect(&failing.config(APP_DB)).await else {
+            panic!("a failing connect_query let a client in");
+        };
+        assert_eq!(sqlstate(&err), Some("22012"), "{err}");
+        assert!(failing.is_running());
     })
     .await
 }
