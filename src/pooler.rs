@@ -132,17 +132,19 @@ impl Pooler {
                     .or_insert_with(|| Arc::new(Limit::new(db.max_db_connections)))
                     .clone();
                 let mut limits = vec![db_limit];
-                if self.config().max_user_connections > 0 {
-                    let limit = self.user_limits.entry(user.to_owned()).or_insert_with(|| {
-                        Arc::new(Limit::new(self.config().max_user_connections))
-                    });
+                let max_user = self.config().max_user_connections(user);
+                if max_user > 0 {
+                    let limit = self
+                        .user_limits
+                        .entry(user.to_owned())
+                        .or_insert_with(|| Arc::new(Limit::new(max_user)));
                     limits.push(limit.clone());
                 }
                 Pool::new(
                     db.name.clone(),
                     user.to_owned(),
                     target,
-                    self.settings(db),
+                    self.settings(db, user),
                     self.config().server_check_query.clone(),
                     limits,
                 )
@@ -210,7 +212,8 @@ impl Pooler {
             *pool.target.tls.write().unwrap() = tls.connector(&pool.database);
             *pool.target.tcp.write().unwrap() = self.config().tcp;
             if let Some(db) = self.config().database(&pool.database) {
-                pool.update_settings(self.settings(db), self.config().server_check_query.clone());
+                let settings = self.settings(db, &pool.user);
+                pool.update_settings(settings, self.config().server_check_query.clone());
             }
         }
         tracing::info!(event = "reload", "configuration reloaded");
@@ -268,13 +271,16 @@ impl Pooler {
         }
     }
 
-    fn settings(&self, db: &DatabaseConfig) -> PoolSettings {
+    /// A pool's settings: the database's, under what `[users]` sets for
+    /// `user`.
+    fn settings(&self, db: &DatabaseConfig, user: &str) -> PoolSettings {
         let c = &self.config();
+        let u = c.users.get(user).cloned().unwrap_or_default();
         PoolSettings {
-            mode: db.pool_mode,
-            size: db.pool_size,
+            mode: u.pool_mode.unwrap_or(db.pool_mode),
+            size: u.pool_size.unwrap_or(db.pool_size),
             min_size: db.min_pool_size,
-            reserve_size: db.reserve_pool_size,
+            reserve_size: u.reserve_pool_size.unwrap_or(db.reserve_pool_size),
             reserve_timeout: c.reserve_pool_timeout,
             query_wait_timeout: c.query_wait_timeout,
             connect_timeout: c.server_connect_timeout,

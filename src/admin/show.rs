@@ -520,13 +520,19 @@ fn users(pooler: &Pooler) -> Table {
             .iter()
             .filter(|c| c.user == name)
             .count();
-        // pgdyno has no per-user pool settings: 0, as PgBouncer shows then.
+        // Settings the user has in [users]; 0 or NULL where it has none,
+        // as PgBouncer shows them.
+        let own = config.users.get(&name).cloned().unwrap_or_default();
+        let mode = own.pool_mode.map(|m| match m {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        });
         t.row(vec![
             v(&name),
-            v(0),
-            v(0),
-            None,
-            v(config.max_user_connections),
+            v(own.pool_size.unwrap_or(0)),
+            v(own.reserve_pool_size.unwrap_or(0)),
+            mode.and_then(v),
+            v(config.max_user_connections(&name)),
             v(current),
             v(0),
             v(clients),

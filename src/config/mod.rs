@@ -10,6 +10,7 @@ pub mod tls;
 mod url;
 mod value;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -114,6 +115,8 @@ pub struct Config {
     pub client_tls: tls::ClientTls,
     pub server_tls: tls::ServerTls,
     pub databases: Vec<DatabaseConfig>,
+    /// The file's `[users]`: settings of one user's pools.
+    pub users: BTreeMap<String, UserConfig>,
     /// Things worth a log line once logging is up.
     pub warnings: Vec<String>,
 }
@@ -131,6 +134,16 @@ pub struct DatabaseConfig {
     pub pool_mode: PoolMode,
     pub max_db_connections: usize,
     pub connect_query: String,
+}
+
+/// One user's settings from `[users]`, over its databases' (as PgBouncer's
+/// `[users]` section). `None`: the database's or the default.
+#[derive(Debug, Clone, Default)]
+pub struct UserConfig {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<usize>,
+    pub reserve_pool_size: Option<usize>,
+    pub max_user_connections: Option<usize>,
 }
 
 /// Where settings come from, gathered by `main`.
@@ -151,13 +164,13 @@ impl Config {
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut raw = Raw::default();
         let mut warnings = Vec::new();
-        let mut file_databases = None;
+        let (mut file_databases, mut file_users) = (None, None);
         let file = sources
             .file
             .clone()
             .or_else(|| env_var(&sources.env, "PGDYNO_CONFIG").map(PathBuf::from));
         if let Some(path) = &file {
-            file_databases = raw.add_file(path)?;
+            (file_databases, file_users) = raw.add_file(path)?;
         }
         for (name, value) in &sources.env {
             if let Some(key) = name.strip_prefix("PGDYNO_") {
@@ -179,6 +192,10 @@ impl Config {
         }
         let mut config = Config::from_raw(&raw)?;
         config.warnings = warnings;
+        for (name, value) in file_users.unwrap_or_default() {
+            let user = user_entry(&name, &value)?;
+            config.users.insert(name, user);
+        }
         config.databases = databases(
             &raw,
             &config,
@@ -260,6 +277,7 @@ impl Config {
             client_tls: tls::client(raw)?,
             server_tls: tls::server(raw)?,
             databases: Vec::new(),
+            users: BTreeMap::new(),
             warnings: Vec::new(),
         })
         .and_then(Config::validate)
@@ -286,6 +304,14 @@ impl Config {
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// `max_user_connections` for `user`: its own, else the global one.
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.max_user_connections)
     }
 }
 
@@ -422,6 +448,41 @@ fn database_entry(
         return Err(err("pool_size must be at least 1".into()));
     }
     Ok(db)
+}
+
+/// A `[users]` entry: a table of pool_mode, pool_size, reserve_pool_size
+/// and max_user_connections.
+fn user_entry(name: &str, value: &toml::Value) -> Result<UserConfig, ConfigError> {
+    let err = |what: String| ConfigError(format!("invalid value for users.{name}: {what}"));
+    let toml::Value::Table(table) = value else {
+        return Err(err(
+            "expected a table, e.g. { pool_mode = \"session\" }".into()
+        ));
+    };
+    let mut raw = Raw::default();
+    for (key, value) in table {
+        let key = settings::canonical(key).to_owned();
+        raw.add_value(&key, value.clone(), Origin::File(format!("users.{name}")))?;
+    }
+    let mut user = UserConfig::default();
+    for key in raw.keys() {
+        match key.as_str() {
+            "pool_mode" => user.pool_mode = Some(raw.parse(&key)?),
+            "default_pool_size" => user.pool_size = Some(raw.parse(&key)?),
+            "reserve_pool_size" => user.reserve_pool_size = Some(raw.parse(&key)?),
+            "max_user_connections" => user.max_user_connections = Some(raw.parse(&key)?),
+            other => {
+                return Err(err(format!(
+                    "unknown key \"{other}\" (use pool_mode, pool_size, reserve_pool_size, \
+                     max_user_connections)"
+                )))
+            }
+        }
+    }
+    if user.pool_size == Some(0) {
+        return Err(err("pool_size must be at least 1".into()));
+    }
+    Ok(user)
 }
 
 /// Reads a config file's text, for reload and startup alike.

@@ -162,3 +162,45 @@ fn readme_documents_every_setting() {
         );
     }
 }
+
+/// `[users]`: a user's pool_mode, pool_size, reserve_pool_size and
+/// max_user_connections; anything else, or no table, names the entry.
+#[test]
+fn users_table() {
+    let load = |text: &str| {
+        let path = temp_file("users.toml", text);
+        let c = Config::load(&Sources {
+            file: Some(path.clone()),
+            ..Default::default()
+        });
+        std::fs::remove_file(path).unwrap();
+        c
+    };
+    let c = load(
+        "upstream = \"postgres://u@h/d\"\nmax_user_connections = 9\n[users]\n\
+         report = { pool_mode = \"session\", pool_size = 2, reserve_pool_size = 1, max_user_connections = 3 }\n\
+         other = {}\n",
+    )
+    .unwrap();
+    let report = &c.users["report"];
+    assert_eq!(report.pool_mode, Some(PoolMode::Session));
+    assert_eq!(
+        (report.pool_size, report.reserve_pool_size),
+        (Some(2), Some(1))
+    );
+    assert_eq!(c.max_user_connections("report"), 3);
+    assert_eq!(c.max_user_connections("other"), 9);
+    assert_eq!(c.max_user_connections("nobody"), 9);
+    assert!(c.users["other"].pool_mode.is_none());
+
+    for (bad, want) in [
+        ("[users]\nx = { colour = \"blue\" }\n", "colour"),
+        ("[users]\nx = \"session\"\n", "users.x"),
+        ("[users]\nx = { pool_size = 0 }\n", "users.x"),
+        ("[users]\nx = { pool_mode = \"statement\" }\n", "pool_mode"),
+        ("users = 3\n", "users"),
+    ] {
+        let e = load(&format!("upstream = \"postgres://u@h/d\"\n{bad}")).unwrap_err();
+        assert!(e.0.contains(want), "{bad}: {e}");
+    }
+}

@@ -34,17 +34,20 @@ pub struct Raw {
 
 impl Raw {
     /// Adds the top-level settings of a TOML file; returns its `[databases]` table.
-    pub fn add_file(&mut self, path: &Path) -> Result<Option<toml::Table>, ConfigError> {
+    /// The file's settings; returns its `[databases]` and `[users]` tables.
+    pub fn add_file(
+        &mut self,
+        path: &Path,
+    ) -> Result<(Option<toml::Table>, Option<toml::Table>), ConfigError> {
         let mut table = super::read_file(path)?;
-        let databases = match table.remove("databases") {
-            None => None,
-            Some(toml::Value::Table(t)) => Some(t),
-            Some(_) => {
-                return Err(ConfigError(
-                    "invalid value for databases: expected a [databases] table".into(),
-                ))
-            }
+        let mut section = |name: &str| match table.remove(name) {
+            None => Ok(None),
+            Some(toml::Value::Table(t)) => Ok(Some(t)),
+            Some(_) => Err(ConfigError(format!(
+                "invalid value for {name}: expected a [{name}] table"
+            ))),
         };
+        let (databases, users) = (section("databases")?, section("users")?);
         for (key, value) in table {
             let origin = Origin::File(path.display().to_string());
             let key = canonical(&key).to_owned();
@@ -53,7 +56,7 @@ impl Raw {
             }
             self.add_value(&key, value, origin)?;
         }
-        Ok(databases)
+        Ok((databases, users))
     }
 
     pub fn add_string(

@@ -356,3 +356,36 @@ fn help_and_version_to_a_closed_pipe_exit_cleanly() {
         assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
     }
 }
+
+/// `[users]` gives one user's pools their own mode and size: `app` in
+/// session mode with one backend holds it for its whole connection, so a
+/// second client waits out query_wait_timeout; by default (transaction
+/// mode, pool of 20) both are served at once.
+#[tokio::test]
+async fn users_table_sets_one_users_pool_mode_and_size() {
+    within(60, async {
+        let url = Cluster::shared().url(APP_DB);
+        for (users, second_served) in [
+            ("", true),
+            (
+                "[users]\napp = { pool_mode = \"session\", pool_size = 1 }\n",
+                false,
+            ),
+        ] {
+            let file = write_config(
+                "users.toml",
+                &format!("upstream = \"{url}\"\nquery_wait_timeout = 1\n{users}"),
+            );
+            let pgdyno = Pgdyno::start(&["--config", file.to_str().unwrap()]).await;
+            let first = pgdyno.connect(APP_DB).await;
+            first.simple_query("SELECT 1").await.unwrap();
+            let second = pgdyno.connect(APP_DB).await;
+            let result = second.simple_query("SELECT 1").await;
+            assert_eq!(result.is_ok(), second_served, "{users:?}: {result:?}");
+            if let Err(e) = result {
+                assert_eq!(sqlstate(&e), Some("08P01"), "{e}");
+            }
+        }
+    })
+    .await
+}
