@@ -37,6 +37,9 @@ pub enum Error {
     UnsupportedStartupParameter(String),
     #[error("no more connections allowed (max_client_conn)")]
     TooManyClients,
+    /// max_db_client_connections or max_user_client_connections.
+    #[error("no more connections allowed ({0})")]
+    ClientLimit(&'static str),
     /// DISABLE on the console.
     #[error("database does not allow connections: {0}")]
     DatabaseDisabled(String),
@@ -82,7 +85,7 @@ impl Error {
             Error::AuthUnsupported(_) => "28000",
             Error::NoSuchDatabase(_) => "3D000",
             Error::UnsupportedStartupParameter(_) => "08P01",
-            Error::TooManyClients => "53300",
+            Error::TooManyClients | Error::ClientLimit(_) => "53300",
             Error::DatabaseDisabled(_) => "08P01",
             Error::QueryWaitTimeout
             | Error::LoginTimeout
@@ -110,6 +113,7 @@ impl Error {
             | Error::UnsupportedStartupParameter(_)
             | Error::LoginTimeout => Side::Client,
             Error::TooManyClients
+            | Error::ClientLimit(_)
             | Error::DatabaseDisabled(_)
             | Error::ClientIdleTimeout
             | Error::IdleTransactionTimeout

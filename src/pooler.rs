@@ -2,7 +2,7 @@
 //! (database, user), the cancel keys and the client count. Built once in
 //! `main` (or a test) and passed down as an `Arc`; there are no globals.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -38,6 +38,9 @@ pub struct Pooler {
     /// Built from the configuration; swapped whole on reload.
     tls: RwLock<Arc<Tls>>,
     pools: DashMap<(String, String), Arc<Pool>>,
+    /// Logged-in clients per database and per user (client limits).
+    db_clients: DashMap<String, AtomicUsize>,
+    user_clients: DashMap<String, AtomicUsize>,
     /// Databases DISABLEd on the console: new clients are refused.
     disabled: std::sync::Mutex<std::collections::BTreeSet<String>>,
     db_limits: DashMap<String, Arc<Limit>>,
@@ -80,9 +83,46 @@ impl Pooler {
             tls: RwLock::new(Arc::new(tls)),
             pools: DashMap::new(),
             disabled: Default::default(),
+            db_clients: DashMap::new(),
+            user_clients: DashMap::new(),
             db_limits,
             user_limits: DashMap::new(),
         }))
+    }
+
+    /// Counts a client of `db` and `user` against `max_db_client_connections`
+    /// and `max_user_client_connections` until [`Pooler::uncount_client`].
+    /// Counted first, checked after: two logins at once may both be
+    /// refused, never both let past a limit. A refused client is not
+    /// counted.
+    pub fn count_client(&self, db: &DatabaseConfig, user: &str) -> crate::error::Result<()> {
+        let add = |map: &DashMap<String, AtomicUsize>, key: &str| {
+            let n = map.entry(key.to_owned()).or_default();
+            n.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        let (in_db, of_user) = (
+            add(&self.db_clients, &db.name),
+            add(&self.user_clients, user),
+        );
+        let over = |n: usize, max: usize| max > 0 && n > max;
+        let refused = if over(in_db, db.max_db_client_connections) {
+            "max_db_client_connections"
+        } else if over(of_user, self.config().max_user_client_connections(user)) {
+            "max_user_client_connections"
+        } else {
+            return Ok(());
+        };
+        self.uncount_client(&db.name, user);
+        Err(crate::error::Error::ClientLimit(refused))
+    }
+
+    /// A client counted by [`Pooler::count_client`] is gone.
+    pub fn uncount_client(&self, database: &str, user: &str) {
+        for (map, key) in [(&self.db_clients, database), (&self.user_clients, user)] {
+            if let Some(n) = map.get(key) {
+                n.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// DISABLE (`true`) or ENABLE a database for new clients.

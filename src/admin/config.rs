@@ -110,6 +110,8 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "max_client_conn" => c.max_client_conn.to_string(),
         "max_db_connections" => c.max_db_connections.to_string(),
         "max_user_connections" => c.max_user_connections.to_string(),
+        "max_db_client_connections" => c.max_db_client_connections.to_string(),
+        "max_user_client_connections" => c.max_user_client_connections.to_string(),
         "query_wait_timeout" => opt(c.query_wait_timeout),
         "client_login_timeout" => secs(c.client_login_timeout),
         "server_connect_timeout" => secs(c.server_connect_timeout),

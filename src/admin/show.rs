@@ -482,7 +482,7 @@ fn databases(pooler: &Pooler) -> Table {
             None,
             v(d.max_db_connections),
             v(current),
-            v(0),
+            v(d.max_db_client_connections),
             v(clients),
             v(i32::from(mine.iter().any(|p| p.is_paused()))),
             v(i32::from(pooler.is_disabled(&d.name))),
@@ -534,7 +534,7 @@ fn users(pooler: &Pooler) -> Table {
             mode.and_then(v),
             v(config.max_user_connections(&name)),
             v(current),
-            v(0),
+            v(config.max_user_client_connections(&name)),
             v(clients),
         ]);
     }

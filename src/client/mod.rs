@@ -135,6 +135,18 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.pool.clients.fetch_sub(1, Ordering::Relaxed);
         self.pooler.clients.fetch_sub(1, Ordering::Relaxed);
+        let entry = &self.listed.entry;
+        self.pooler.uncount_client(&entry.database, &entry.user);
+    }
+}
+
+/// Takes a client out of its database's and user's client counts if it
+/// ends before it is admitted (`Admission` does it after).
+struct CountedFor<'a>(&'a Pooler, &'a str, &'a str);
+
+impl Drop for CountedFor<'_> {
+    fn drop(&mut self) {
+        self.0.uncount_client(self.1, self.2);
     }
 }
 
@@ -267,6 +279,8 @@ async fn log_in(
         return Err(Error::DatabaseDisabled(db.name.clone()));
     }
     let proof = login(pooler, conn, &startup.user, peer, how, Some(db)).await?;
+    pooler.count_client(db, &startup.user)?;
+    let counted_for = CountedFor(pooler, &db.name, &startup.user);
     let pool = pooler.pool(db, &startup.user, &proof);
     let session = welcome(conn, config, &pool, &startup).await?;
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
@@ -298,6 +312,7 @@ async fn log_in(
         listed,
         pooler: pooler.clone(),
     };
+    std::mem::forget(counted_for);
     if config.log_connections {
         tracing::info!(event = "login", "login");
     }

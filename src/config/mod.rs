@@ -73,6 +73,8 @@ pub struct Config {
     pub max_client_conn: usize,
     pub max_db_connections: usize,
     pub max_user_connections: usize,
+    pub max_db_client_connections: usize,
+    pub max_user_client_connections: usize,
     /// `None` waits forever.
     pub query_wait_timeout: Option<Duration>,
     pub client_login_timeout: Duration,
@@ -133,6 +135,7 @@ pub struct DatabaseConfig {
     pub reserve_pool_size: usize,
     pub pool_mode: PoolMode,
     pub max_db_connections: usize,
+    pub max_db_client_connections: usize,
     pub connect_query: String,
 }
 
@@ -144,6 +147,7 @@ pub struct UserConfig {
     pub pool_size: Option<usize>,
     pub reserve_pool_size: Option<usize>,
     pub max_user_connections: Option<usize>,
+    pub max_user_client_connections: Option<usize>,
 }
 
 /// Where settings come from, gathered by `main`.
@@ -236,6 +240,8 @@ impl Config {
             max_client_conn: raw.parse("max_client_conn")?,
             max_db_connections: raw.parse("max_db_connections")?,
             max_user_connections: raw.parse("max_user_connections")?,
+            max_db_client_connections: raw.parse("max_db_client_connections")?,
+            max_user_client_connections: raw.parse("max_user_client_connections")?,
             query_wait_timeout: nonzero(raw.duration("query_wait_timeout")?),
             client_login_timeout: raw.duration("client_login_timeout")?,
             server_connect_timeout: raw.duration("server_connect_timeout")?,
@@ -304,6 +310,14 @@ impl Config {
 
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// `max_user_client_connections` for `user`: its own, else the global one.
+    pub fn max_user_client_connections(&self, user: &str) -> usize {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_client_connections)
+            .unwrap_or(self.max_user_client_connections)
     }
 
     /// `max_user_connections` for `user`: its own, else the global one.
@@ -393,6 +407,7 @@ impl DatabaseConfig {
             reserve_pool_size: config.reserve_pool_size,
             pool_mode: config.pool_mode,
             max_db_connections: config.max_db_connections,
+            max_db_client_connections: config.max_db_client_connections,
             connect_query: config.connect_query.clone(),
         }
     }
@@ -436,10 +451,12 @@ fn database_entry(
             "pool_mode" => db.pool_mode = raw.parse(&key)?,
             "max_db_connections" => db.max_db_connections = raw.parse(&key)?,
             "connect_query" => db.connect_query = raw.string(&key)?,
+            "max_db_client_connections" => db.max_db_client_connections = raw.parse(&key)?,
             other => {
                 return Err(err(format!(
                     "unknown key \"{other}\" (use url, pool_size, min_pool_size, \
-                     reserve_pool_size, pool_mode, max_db_connections, connect_query)"
+                     reserve_pool_size, pool_mode, max_db_connections, \
+                     max_db_client_connections, connect_query)"
                 )))
             }
         }
@@ -471,10 +488,13 @@ fn user_entry(name: &str, value: &toml::Value) -> Result<UserConfig, ConfigError
             "default_pool_size" => user.pool_size = Some(raw.parse(&key)?),
             "reserve_pool_size" => user.reserve_pool_size = Some(raw.parse(&key)?),
             "max_user_connections" => user.max_user_connections = Some(raw.parse(&key)?),
+            "max_user_client_connections" => {
+                user.max_user_client_connections = Some(raw.parse(&key)?)
+            }
             other => {
                 return Err(err(format!(
                     "unknown key \"{other}\" (use pool_mode, pool_size, reserve_pool_size, \
-                     max_user_connections)"
+                     max_user_connections, max_user_client_connections)"
                 )))
             }
         }

@@ -43,6 +43,8 @@ pub const SETTINGS: &[Setting] = &[
     s("max_client_conn", "100", "client connections accepted in all"),
     s("max_db_connections", "0", "backends per database across users (0: no limit)"),
     s("max_user_connections", "0", "backends per user across databases (0: no limit)"),
+    s("max_db_client_connections", "0", "clients per database (0: no limit; a database may set its own)"),
+    s("max_user_client_connections", "0", "clients per user (0: no limit; [users] may set a user's own)"),
     s("query_wait_timeout", "120", "seconds a client may wait for a backend (0: forever)"),
     s("client_login_timeout", "60", "seconds a client has to log in"),
     s("server_connect_timeout", "15", "seconds to connect and log in to PostgreSQL"),

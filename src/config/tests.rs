@@ -178,7 +178,7 @@ fn users_table() {
     };
     let c = load(
         "upstream = \"postgres://u@h/d\"\nmax_user_connections = 9\n[users]\n\
-         report = { pool_mode = \"session\", pool_size = 2, reserve_pool_size = 1, max_user_connections = 3 }\n\
+         report = { pool_mode = \"session\", pool_size = 2, reserve_pool_size = 1, max_user_connections = 3, max_user_client_connections = 5 }\n\
          other = {}\n",
     )
     .unwrap();
@@ -191,6 +191,8 @@ fn users_table() {
     assert_eq!(c.max_user_connections("report"), 3);
     assert_eq!(c.max_user_connections("other"), 9);
     assert_eq!(c.max_user_connections("nobody"), 9);
+    assert_eq!(c.max_user_client_connections("report"), 5);
+    assert_eq!(c.max_user_client_connections("other"), 0);
     assert!(c.users["other"].pool_mode.is_none());
 
     for (bad, want) in [

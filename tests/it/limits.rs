@@ -1,7 +1,8 @@
 //! Limits and timers: max_client_conn refuses the extra client while the
 //! others carry on, query_wait_timeout fails a client that waited too long
 //! for a backend, the reserve pool rescues a waiting client,
-//! max_db_connections caps a database across users, and idle, lifetime and
+//! max_db_connections caps a database across users, the client limits per
+//! database and per user refuse the extra client, and idle, lifetime and
 //! minimum-size settings open and close backends.
 
 use crate::harness::*;
@@ -71,6 +72,66 @@ async fn pool_of_one(extra: &[&str]) -> Pgdyno {
     let mut args = vec!["--upstream", &url, "--pool-size", "1"];
     args.extend_from_slice(extra);
     Pgdyno::start(&args).await
+}
+
+/// The message of a refused login, which must be 53300.
+async fn refused(pgdyno: &Pgdyno) -> String {
+    let err = connect(&pgdyno.config(APP_DB))
+        .await
+        .expect_err("the client over the limit must be refused");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no ErrorResponse: {err}"));
+    assert_eq!(db.code().code(), "53300", "{}", db.message());
+    db.message().to_owned()
+}
+
+/// max_db_client_connections (here a database's own) and
+/// max_user_client_connections (here a [users] entry's) refuse the client
+/// over the limit, the others carry on, and a client that leaves makes
+/// room.
+#[tokio::test]
+async fn client_limits_per_database_and_per_user() {
+    within(60, async {
+        let url = Cluster::shared().url(APP_DB);
+        let dir = scratch_dir("client-limits");
+        for (config, limit, name) in [
+            (
+                format!("[databases]\n{APP_DB} = {{ url = \"{url}\", max_db_client_connections = 2 }}\n"),
+                2,
+                "max_db_client_connections",
+            ),
+            (
+                format!("upstream = \"{url}\"\n[users]\n{APP_USER} = {{ max_user_client_connections = 1 }}\n"),
+                1,
+                "max_user_client_connections",
+            ),
+        ] {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, config).unwrap();
+            let pgdyno = Pgdyno::start(&["--config", path.to_str().unwrap()]).await;
+            let mut clients = Vec::new();
+            for _ in 0..limit {
+                clients.push(pgdyno.connect(APP_DB).await);
+            }
+            let message = refused(&pgdyno).await;
+            assert!(message.contains(name), "{message}");
+            for c in &clients {
+                c.simple_query("SELECT 1").await.expect("admitted clients work");
+            }
+            drop(clients.pop());
+            // The count drops once pgdyno has seen the client go.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match connect(&pgdyno.config(APP_DB)).await {
+                    Ok(_) => break,
+                    Err(e) => assert!(Instant::now() < deadline, "{name}: still refused: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await
 }
 
 #[tokio::test]
