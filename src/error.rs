@@ -53,6 +53,8 @@ pub enum Error {
     IdleTransactionTimeout,
     #[error("query_timeout")]
     QueryTimeout,
+    #[error("transaction timeout")]
+    TransactionTimeout,
     #[error("server login has been failing, cached error: {0} (server_login_retry)")]
     LoginRetry(String),
     #[error("pooler is shutting down")]
@@ -92,6 +94,7 @@ impl Error {
             | Error::ClientIdleTimeout
             | Error::IdleTransactionTimeout
             | Error::QueryTimeout
+            | Error::TransactionTimeout
             | Error::LoginRetry(_) => "08P01",
             Error::ShuttingDown | Error::Killed => "57P01",
             Error::BackendIo(_) | Error::BackendGone | Error::BackendConnect(_) => "08006",
@@ -118,6 +121,7 @@ impl Error {
             | Error::ClientIdleTimeout
             | Error::IdleTransactionTimeout
             | Error::QueryTimeout
+            | Error::TransactionTimeout
             | Error::LoginRetry(_)
             | Error::QueryWaitTimeout
             | Error::ShuttingDown

@@ -279,6 +279,11 @@ impl Tally {
         }
     }
 
+    /// When the transaction under way (or the statement outside one) began.
+    pub fn transaction_started(&self) -> Option<Micros> {
+        self.xact_started
+    }
+
     /// The client sent a request; starts the clocks unless running.
     pub fn request_began(&mut self) {
         if self.query_started.is_none() || self.xact_started.is_none() {

@@ -440,9 +440,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         max_prepared: config.max_prepared_statements,
         extra_tracked: &config.track_extra_parameters,
         stats: &pool.stats,
-        idle_transaction_timeout: config.idle_transaction_timeout,
-        query_timeout: config.query_timeout,
-        client_idle_timeout: config.client_idle_timeout.filter(|_| !transaction_mode),
+        timeouts: Some(&config.timeouts).filter(|t| t.any()),
         reset_after_each: transaction_mode && config.server_reset_query_always,
         span,
     };
@@ -464,7 +462,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         tokio::select! {
             biased;
             _ = &mut stop_when_idle => return Err(stopped(pooler)),
-            more = idle_wait(bound.conn, config.client_idle_timeout) => if !more? { return Ok(()) },
+            more = idle_wait(bound.conn, config.timeouts.client_idle) => if !more? { return Ok(()) },
         }
         // Not boxed: the stretch's state is the backend's (see
         // `Live::stretch`), and its rare paths are boxed in `run`.

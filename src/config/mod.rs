@@ -34,6 +34,25 @@ pub enum AuthType {
     ScramSha256,
 }
 
+/// Timeouts while a client is served, `None` for never: `client_idle_timeout`
+/// (between transactions; for session mode, where the client holds a
+/// backend then), `idle_transaction_timeout`, `query_timeout`,
+/// `transaction_timeout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub client_idle: Option<Duration>,
+    pub idle_transaction: Option<Duration>,
+    pub query: Option<Duration>,
+    pub transaction: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Whether any is set.
+    pub fn any(&self) -> bool {
+        *self != Timeouts::default()
+    }
+}
+
 /// Socket options for client and server TCP connections (PgBouncer's
 /// `tcp_*`). `None`: the system's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,9 +99,8 @@ pub struct Config {
     pub client_login_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub server_idle_timeout: Option<Duration>,
-    pub client_idle_timeout: Option<Duration>,
-    pub idle_transaction_timeout: Option<Duration>,
-    pub query_timeout: Option<Duration>,
+    /// The timeouts the relay keeps while a client holds a backend.
+    pub timeouts: Timeouts,
     pub server_check_delay: Duration,
     pub server_check_query: String,
     pub server_login_retry: Duration,
@@ -246,9 +264,12 @@ impl Config {
             client_login_timeout: raw.duration("client_login_timeout")?,
             server_connect_timeout: raw.duration("server_connect_timeout")?,
             server_idle_timeout: nonzero(raw.duration("server_idle_timeout")?),
-            client_idle_timeout: nonzero(raw.duration("client_idle_timeout")?),
-            idle_transaction_timeout: nonzero(raw.duration("idle_transaction_timeout")?),
-            query_timeout: nonzero(raw.duration("query_timeout")?),
+            timeouts: Timeouts {
+                client_idle: nonzero(raw.duration("client_idle_timeout")?),
+                idle_transaction: nonzero(raw.duration("idle_transaction_timeout")?),
+                query: nonzero(raw.duration("query_timeout")?),
+                transaction: nonzero(raw.duration("transaction_timeout")?),
+            },
             server_check_delay: raw.duration("server_check_delay")?,
             server_check_query: raw.string("server_check_query")?,
             server_login_retry: raw.duration("server_login_retry")?,

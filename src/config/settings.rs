@@ -50,6 +50,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_connect_timeout", "15", "seconds to connect and log in to PostgreSQL"),
     s("client_idle_timeout", "0", "seconds a client may stay idle (outside a transaction) before it is closed (0: forever)"),
     s("idle_transaction_timeout", "0", "seconds a client may sit idle inside a transaction before it is closed and its transaction rolled back (0: forever)"),
+    s("transaction_timeout", "0", "seconds a transaction (or a statement outside one) may last before the client is closed and its backend dropped (0: forever)"),
     s("query_timeout", "0", "seconds a query may run before the client is closed and its backend dropped (0: forever)"),
     s("server_check_delay", "30", "seconds a backend may be idle before it is checked with server_check_query when lent"),
     s("server_check_query", ";", "query that checks a long-idle backend (empty: no check)"),

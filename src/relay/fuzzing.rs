@@ -37,9 +37,7 @@ pub fn exchange(data: &[u8]) {
         max_prepared: if flags & 2 == 2 { 8 } else { 0 },
         extra_tracked: &[],
         stats: &stats,
-        idle_transaction_timeout: None,
-        query_timeout: None,
-        client_idle_timeout: None,
+        timeouts: None,
         span: &span,
     };
     let mut session = Session::default();

@@ -32,6 +32,7 @@ use bytes::BytesMut;
 
 use crate::backend::Live;
 use crate::clock::{self, Micros};
+use crate::config::Timeouts;
 use crate::error::{Error, Result};
 use crate::protocol::TransactionStatus;
 use crate::session::Session;
@@ -68,12 +69,9 @@ pub struct RelaySettings<'a> {
     pub max_prepared: usize,
     pub extra_tracked: &'a [String],
     pub stats: &'a PoolStats,
-    /// Closes a client idle inside a transaction this long.
-    pub idle_transaction_timeout: Option<Duration>,
-    /// Gives up on a query running this long.
-    pub query_timeout: Option<Duration>,
-    /// Session mode: closes a client idle (outside a transaction) this long.
-    pub client_idle_timeout: Option<Duration>,
+    /// The timeouts, if any is set (a reference: every idle client's task
+    /// holds these settings).
+    pub timeouts: Option<&'a Timeouts>,
     /// The client's log span, for the relay's log lines.
     pub span: &'a tracing::Span,
 }
@@ -104,6 +102,10 @@ enum Waiting {
 
 struct Watch {
     waiting: Option<Waiting>,
+    /// When what the relay waits on times out, from when it began.
+    waiting_until: Option<tokio::time::Instant>,
+    /// The deadline `sleep` is set to.
+    armed: Option<tokio::time::Instant>,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -123,11 +125,10 @@ impl<'a> Relay<'a> {
             session,
             settings,
             fresh: true,
-            watch: (settings.idle_transaction_timeout.is_some()
-                || settings.query_timeout.is_some()
-                || settings.client_idle_timeout.is_some())
-            .then(|| Watch {
+            watch: settings.timeouts.is_some().then(|| Watch {
                 waiting: None,
+                waiting_until: None,
+                armed: None,
                 sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             }),
         }
@@ -286,10 +287,11 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Arms the timer for what the relay now waits on; an expired timer is
-    /// the error that ends the stretch (the backend is then closed).
+    /// Arms the timer for what the relay now waits on, or for the end of
+    /// `transaction_timeout` if that comes first; an expired timer is the
+    /// error that ends the stretch (the backend is then closed).
     fn poll_timeouts(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
-        let Some(watch) = &mut self.watch else {
+        let (Some(watch), Some(timeouts)) = (&mut self.watch, self.settings.timeouts) else {
             return Poll::Pending;
         };
         let pipeline = &self.backend.stretch.pipeline;
@@ -300,23 +302,37 @@ impl<'a> Relay<'a> {
         } else {
             Waiting::Client
         };
-        let timeout = match waiting {
-            Waiting::Backend => self.settings.query_timeout,
-            Waiting::ClientInTransaction => self.settings.idle_transaction_timeout,
-            Waiting::Client => self.settings.client_idle_timeout,
-        };
-        let Some(timeout) = timeout else {
-            watch.waiting = Some(waiting);
-            return Poll::Pending;
-        };
         if watch.waiting != Some(waiting) {
             watch.waiting = Some(waiting);
-            watch
-                .sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + timeout);
+            let timeout = match waiting {
+                Waiting::Backend => timeouts.query,
+                Waiting::ClientInTransaction => timeouts.idle_transaction,
+                // In transaction mode the client waits unbound (the
+                // client task's own idle wait keeps its timeout).
+                Waiting::Client if self.settings.transaction_mode => None,
+                Waiting::Client => timeouts.client_idle,
+            };
+            watch.waiting_until = timeout.map(|t| tokio::time::Instant::now() + t);
+        }
+        let transaction_until = timeouts
+            .transaction
+            .zip(self.backend.stretch.tally.transaction_started())
+            .map(|(t, started)| tokio::time::Instant::from_std(started.instant() + t));
+        let deadline = match (watch.waiting_until, transaction_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(deadline) = deadline else {
+            return Poll::Pending;
+        };
+        if watch.armed != Some(deadline) {
+            watch.armed = Some(deadline);
+            watch.sleep.as_mut().reset(deadline);
         }
         match watch.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) if Some(deadline) == transaction_until => {
+                Poll::Ready(Error::TransactionTimeout)
+            }
             Poll::Ready(()) => Poll::Ready(match waiting {
                 Waiting::Backend => Error::QueryTimeout,
                 Waiting::ClientInTransaction => Error::IdleTransactionTimeout,

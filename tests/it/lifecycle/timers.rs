@@ -190,6 +190,71 @@ async fn query_timeout_closes_the_client_and_drops_its_backend() {
     .await
 }
 
+/// transaction_timeout counts from a transaction's first request however
+/// busy it keeps: a transaction of quick statements is closed and rolled
+/// back once it has lasted the timeout, while a run of short transactions
+/// lasting longer in all is untouched.
+#[tokio::test]
+async fn transaction_timeout_ends_a_long_transaction_however_busy() {
+    within(60, async {
+        let table = format!("lifecycle_tx_timeout_{}", std::process::id());
+        let direct = Cluster::shared().direct(APP_DB).await;
+        direct
+            .batch_execute(&format!("CREATE TABLE {table} (n int)"))
+            .await
+            .unwrap();
+        let pgdyno = pgdyno(&["--transaction-timeout", "0.8"]).await;
+
+        // Short transactions for longer than the timeout in all.
+        let client = pgdyno.connect(APP_DB).await;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(1500) {
+            client
+                .batch_execute("BEGIN; SELECT 1; COMMIT")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // One transaction, a statement every 100 ms: never idle for long.
+        let mut raw = pgdyno.connect_raw(APP_DB).await;
+        let msgs = raw
+            .query(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+            .await;
+        assert_eq!(ready_status(&msgs), 'T', "errors: {:?}", errors(&msgs));
+        let started = Instant::now();
+        // The error may come during a statement or between two: read each
+        // reply to its ReadyForQuery, or to an ErrorResponse.
+        let err = 'busy: loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the transaction outlived transaction_timeout"
+            );
+            let _ = raw.send(&Batch::new().query("SELECT 1").into_bytes()).await;
+            while let Some(msg) = raw.recv().await {
+                match msg.tag {
+                    b'E' => break 'busy error_fields(&msg),
+                    b'Z' => break,
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_error(&err, "08P01", "transaction timeout");
+        let after = started.elapsed();
+        assert!(
+            after >= Duration::from_millis(700),
+            "closed after {after:?}"
+        );
+        assert_eq!(count_rows(&client, &table).await, 0, "rolled back");
+        direct
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
+    })
+    .await
+}
+
 /// With a pool of one backend (and pgdyno's `args`): kills that backend
 /// while it is idle, waits `settle`, and needs the next transaction to run
 /// on a live backend.
