@@ -41,6 +41,9 @@ pub struct Pooler {
     /// Logged-in clients per database and per user (client limits).
     db_clients: DashMap<String, AtomicUsize>,
     user_clients: DashMap<String, AtomicUsize>,
+    /// `SET key = value` on the console, in order: they win over the file,
+    /// env vars and flags, and last through RELOAD.
+    set_on_console: std::sync::Mutex<Vec<(String, String)>>,
     /// Databases DISABLEd on the console: new clients are refused.
     disabled: std::sync::Mutex<std::collections::BTreeSet<String>>,
     db_limits: DashMap<String, Arc<Limit>>,
@@ -83,6 +86,7 @@ impl Pooler {
             tls: RwLock::new(Arc::new(tls)),
             pools: DashMap::new(),
             disabled: Default::default(),
+            set_on_console: Default::default(),
             db_clients: DashMap::new(),
             user_clients: DashMap::new(),
             db_limits,
@@ -211,10 +215,35 @@ impl Pooler {
     /// a bad new configuration changes nothing. Addresses to listen on need
     /// a restart.
     pub fn reload(&self) -> Result<(), ConfigError> {
+        let set = self.set_on_console.lock().unwrap();
+        self.reload_with(&set)
+    }
+
+    /// The console's `SET key = value`: the configuration is loaded again
+    /// with it, as RELOAD does; a bad value changes nothing.
+    pub fn set(&self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let mut set = self.set_on_console.lock().unwrap();
+        let mut with = set.clone();
+        with.push((key.to_owned(), value.to_owned()));
+        self.reload_with(&with)?;
+        *set = with;
+        Ok(())
+    }
+
+    /// Loads the configuration again, with `set` (the console's SETs, held
+    /// locked: one reload at a time) over the flags.
+    fn reload_with(&self, set: &[(String, String)]) -> Result<(), ConfigError> {
         let Some(sources) = &self.sources else {
             return Err(ConfigError("this configuration cannot be reloaded".into()));
         };
-        let mut new = Config::load(sources)?;
+        let mut sources = Sources {
+            file: sources.file.clone(),
+            env: sources.env.clone(),
+            flags: sources.flags.clone(),
+        };
+        // After the flags: they win, and the last one of a key.
+        sources.flags.extend(set.iter().cloned());
+        let mut new = Config::load(&sources)?;
         let users = Users::load(&new)?;
         let tls = Arc::new(Tls::new(&new)?);
         let old = self.config();

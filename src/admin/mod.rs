@@ -177,6 +177,16 @@ async fn run(
                 }
                 write::command_complete(out, "KILL");
             }
+            (Some("set"), _) => {
+                let (key, value) = parse_set(command)?;
+                if crate::config::SETTINGS.iter().all(|s| s.name != key) && key != "pool_size" {
+                    return Err(format!("unknown setting {key} (SHOW CONFIG lists them)"));
+                }
+                pooler
+                    .set(&key, &value)
+                    .map_err(|e| format!("SET refused, the old value stays: {e}"))?;
+                write::command_complete(out, "SET");
+            }
             (Some("reload"), _) => {
                 pooler
                     .reload()
@@ -198,6 +208,31 @@ async fn run(
     Ok(())
 }
 
+/// `SET key = value` (or `TO`), the value bare or in single quotes.
+fn parse_set(command: &str) -> Result<(String, String), String> {
+    let usage = || "use SET key = value".to_owned();
+    let rest = command.trim()[3..].trim();
+    let (key, value) = match rest.split_once('=') {
+        Some(kv) => kv,
+        None => {
+            let at = rest.to_ascii_lowercase().find(" to ").ok_or_else(usage)?;
+            (&rest[..at], &rest[at + 4..])
+        }
+    };
+    let (key, value) = (key.trim().to_ascii_lowercase(), value.trim());
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(usage());
+    }
+    let value = match value.strip_prefix('\'') {
+        Some(quoted) => quoted
+            .strip_suffix('\'')
+            .ok_or_else(|| "unterminated quoted value".to_owned())?
+            .replace("''", "'"),
+        None => value.to_owned(),
+    };
+    Ok((key, value))
+}
+
 /// The pools of one database, or all of them; an unknown name is an error.
 fn pools_of(
     pooler: &Pooler,
@@ -213,4 +248,32 @@ fn pools_of(
         .into_iter()
         .filter(|p| database.is_none_or(|db| p.database == db))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_set;
+
+    #[test]
+    fn set_takes_equals_or_to_and_quoted_values() {
+        let ok = |c: &str, k: &str, v: &str| {
+            assert_eq!(parse_set(c), Ok((k.to_owned(), v.to_owned())), "{c}");
+        };
+        ok("SET default_pool_size = 30", "default_pool_size", "30");
+        ok("set Query_Timeout=2.5", "query_timeout", "2.5");
+        ok(
+            "SET server_reset_query TO 'DISCARD ALL'",
+            "server_reset_query",
+            "DISCARD ALL",
+        );
+        ok(
+            "SET server_check_query = 'select ''x'''",
+            "server_check_query",
+            "select 'x'",
+        );
+        ok("SET server_check_query = ''", "server_check_query", "");
+        for bad in ["SET", "SET x", "SET = 3", "SET a b = 3", "SET x = 'open"] {
+            assert!(parse_set(bad).is_err(), "{bad}");
+        }
+    }
 }

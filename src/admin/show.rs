@@ -61,6 +61,7 @@ fn help() -> Table {
         "ENABLE <db>",
         "RECONNECT [<db>]",
         "WAIT_CLOSE [<db>]",
+        "SET <key> = <value>",
         "RELOAD",
         "KILL [<db>]",
         "KILL_CLIENT <id>",

@@ -1,6 +1,6 @@
 //! The console's commands for maintenance and failover: DISABLE and ENABLE
 //! a database for new clients, WAIT_CLOSE after RECONNECT, KILL_CLIENT one
-//! client by its SHOW CLIENTS id, and SHOW STATE.
+//! client by its SHOW CLIENTS id, SHOW STATE, and SET of a setting.
 
 use super::*;
 
@@ -141,6 +141,59 @@ async fn show_state_follows_pause_and_resume() {
             state(show(&console, "SHOW STATE").await),
             expect("yes", "no")
         );
+    })
+    .await
+}
+
+/// The value of `key` in SHOW CONFIG.
+async fn config_value(console: &Client, key: &str) -> String {
+    let t = show(console, "SHOW CONFIG").await;
+    let row = t
+        .rows
+        .iter()
+        .find(|r| r["key"].as_deref() == Some(key))
+        .unwrap_or_else(|| panic!("{key} in SHOW CONFIG"));
+    t.cell(row, "value").unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn set_changes_a_setting_live_and_keeps_it_through_reload() {
+    within(60, async {
+        let pgdyno = pgdyno(&["--pool-size", "5"]).await;
+        let console = console(&pgdyno).await;
+        simple(&pgdyno.connect(APP_DB).await, "SELECT 1").await;
+        let pool_size = |t: &Table| {
+            let row = t
+                .rows
+                .iter()
+                .find(|r| r["name"].as_deref() == Some(APP_DB))
+                .expect("appdb in SHOW DATABASES");
+            t.int(row, "pool_size")
+        };
+        assert_eq!(pool_size(&show(&console, "SHOW DATABASES").await), 5);
+
+        simple(&console, "SET default_pool_size = 3").await;
+        assert_eq!(config_value(&console, "default_pool_size").await, "3");
+        assert_eq!(pool_size(&show(&console, "SHOW DATABASES").await), 3);
+        simple(&console, "SET server_check_query TO 'SELECT 2'").await;
+        assert_eq!(
+            config_value(&console, "server_check_query").await,
+            "SELECT 2"
+        );
+
+        for bad in [
+            "SET default_pool_size = many",
+            "SET no_such_thing = 1",
+            "SET x",
+        ] {
+            let err = console.simple_query(bad).await.expect_err(bad);
+            assert!(err.as_db_error().is_some(), "{bad}: {err}");
+        }
+        assert_eq!(config_value(&console, "default_pool_size").await, "3");
+
+        simple(&console, "RELOAD").await;
+        assert_eq!(config_value(&console, "default_pool_size").await, "3");
+        simple(&pgdyno.connect(APP_DB).await, "SELECT 1").await;
     })
     .await
 }
