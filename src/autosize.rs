@@ -44,7 +44,7 @@ pub async fn resolve(config: &mut Config) -> Result<(), ConfigError> {
                 .unwrap_or_else(|| db.name.clone()),
             credential,
             tcp: std::sync::RwLock::new(config.tcp),
-            connect_query: String::new(),
+            connect_query: Default::default(),
             tls: std::sync::RwLock::new(Arc::new(crate::tls::Connector::new(
                 &db.upstream,
                 &config.server_tls,

@@ -49,8 +49,9 @@ pub struct Target {
     /// SCRAM keys derived from the password, so that PBKDF2 runs once
     /// per server secret rather than once per backend.
     pub scram_cache: Arc<KeyCache>,
-    /// `connect_query`: run on each new backend before a client gets it.
-    pub connect_query: String,
+    /// `connect_query`: run on each new backend before a client gets it;
+    /// replaced on reload.
+    pub connect_query: RwLock<String>,
 }
 
 impl Target {
@@ -154,8 +155,9 @@ impl Backend {
         let login = async {
             let (stream, binding) = target.open().await?;
             let mut backend = login(Conn::new(stream), target.clone(), binding).await?;
-            if !target.connect_query.is_empty() {
-                backend.simple_query(&target.connect_query).await?;
+            let query = target.connect_query.read().unwrap().clone();
+            if !query.is_empty() {
+                backend.simple_query(&query).await?;
             }
             Ok(backend)
         };

@@ -167,7 +167,7 @@ impl Pooler {
                     credential: self.credential(db, user, proof),
                     tls: RwLock::new(self.tls.read().unwrap().connector(&db.name)),
                     tcp: RwLock::new(self.config().tcp),
-                    connect_query: db.connect_query.clone(),
+                    connect_query: RwLock::new(db.connect_query.clone()),
                     scram_cache: Default::default(),
                 });
                 let db_limit = self
@@ -281,6 +281,7 @@ impl Pooler {
             *pool.target.tls.write().unwrap() = tls.connector(&pool.database);
             *pool.target.tcp.write().unwrap() = self.config().tcp;
             if let Some(db) = self.config().database(&pool.database) {
+                *pool.target.connect_query.write().unwrap() = db.connect_query.clone();
                 let settings = self.settings(db, &pool.user);
                 pool.update_settings(settings, self.config().server_check_query.clone());
             }

@@ -193,7 +193,20 @@ async fn set_changes_a_setting_live_and_keeps_it_through_reload() {
 
         simple(&console, "RELOAD").await;
         assert_eq!(config_value(&console, "default_pool_size").await, "3");
-        simple(&pgdyno.connect(APP_DB).await, "SELECT 1").await;
+
+        // A new connect_query reaches the pool's new backends.
+        simple(
+            &console,
+            "SET connect_query = 'SET pgdyno.marker = ''set'''",
+        )
+        .await;
+        simple(&console, "RECONNECT").await;
+        let client = pgdyno.connect(APP_DB).await;
+        let row = client
+            .query_one("SELECT current_setting('pgdyno.marker', true)", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("set"));
     })
     .await
 }
