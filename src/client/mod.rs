@@ -440,7 +440,7 @@ async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Result<()> {
         max_prepared: config.max_prepared_statements,
         extra_tracked: &config.track_extra_parameters,
         stats: &pool.stats,
-        timeouts: Some(&config.timeouts).filter(|t| t.any()),
+        timeouts: Some(&config.timeouts).filter(|t| t.in_relay(transaction_mode)),
         reset_after_each: transaction_mode && config.server_reset_query_always,
         span,
     };

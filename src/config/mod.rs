@@ -47,9 +47,13 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    /// Whether any is set.
-    pub fn any(&self) -> bool {
-        *self != Timeouts::default()
+    /// Whether the relay has one to keep while a client holds a backend
+    /// (in transaction mode, `client_idle_timeout` runs unbound only).
+    pub fn in_relay(&self, transaction_mode: bool) -> bool {
+        self.idle_transaction.is_some()
+            || self.query.is_some()
+            || self.transaction.is_some()
+            || (self.client_idle.is_some() && !transaction_mode)
     }
 }
 

@@ -206,3 +206,32 @@ fn users_table() {
         assert!(e.0.contains(want), "{bad}: {e}");
     }
 }
+
+/// The relay keeps a timer only for timeouts it can hit: in transaction
+/// mode a client is idle unbound, so client_idle_timeout alone needs none.
+#[test]
+fn relay_timeouts() {
+    let idle_only = Timeouts {
+        client_idle: Some(Duration::from_secs(5)),
+        ..Timeouts::default()
+    };
+    assert!(!idle_only.in_relay(true));
+    assert!(idle_only.in_relay(false));
+    assert!(!Timeouts::default().in_relay(false));
+    for t in [
+        Timeouts {
+            query: Some(Duration::from_secs(1)),
+            ..Timeouts::default()
+        },
+        Timeouts {
+            transaction: Some(Duration::from_secs(1)),
+            ..Timeouts::default()
+        },
+        Timeouts {
+            idle_transaction: Some(Duration::from_secs(1)),
+            ..Timeouts::default()
+        },
+    ] {
+        assert!(t.in_relay(true), "{t:?}");
+    }
+}
