@@ -145,6 +145,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "server_tls_protocols" => protocols(c.server_tls.protocols),
         "auth_type" => match c.auth_type {
             AuthType::Trust => "trust",
+            AuthType::Cert => "cert",
             AuthType::Plain => "plain",
             AuthType::Md5 => "md5",
             AuthType::ScramSha256 => "scram-sha-256",

@@ -57,7 +57,9 @@ async fn exchange(
     cb: Option<&[u8]>,
 ) -> Result<Proof> {
     match auth_type {
-        AuthType::Trust => Ok(Proof::default()),
+        // Cert: the TLS handshake checked the certificate and its CN
+        // (client_tls_sslmode = verify-full; `login` asks that there was one).
+        AuthType::Trust | AuthType::Cert => Ok(Proof::default()),
         AuthType::Plain => {
             let password = cleartext(conn).await?;
             match secret {

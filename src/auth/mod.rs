@@ -145,7 +145,8 @@ impl Users {
                 users.secrets.insert(user, Arc::new(secret));
             }
         }
-        if users.secrets.is_empty() && config.auth_type != AuthType::Trust {
+        let passwordless = matches!(config.auth_type, AuthType::Trust | AuthType::Cert);
+        if users.secrets.is_empty() && !passwordless {
             return Err(ConfigError(
                 "invalid value for auth_type: no user can log in; give the upstream URL a \
                  user and password, set auth_file, or use auth_type = trust"

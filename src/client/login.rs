@@ -61,17 +61,24 @@ impl Encryption<'_> {
         }
     }
 
+    /// Whether the client logged in over TLS with a certificate.
+    pub fn client_cert(&self) -> bool {
+        self.tls.is_some_and(|t| t.peer_cn.is_some())
+    }
+
     pub fn channel_binding(&self) -> Option<&[u8]> {
         self.tls.and_then(|t| t.channel_binding.as_deref())
     }
 }
 
-/// What the authentication exchange may take: until when, and the TLS
-/// channel binding data it may offer.
+/// What the authentication exchange may take: until when, the TLS
+/// channel binding data it may offer, and whether the client showed a
+/// certificate (checked by the handshake and `Encryption::check`).
 #[derive(Clone, Copy)]
 pub(super) struct Login<'a> {
     pub deadline: tokio::time::Instant,
     pub channel_binding: Option<&'a [u8]>,
+    pub client_cert: bool,
 }
 
 /// Authenticates a client, slowing down and then refusing addresses that
@@ -96,17 +103,23 @@ pub(super) async fn login(
             "too many failed login attempts from this address; try again later".into(),
         ));
     }
+    let auth_type = pooler.config().auth_type;
+    if auth_type == AuthType::Cert && !how.client_cert {
+        // Under verify-full only a Unix-socket client gets here without one.
+        return Err(Error::AuthUnsupported(format!(
+            "certificate authentication failed for user \"{user}\": no client certificate (auth_type = cert takes TLS with one)"
+        )));
+    }
     let exchange = async {
         let mut looked_up = None;
         let secret = match (pooler.users().get(user), db) {
             (Some(secret), _) => Some(secret),
-            (None, Some(db)) if pooler.config().auth_type != AuthType::Trust => {
+            (None, Some(db)) if !matches!(auth_type, AuthType::Trust | AuthType::Cert) => {
                 looked_up = Box::pin(crate::auth::query::look_up(pooler, db, user)).await?;
                 looked_up.clone()
             }
             (None, _) => None,
         };
-        let auth_type = pooler.config().auth_type;
         let mut proof = authenticate(
             conn,
             auth_type,

@@ -255,6 +255,7 @@ async fn log_in(
     let how = Login {
         deadline: login_deadline,
         channel_binding: encryption.channel_binding(),
+        client_cert: encryption.client_cert(),
     };
 
     if crate::admin::DATABASES.contains(&startup.database.as_str()) {

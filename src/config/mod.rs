@@ -29,6 +29,9 @@ pub enum PoolMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthType {
     Trust,
+    /// A TLS client certificate whose CN is the user (verify-full), no
+    /// password.
+    Cert,
     Plain,
     Md5,
     ScramSha256,
@@ -315,6 +318,15 @@ impl Config {
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
+        if self.auth_type == AuthType::Cert
+            && self.client_tls.sslmode != crate::config::tls::SslMode::VerifyFull
+        {
+            return Err(ConfigError(
+                "invalid value for auth_type: cert needs client_tls_sslmode = verify-full \
+                 (the certificate's CN is the user name)"
+                    .into(),
+            ));
+        }
         if self.fleet_size == 0 {
             return Err(ConfigError(
                 "invalid value for fleet_size: must be at least 1".into(),

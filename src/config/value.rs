@@ -251,10 +251,11 @@ impl Parse for AuthType {
     fn parse(text: &str) -> Result<Self, String> {
         match text {
             "trust" | "any" => Ok(AuthType::Trust),
+            "cert" => Ok(AuthType::Cert),
             "plain" => Ok(AuthType::Plain),
             "md5" => Ok(AuthType::Md5),
             "scram-sha-256" => Ok(AuthType::ScramSha256),
-            _ => Err("expected scram-sha-256, md5, plain or trust".into()),
+            _ => Err("expected scram-sha-256, md5, plain, cert or trust".into()),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Applications to pgdyno over TLS: each client_tls_sslmode as
 //! tokio-postgres and psql meet it, client certificates under verify-ca
-//! and verify-full, the certificate from PEM env vars, SCRAM channel
-//! binding, and the TLS settings that must stop pgdyno at startup.
+//! and verify-full, auth_type = cert, the certificate from PEM env vars,
+//! SCRAM channel binding, and the TLS settings that must stop pgdyno at
+//! startup.
 
 use super::wire::{sasl_mechanisms, Scram, WireConn};
 use super::*;
@@ -209,6 +210,73 @@ async fn verify_full_wants_the_certificate_cn_to_be_the_user() {
         assert_psql_tls(&pgdyno, &with(&certs.app)).await;
         let text = assert_psql_refused(&pgdyno, &with(&certs.mallory)).await;
         assert!(text.contains("certificate authentication failed"), "{text}");
+    })
+    .await
+}
+
+/// auth_type = cert: the certificate is the login (its CN the user name)
+/// and no password is asked; another CN, or a Unix-socket client with no
+/// certificate, is refused; and pgdyno will not start with auth_type cert
+/// but without verify-full.
+#[tokio::test]
+async fn auth_type_cert_logs_in_by_the_certificate_alone() {
+    within(60, async {
+        let certs = test_certs();
+        let dir = scratch_dir("cert-auth");
+        let pgdyno = tls_pgdyno(
+            "verify-full",
+            &[
+                "--auth-type",
+                "cert",
+                "--unix-socket-dir",
+                dir.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let mut config = tls_config(&pgdyno);
+        config.password("not-the-password");
+        let client = connect_tls(&config, ClientTls::new().identity(&certs.app).connector())
+            .await
+            .unwrap_or_else(|e| panic!("certificate login: {e} ({:?})", e.as_db_error()));
+        assert_select(&client, 1).await;
+
+        let Err(err) = connect_tls(
+            &config,
+            ClientTls::new().identity(&certs.mallory).connector(),
+        )
+        .await
+        else {
+            panic!("CN mallory logging in as app must be refused");
+        };
+        assert_eq!(db_error(&err).0, "28000");
+
+        let socket = dir.join(format!(".s.PGSQL.{}", pgdyno.port()));
+        for _ in 0..50 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut unix = pgdyno.config(APP_DB);
+        unix.host_path(&dir);
+        let Err(err) = connect(&unix).await else {
+            panic!("a Unix-socket client without a certificate must be refused");
+        };
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "28000", "{message}");
+        assert!(message.contains("no client certificate"), "{message}");
+
+        let url = Cluster::shared().url(APP_DB);
+        let (status, log) = run_to_exit(Launch {
+            args: &["--upstream", &url, "--auth-type", "cert"],
+            ..Launch::default()
+        })
+        .await;
+        assert!(status.is_some_and(|s| !s.success()), "{log}");
+        assert!(
+            log.contains("auth_type") && log.contains("verify-full"),
+            "{log}"
+        );
     })
     .await
 }
