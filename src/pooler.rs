@@ -224,6 +224,9 @@ impl Pooler {
     pub fn set(&self, key: &str, value: &str) -> Result<(), ConfigError> {
         let mut set = self.set_on_console.lock().unwrap();
         let mut with = set.clone();
+        // One entry per setting: repeated SETs do not pile up.
+        let key = crate::config::canonical(key);
+        with.retain(|(k, _)| k != key);
         with.push((key.to_owned(), value.to_owned()));
         self.reload_with(&with)?;
         *set = with;
@@ -382,5 +385,36 @@ impl Pooler {
                 (None, None) => Credential::None,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The console's SETs keep one entry per setting (under its canonical
+    /// name), the last value winning; a refused one leaves them as they were.
+    #[test]
+    fn console_sets_keep_one_entry_per_setting() {
+        let flags = vec![(
+            "upstream".to_owned(),
+            "postgres://u:p@127.0.0.1/d".to_owned(),
+        )];
+        let sources = Sources {
+            flags,
+            ..Sources::default()
+        };
+        let config = Config::load(&sources).unwrap();
+        let pooler = Pooler::with_sources(config, Some(sources)).unwrap();
+        for size in ["4", "5", "6"] {
+            pooler.set("pool_size", size).unwrap();
+        }
+        pooler.set("default_pool_size", "7").unwrap();
+        assert!(pooler.set("default_pool_size", "many").is_err());
+        assert_eq!(
+            *pooler.set_on_console.lock().unwrap(),
+            [("default_pool_size".to_owned(), "7".to_owned())]
+        );
+        assert_eq!(pooler.config().default_pool_size, 7);
     }
 }

@@ -179,11 +179,12 @@ async fn run(
             }
             (Some("set"), _) => {
                 let (key, value) = parse_set(command)?;
-                if crate::config::SETTINGS.iter().all(|s| s.name != key) && key != "pool_size" {
+                let key = crate::config::canonical(&key);
+                if crate::config::SETTINGS.iter().all(|s| s.name != key) {
                     return Err(format!("unknown setting {key} (SHOW CONFIG lists them)"));
                 }
                 pooler
-                    .set(&key, &value)
+                    .set(key, &value)
                     .map_err(|e| format!("SET refused, the old value stays: {e}"))?;
                 write::command_complete(out, "SET");
             }

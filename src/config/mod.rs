@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use settings::{Setting, SETTINGS};
+pub use settings::{canonical, Setting, SETTINGS};
 pub use url::{parse as parse_upstream, Host, Upstream};
 pub use value::Parse;
 use value::{Origin, Raw};
