@@ -131,9 +131,8 @@ pub struct Live {
     pub created: Micros,
     pub last_used: Micros,
     pub target: Arc<Target>,
-    /// The pool generation it was opened in (see RECONNECT).
-    pub generation: u64,
-    /// This backend's line in SHOW SERVERS, removed when it is dropped.
+    /// This backend's line in SHOW SERVERS, removed when it is dropped;
+    /// it holds the pool generation the backend was opened in.
     pub listed: Option<Listed<ServerEntry>>,
     /// The relay's state for the stretch this backend serves. Kept here
     /// rather than in the client's task: the client's future stays small
@@ -163,7 +162,6 @@ impl Backend {
         };
         match tokio::time::timeout(timeout, login).await {
             Ok(Ok(mut backend)) => {
-                backend.generation = generation;
                 let (addr, port) = match &target.upstream.host {
                     Host::Tcp(h) => (h.clone(), target.upstream.port),
                     Host::Unix(dir) => (dir.display().to_string(), target.upstream.port),
@@ -203,6 +201,12 @@ impl Backend {
     }
 
     /// Marks the backend lent (true) or idle (false) in SHOW SERVERS.
+    /// The pool generation it was opened in (see RECONNECT); 0 for one
+    /// outside any pool.
+    pub fn generation(&self) -> u64 {
+        self.listed.as_ref().map_or(0, |l| l.entry.generation)
+    }
+
     pub fn set_active(&self, active: bool, now: Micros) {
         if let Some(l) = &self.listed {
             l.entry.set_active(active, now);
@@ -295,7 +299,6 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
         last_used: clock::now(),
         target: target.clone(),
         listed: None,
-        generation: 0,
         stretch: Translation::new(clock::now()),
     }));
     loop {

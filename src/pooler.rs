@@ -239,11 +239,7 @@ impl Pooler {
         let Some(sources) = &self.sources else {
             return Err(ConfigError("this configuration cannot be reloaded".into()));
         };
-        let mut sources = Sources {
-            file: sources.file.clone(),
-            env: sources.env.clone(),
-            flags: sources.flags.clone(),
-        };
+        let mut sources = sources.clone();
         // After the flags: they win, and the last one of a key.
         sources.flags.extend(set.iter().cloned());
         let mut new = Config::load(&sources)?;

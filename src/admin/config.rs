@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::rows::{v, Table, Type::Text};
 use crate::config::tls::{Pem, Protocols};
-use crate::config::{AuthType, Config, LogFormat, PoolMode, SETTINGS};
+use crate::config::{Config, SETTINGS};
 use crate::pooler::Pooler;
 
 /// Settings that RELOAD leaves as they were (they take a restart):
@@ -80,10 +80,6 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         }
         .to_owned()
     };
-    let mode = |m: PoolMode| match m {
-        PoolMode::Session => "session",
-        PoolMode::Transaction => "transaction",
-    };
     Some(match name {
         "worker_threads" => c.worker_threads.to_string(),
         "listen" => c.listen.to_string(),
@@ -99,7 +95,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "unix_socket_mode" => format!("{:04o}", c.unix_socket_mode),
         // Never show secrets (upstream URLs carry passwords).
         "upstream" => String::new(),
-        "pool_mode" => mode(c.pool_mode).into(),
+        "pool_mode" => c.pool_mode.name().into(),
         "default_pool_size" if c.auto_pool_size => "auto".into(),
         "default_pool_size" => c.default_pool_size.to_string(),
         "fleet_size" => c.fleet_size.to_string(),
@@ -143,14 +139,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "server_tls_cert_file" => path(&c.server_tls.cert_file),
         "server_tls_key_file" => path(&c.server_tls.key_file),
         "server_tls_protocols" => protocols(c.server_tls.protocols),
-        "auth_type" => match c.auth_type {
-            AuthType::Trust => "trust",
-            AuthType::Cert => "cert",
-            AuthType::Plain => "plain",
-            AuthType::Md5 => "md5",
-            AuthType::ScramSha256 => "scram-sha-256",
-        }
-        .into(),
+        "auth_type" => c.auth_type.name().into(),
         "auth_file" => path(&c.auth_file),
         "auth_user" => c.auth_user.clone(),
         "auth_query" => c.auth_query.clone(),
@@ -165,11 +154,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "admin_users" => c.admin_users.join(","),
         "stats_users" => c.stats_users.join(","),
         "stats_period" => secs(c.stats_period),
-        "log_format" => match c.log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-        .into(),
+        "log_format" => c.log_format.name().into(),
         "log_level" => c.log_level.clone(),
         "log_connections" => c.log_connections.to_string(),
         "log_disconnections" => c.log_disconnections.to_string(),

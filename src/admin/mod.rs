@@ -134,7 +134,7 @@ async fn run(
             }
             (Some("wait_close"), _) => {
                 let pools = pools_of(pooler, arg)?;
-                let stale = || pools.iter().any(|p| p.has_stale_backends(&pooler.registry));
+                let stale = || pools.iter().any(|p| p.has_stale_backends());
                 while stale() {
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}

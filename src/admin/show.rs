@@ -143,10 +143,7 @@ fn pools(pooler: &Pooler) -> Table {
     for p in pooler.pools() {
         let s = p.snapshot();
         let wait = s.longest_wait;
-        let mode = match p.settings().mode {
-            PoolMode::Session => "session",
-            PoolMode::Transaction => "transaction",
-        };
+        let mode = p.settings().mode.name();
         t.row(vec![
             v(&p.database),
             v(&p.user),
@@ -461,10 +458,7 @@ fn databases(pooler: &Pooler) -> Table {
             Host::Tcp(h) => h.clone(),
             Host::Unix(p) => p.display().to_string(),
         };
-        let mode = match d.pool_mode {
-            PoolMode::Session => "session",
-            PoolMode::Transaction => "transaction",
-        };
+        let mode = d.pool_mode.name();
         t.row(vec![
             v(&d.name),
             v(host),
@@ -524,10 +518,7 @@ fn users(pooler: &Pooler) -> Table {
         // Settings the user has in [users]; 0 or NULL where it has none,
         // as PgBouncer shows them.
         let own = config.users.get(&name).cloned().unwrap_or_default();
-        let mode = own.pool_mode.map(|m| match m {
-            PoolMode::Session => "session",
-            PoolMode::Transaction => "transaction",
-        });
+        let mode = own.pool_mode.map(PoolMode::name);
         t.row(vec![
             v(&name),
             v(own.pool_size.unwrap_or(0)),

@@ -498,13 +498,31 @@ fn stopped(pooler: &Pooler) -> Error {
 }
 
 impl Bound<'_> {
-    /// Runs `server_reset_query` on `backend`. Callers box it: rare paths
-    /// keep every client's future small.
+    /// Runs `server_reset_query` on a backend before reuse: at a
+    /// session-mode client's end, or after each transaction with
+    /// `server_reset_query_always`. What pgdyno knew of the backend's
+    /// session (its parameters matching a client's, the statements it
+    /// prepared there) is forgotten. Callers box it: rare paths keep every
+    /// client's future small.
     async fn reset(&self, backend: &mut crate::backend::Backend) -> bool {
         let query = self.pooler.config().server_reset_query.clone();
-        reset(backend, &query)
-            .instrument(self.settings.span.clone())
-            .await
+        if query.is_empty() {
+            return true;
+        }
+        backend.synced = None;
+        backend.statements.clear();
+        let ran = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            backend.simple_query(&query),
+        );
+        match ran.await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(parent: self.settings.span, error = %e, "server_reset_query failed; closing the backend");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Takes a backend, relays until it can go back, gives it back.
@@ -537,29 +555,22 @@ impl Bound<'_> {
         drop(relay);
         self.cancel.unbind();
         let e = match result {
+            Ok(Outcome::Released) if !self.settings.reset_after_each => {
+                release(pool, backend, true, now);
+                return Ok(true);
+            }
+            // No reset: a transaction-mode client left, or one left unclean.
+            Ok(Outcome::ClientLeft { clean }) if !clean || self.settings.transaction_mode => {
+                release(pool, backend, clean, crate::clock::now());
+                return Ok(false);
+            }
+            // Reset: server_reset_query_always after each transaction, or a
+            // session-mode client left. Boxed, with nothing else kept
+            // across it: rare paths keep every client's future small.
             Ok(outcome @ (Outcome::Released | Outcome::ClientLeft { .. })) => {
-                let stays = outcome == Outcome::Released;
-                // A backend is reset when a session-mode client leaves,
-                // and in transaction mode after each transaction with
-                // server_reset_query_always.
-                let reset = match outcome {
-                    Outcome::ClientLeft { clean: false } => {
-                        release(pool, backend, false, crate::clock::now());
-                        return Ok(false);
-                    }
-                    Outcome::ClientLeft { .. } => !self.settings.transaction_mode,
-                    _ => self.settings.reset_after_each,
-                };
-                if reset {
-                    // Boxed, with nothing else kept across it: rare paths
-                    // keep every client's future small.
-                    let reusable = Box::pin(self.reset(&mut backend)).await;
-                    release(pool, backend, reusable, crate::clock::now());
-                } else {
-                    let now = if stays { now } else { crate::clock::now() };
-                    release(pool, backend, true, now);
-                }
-                return Ok(stays);
+                let reusable = Box::pin(self.reset(&mut backend)).await;
+                release(pool, backend, reusable, crate::clock::now());
+                return Ok(outcome == Outcome::Released);
             }
             Ok(Outcome::Stopped) => stopped(self.pooler),
             Err(e) => e,
@@ -637,31 +648,6 @@ async fn next_message(conn: &mut Conn) -> Result<bool> {
         Poll::Ready(Ok(conn.rbuf[0] != b'X'))
     })
     .await
-}
-
-/// Runs `server_reset_query` on a backend before reuse: at a session-mode
-/// client's end, or after each transaction with `server_reset_query_always`.
-/// What pgdyno knew of the backend's session (its parameters matching a
-/// client's, the statements it prepared there) is forgotten.
-async fn reset(backend: &mut crate::backend::Backend, query: &str) -> bool {
-    if query.is_empty() {
-        return true;
-    }
-    backend.synced = None;
-    backend.statements.clear();
-    match tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        backend.simple_query(query),
-    )
-    .await
-    {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "server_reset_query failed; closing the backend");
-            false
-        }
-        Err(_) => false,
-    }
 }
 
 #[cfg(test)]

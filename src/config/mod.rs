@@ -37,6 +37,39 @@ pub enum AuthType {
     ScramSha256,
 }
 
+impl PoolMode {
+    /// As the settings write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
+impl AuthType {
+    /// As the settings write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthType::Trust => "trust",
+            AuthType::Cert => "cert",
+            AuthType::Plain => "plain",
+            AuthType::Md5 => "md5",
+            AuthType::ScramSha256 => "scram-sha-256",
+        }
+    }
+}
+
+impl LogFormat {
+    /// As the settings write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Timeouts while a client is served, `None` for never: `client_idle_timeout`
 /// (between transactions; for session mode, where the client holds a
 /// backend then), `idle_transaction_timeout`, `query_timeout`,
@@ -176,7 +209,7 @@ pub struct UserConfig {
 }
 
 /// Where settings come from, gathered by `main`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Sources {
     pub file: Option<PathBuf>,
     /// `(name, value)` from `--name value`, dashes already turned into underscores.
@@ -240,7 +273,7 @@ impl Config {
             listen_backlog: raw.parse("listen_backlog")?,
             worker_threads: raw.parse("worker_threads")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
-            unix_socket_mode: octal(raw, "unix_socket_mode")?,
+            unix_socket_mode: raw.octal("unix_socket_mode")?,
             so_reuseport: raw.parse("so_reuseport")?,
             tcp: TcpOptions {
                 keepalive: raw.parse("tcp_keepalive")?,
@@ -364,19 +397,6 @@ impl Config {
             .and_then(|u| u.max_user_connections)
             .unwrap_or(self.max_user_connections)
     }
-}
-
-/// File permissions in octal, as `chmod` takes them.
-fn octal(raw: &Raw, key: &str) -> Result<u32, ConfigError> {
-    let text = raw.string(key)?;
-    u32::from_str_radix(text.trim(), 8)
-        .ok()
-        .filter(|&mode| mode <= 0o777)
-        .ok_or_else(|| {
-            ConfigError(format!(
-                "invalid value for {key}: \"{text}\": expected octal permissions, such as 0770"
-            ))
-        })
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {

@@ -166,6 +166,22 @@ impl Raw {
         parse_duration(text.trim()).map_err(|why| Self::invalid(key, origin, &text, &why))
     }
 
+    /// File permissions in octal, as `chmod` takes them.
+    pub fn octal(&self, key: &str) -> Result<u32, ConfigError> {
+        let (text, origin) = self.text(key)?;
+        u32::from_str_radix(text.trim(), 8)
+            .ok()
+            .filter(|&mode| mode <= 0o777)
+            .ok_or_else(|| {
+                Self::invalid(
+                    key,
+                    origin,
+                    &text,
+                    "expected octal permissions, such as 0770",
+                )
+            })
+    }
+
     /// Milliseconds (PgBouncer's unit for `tcp_user_timeout`), or a
     /// number with a unit.
     pub fn millis(&self, key: &str) -> Result<Duration, ConfigError> {

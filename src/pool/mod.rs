@@ -488,7 +488,7 @@ impl Pool {
 
     /// [`Pool::release`] with the caller's clock reading.
     pub fn release_at(&self, mut backend: Backend, reusable: bool, now: Micros) {
-        let stale = backend.generation < self.generation.load(Relaxed);
+        let stale = backend.generation() < self.generation.load(Relaxed);
         if reusable && !stale && backend.conn.rbuf.is_empty() {
             let mut s = self.state.lock().unwrap();
             let expired = s
@@ -596,9 +596,10 @@ impl Pool {
 
     /// Whether a backend opened before the last RECONNECT is still open
     /// (WAIT_CLOSE waits until none is).
-    pub fn has_stale_backends(&self, registry: &crate::registry::Registry) -> bool {
+    pub fn has_stale_backends(&self) -> bool {
         let current = self.generation.load(Relaxed);
-        registry
+        self.target
+            .registry
             .servers
             .iter()
             .any(|s| s.database == self.database && s.user == self.user && s.generation < current)

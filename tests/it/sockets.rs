@@ -55,8 +55,9 @@ fn tcp_sockets(pid: u32) -> Vec<Socket> {
 }
 
 /// pgdyno with `extra` flags, one client that ran a query, and pgdyno's
-/// established sockets once both connections are idle.
-async fn idle_sockets(extra: &[&str]) -> (Vec<Socket>, Vec<Socket>) {
+/// established sockets once both connections are idle: the client's and
+/// the backend's (or backends').
+async fn idle_sockets(extra: &[&str]) -> Vec<Socket> {
     let url = Cluster::shared().url(APP_DB);
     let mut args = vec!["--upstream", url.as_str(), "--pool-mode", "session"];
     args.extend_from_slice(extra);
@@ -72,16 +73,15 @@ async fn idle_sockets(extra: &[&str]) -> (Vec<Socket>, Vec<Socket>) {
         .filter(|s| s.local_port == pgdyno.port() || s.remote_port == pg_port)
         .partition(|s| s.local_port == pgdyno.port());
     drop(client);
-    (to_clients, to_postgres)
+    assert_eq!(to_clients.len(), 1, "one client socket: {to_clients:?}");
+    assert!(!to_postgres.is_empty(), "a backend socket: {to_postgres:?}");
+    to_clients.into_iter().chain(to_postgres).collect()
 }
 
 #[tokio::test]
 async fn keepalive_runs_on_client_and_backend_sockets_with_tcp_keepidle() {
     within(60, async {
-        let (clients, backends) = idle_sockets(&["--tcp-keepidle", "1234"]).await;
-        assert_eq!(clients.len(), 1, "one client socket: {clients:?}");
-        assert!(!backends.is_empty(), "a backend socket: {backends:?}");
-        for s in clients.iter().chain(&backends) {
+        for s in idle_sockets(&["--tcp-keepidle", "1234"]).await {
             assert_eq!(s.timer, 2, "keepalive timer armed: {s:?}");
             assert!(
                 (1200.0..=1234.0).contains(&s.fires_in),
@@ -95,10 +95,7 @@ async fn keepalive_runs_on_client_and_backend_sockets_with_tcp_keepidle() {
 #[tokio::test]
 async fn tcp_keepalive_false_leaves_sockets_without_probes() {
     within(60, async {
-        let (clients, backends) = idle_sockets(&["--tcp-keepalive", "false"]).await;
-        assert_eq!(clients.len(), 1, "one client socket: {clients:?}");
-        assert!(!backends.is_empty(), "a backend socket: {backends:?}");
-        for s in clients.iter().chain(&backends) {
+        for s in idle_sockets(&["--tcp-keepalive", "false"]).await {
             assert_eq!(s.timer, 0, "no timer on an idle socket: {s:?}");
         }
     })

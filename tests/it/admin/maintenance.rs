@@ -4,21 +4,24 @@
 
 use super::*;
 
+/// An integer column of appdb's row in SHOW DATABASES.
+async fn appdb_column(console: &Client, column: &str) -> i64 {
+    let t = show(console, "SHOW DATABASES").await;
+    let row = t
+        .rows
+        .iter()
+        .find(|r| r["name"].as_deref() == Some(APP_DB))
+        .expect("appdb in SHOW DATABASES");
+    t.int(row, column)
+}
+
 #[tokio::test]
 async fn disable_refuses_new_clients_and_enable_lets_them_in() {
     within(60, async {
         let pgdyno = pgdyno(&[]).await;
         let console = console(&pgdyno).await;
         let before = pgdyno.connect(APP_DB).await;
-        let disabled = |t: &Table| {
-            let row = t
-                .rows
-                .iter()
-                .find(|r| r["name"].as_deref() == Some(APP_DB))
-                .expect("appdb in SHOW DATABASES");
-            t.int(row, "disabled")
-        };
-        assert_eq!(disabled(&show(&console, "SHOW DATABASES").await), 0);
+        assert_eq!(appdb_column(&console, "disabled").await, 0);
 
         simple(&console, &format!("DISABLE {APP_DB}")).await;
         let Err(err) = connect(&pgdyno.config(APP_DB)).await else {
@@ -32,11 +35,11 @@ async fn disable_refuses_new_clients_and_enable_lets_them_in() {
             db_err.message()
         );
         simple(&before, "SELECT 1").await;
-        assert_eq!(disabled(&show(&console, "SHOW DATABASES").await), 1);
+        assert_eq!(appdb_column(&console, "disabled").await, 1);
 
         simple(&console, &format!("ENABLE {APP_DB}")).await;
         simple(&pgdyno.connect(APP_DB).await, "SELECT 1").await;
-        assert_eq!(disabled(&show(&console, "SHOW DATABASES").await), 0);
+        assert_eq!(appdb_column(&console, "disabled").await, 0);
 
         for bad in ["DISABLE", "DISABLE nosuchdb", "ENABLE nosuchdb"] {
             let err = console.simple_query(bad).await.expect_err(bad);
@@ -162,19 +165,11 @@ async fn set_changes_a_setting_live_and_keeps_it_through_reload() {
         let pgdyno = pgdyno(&["--pool-size", "5"]).await;
         let console = console(&pgdyno).await;
         simple(&pgdyno.connect(APP_DB).await, "SELECT 1").await;
-        let pool_size = |t: &Table| {
-            let row = t
-                .rows
-                .iter()
-                .find(|r| r["name"].as_deref() == Some(APP_DB))
-                .expect("appdb in SHOW DATABASES");
-            t.int(row, "pool_size")
-        };
-        assert_eq!(pool_size(&show(&console, "SHOW DATABASES").await), 5);
+        assert_eq!(appdb_column(&console, "pool_size").await, 5);
 
         simple(&console, "SET default_pool_size = 3").await;
         assert_eq!(config_value(&console, "default_pool_size").await, "3");
-        assert_eq!(pool_size(&show(&console, "SHOW DATABASES").await), 3);
+        assert_eq!(appdb_column(&console, "pool_size").await, 3);
         simple(&console, "SET server_check_query TO 'SELECT 2'").await;
         assert_eq!(
             config_value(&console, "server_check_query").await,
