@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::auth::Users;
-use crate::backend::{Backend, Credential, Target};
+use crate::backend::{Backend, Credential, Endpoint, Target};
 use crate::config::{Config, ConfigError};
 
 /// The pool size for a server allowing `max_connections`.
@@ -32,26 +32,17 @@ pub async fn resolve(config: &mut Config) -> Result<(), ConfigError> {
             },
             (None, None) => Credential::None,
         };
-        let target = Arc::new(Target {
-            database: db.name.clone(),
-            registry: Arc::default(),
-            upstream: db.upstream.clone(),
-            user: user.clone(),
-            dbname: db
-                .upstream
-                .dbname
-                .clone()
-                .unwrap_or_else(|| db.name.clone()),
-            credential,
-            tcp: std::sync::RwLock::new(config.tcp),
-            connect_query: Default::default(),
-            tls: std::sync::RwLock::new(Arc::new(crate::tls::Connector::new(
-                &db.upstream,
-                &config.server_tls,
-                &mut None,
-            )?)),
-            scram_cache: Default::default(),
-        });
+        let endpoint = Endpoint::of(db, credential);
+        let tls = crate::tls::Connector::new(&db.upstream, &config.server_tls, &mut None)?;
+        let target = Arc::new(Target::new(
+            &db.name,
+            &user,
+            endpoint,
+            Arc::default(),
+            Arc::new(tls),
+            config.tcp,
+            String::new(),
+        ));
         let fail = |e: crate::error::Error| {
             ConfigError(format!(
                 "default_pool_size = auto: cannot ask database {} for max_connections: {e}",

@@ -37,11 +37,11 @@ pub struct Target {
     /// The database name clients use (the pool's).
     pub database: String,
     pub registry: Arc<Registry>,
-    pub upstream: Upstream,
     /// The PostgreSQL role to log in as.
     pub user: String,
-    pub dbname: String,
-    pub credential: Credential,
+    /// Where and with what to log in; replaced by a reload that changes
+    /// them (see [`Target::set_endpoint`]).
+    endpoint: RwLock<Arc<Endpoint>>,
     /// How to encrypt; replaced on reload (new backends use the new one).
     pub tls: RwLock<Arc<Connector>>,
     /// Keepalive and the like for new sockets; replaced on reload.
@@ -54,21 +54,88 @@ pub struct Target {
     pub connect_query: RwLock<String>,
 }
 
+/// Where a pool's backends connect and how they prove themselves: what a
+/// reload may change under a pool (the database's upstream, the user's
+/// password).
+#[derive(Debug, PartialEq)]
+pub struct Endpoint {
+    pub upstream: Upstream,
+    /// The database to ask PostgreSQL for.
+    pub dbname: String,
+    pub credential: Credential,
+}
+
+impl Endpoint {
+    /// Where a database's backends go, logging in with `credential`.
+    pub fn of(db: &crate::config::DatabaseConfig, credential: Credential) -> Endpoint {
+        Endpoint {
+            upstream: db.upstream.clone(),
+            dbname: db
+                .upstream
+                .dbname
+                .clone()
+                .unwrap_or_else(|| db.name.clone()),
+            credential,
+        }
+    }
+}
+
 impl Target {
+    pub fn new(
+        database: &str,
+        user: &str,
+        endpoint: Endpoint,
+        registry: Arc<Registry>,
+        tls: Arc<Connector>,
+        tcp: TcpOptions,
+        connect_query: String,
+    ) -> Target {
+        Target {
+            database: database.to_owned(),
+            registry,
+            user: user.to_owned(),
+            endpoint: RwLock::new(Arc::new(endpoint)),
+            tls: RwLock::new(tls),
+            tcp: RwLock::new(tcp),
+            scram_cache: Default::default(),
+            connect_query: RwLock::new(connect_query),
+        }
+    }
+
     pub fn connector(&self) -> Arc<Connector> {
         self.tls.read().unwrap().clone()
     }
 
-    /// Opens a connection to the server as [`open`] does, with the
+    /// Where new backends go, and with what credential.
+    pub fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.read().unwrap().clone()
+    }
+
+    /// Points new backends at `endpoint`. Returns whether it differs from
+    /// the one before (then the backends already open are from the old one;
+    /// the SCRAM keys derived from an old password are forgotten).
+    pub fn set_endpoint(&self, endpoint: Endpoint) -> bool {
+        let mut current = self.endpoint.write().unwrap();
+        if **current == endpoint {
+            return false;
+        }
+        if current.credential != endpoint.credential {
+            self.scram_cache.forget();
+        }
+        *current = Arc::new(endpoint);
+        true
+    }
+
+    /// Opens a connection to `upstream` as [`open`] does, with the
     /// current TLS and TCP settings.
-    pub async fn open(&self) -> Result<(Stream, Option<Vec<u8>>)> {
+    pub async fn open(&self, upstream: &Upstream) -> Result<(Stream, Option<Vec<u8>>)> {
         let tcp = *self.tcp.read().unwrap();
-        open(&self.upstream, &self.connector(), &tcp).await
+        open(upstream, &self.connector(), &tcp).await
     }
 }
 
 /// How pgdyno proves itself to PostgreSQL.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
     None,
     Password(String),
@@ -151,9 +218,10 @@ impl Backend {
         timeout: Duration,
         generation: u64,
     ) -> Result<Backend> {
+        let at = target.endpoint();
         let login = async {
-            let (stream, binding) = target.open().await?;
-            let mut backend = login(Conn::new(stream), target.clone(), binding).await?;
+            let (stream, binding) = target.open(&at.upstream).await?;
+            let mut backend = login(Conn::new(stream), target.clone(), &at, binding).await?;
             let query = target.connect_query.read().unwrap().clone();
             if !query.is_empty() {
                 backend.simple_query(&query).await?;
@@ -162,9 +230,9 @@ impl Backend {
         };
         match tokio::time::timeout(timeout, login).await {
             Ok(Ok(mut backend)) => {
-                let (addr, port) = match &target.upstream.host {
-                    Host::Tcp(h) => (h.clone(), target.upstream.port),
-                    Host::Unix(dir) => (dir.display().to_string(), target.upstream.port),
+                let (addr, port) = match &at.upstream.host {
+                    Host::Tcp(h) => (h.clone(), at.upstream.port),
+                    Host::Unix(dir) => (dir.display().to_string(), at.upstream.port),
                 };
                 backend.listed = Some(target.registry.add_server(ServerEntry {
                     id: backend.id,
@@ -181,6 +249,7 @@ impl Backend {
                     key: BackendKey {
                         secret_key: backend.secret_key,
                         target: Arc::downgrade(&target),
+                        endpoint: at.clone(),
                         gate: backend.cancel_gate.clone(),
                     },
                 }));
@@ -276,10 +345,15 @@ pub(crate) fn io_err(e: std::io::Error) -> Error {
     }
 }
 
-async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) -> Result<Backend> {
-    let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.dbname)];
+async fn login(
+    mut conn: Conn,
+    target: Arc<Target>,
+    at: &Endpoint,
+    binding: Option<Vec<u8>>,
+) -> Result<Backend> {
+    let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &at.dbname)];
     for key in ["options", "application_name"] {
-        if let Some(v) = target.upstream.param(key) {
+        if let Some(v) = at.upstream.param(key) {
             params.push((key, v));
         }
     }
@@ -319,6 +393,7 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
                 authenticate(
                     &mut backend.conn,
                     &target,
+                    &at.credential,
                     code,
                     &body,
                     &mut scram,
@@ -355,6 +430,7 @@ async fn login(mut conn: Conn, target: Arc<Target>, binding: Option<Vec<u8>>) ->
 async fn authenticate(
     conn: &mut Conn,
     target: &Target,
+    credential: &Credential,
     code: i32,
     body: &BytesMut,
     scram: &mut Option<KeyExchange>,
@@ -366,7 +442,7 @@ async fn authenticate(
             target.user
         ))
     };
-    let password = match &target.credential {
+    let password = match credential {
         Credential::Password(p) => Some(p.as_str()),
         _ => None,
     };
@@ -388,7 +464,7 @@ async fn authenticate(
                 .get(..4)
                 .and_then(|s| s.try_into().ok())
                 .ok_or_else(|| Error::BackendProtocol("short md5 request".into()))?;
-            let secret = match &target.credential {
+            let secret = match credential {
                 Credential::Password(p) => auth::md5_secret(p, &target.user),
                 Credential::Md5(m) => m.clone(),
                 Credential::None | Credential::ScramKeys(_) => return Err(no_password()),
@@ -403,7 +479,7 @@ async fn authenticate(
                 ClientBinding::EndPoint(_) => MECHANISM_PLUS,
                 _ => MECHANISM,
             };
-            let proof = match &target.credential {
+            let proof = match credential {
                 Credential::Password(password) => KeyProof::Password {
                     password: password.clone(),
                     cache: target.scram_cache.clone(),

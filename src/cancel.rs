@@ -68,9 +68,12 @@ impl CancelGate {
 /// entry's `remote_pid`), kept in its registry entry.
 pub struct BackendKey {
     pub secret_key: i32,
-    /// Where to send the cancel. Weak: the target holds the registry
-    /// that lists this key.
+    /// The TLS and TCP settings to send the cancel with. Weak: the target
+    /// holds the registry that lists this key.
     pub target: Weak<Target>,
+    /// Where the backend is (a reload may since have pointed its pool
+    /// elsewhere).
+    pub endpoint: Arc<crate::backend::Endpoint>,
     /// The backend's gate (the same as its [`crate::backend::Live::cancel_gate`]).
     pub gate: Arc<CancelGate>,
 }
@@ -187,7 +190,10 @@ async fn forward(server: &ServerEntry) -> std::io::Result<()> {
         .target
         .upgrade()
         .ok_or_else(|| std::io::Error::other("the backend's pool is gone"))?;
-    let (mut stream, _) = target.open().await.map_err(std::io::Error::other)?;
+    let (mut stream, _) = target
+        .open(&key.endpoint.upstream)
+        .await
+        .map_err(std::io::Error::other)?;
     let mut buf = BytesMut::new();
     frontend::cancel_request(server.remote_pid, key.secret_key, &mut buf);
     stream.write_all(&buf).await?;
@@ -229,6 +235,11 @@ mod tests {
             key: BackendKey {
                 secret_key: 42,
                 target: Weak::new(),
+                endpoint: Arc::new(crate::backend::Endpoint {
+                    upstream: crate::config::parse_upstream("postgres://127.0.0.1/d").unwrap(),
+                    dbname: "d".into(),
+                    credential: crate::backend::Credential::None,
+                }),
                 gate: gate.clone(),
             },
         };

@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use crate::auth::client::Proof;
 use crate::auth::throttle::Throttle;
 use crate::auth::{Secret, Users};
-use crate::backend::{Credential, Target};
+use crate::backend::{Credential, Endpoint, Target};
 use crate::cancel::Cancels;
 use crate::config::{Config, ConfigError, DatabaseConfig, Sources};
 use crate::pool::{Limit, Pool, PoolSettings};
@@ -143,54 +143,62 @@ impl Pooler {
         self.disabled.lock().unwrap().contains(database)
     }
 
-    /// The pool for a logged-in client, created on first use.
+    /// The pool for a logged-in client, created on first use. A login that
+    /// proves a credential the configuration does not give (SCRAM
+    /// pass-through, a password typed in clear, a secret `auth_query`
+    /// found) brings the pool's up to date: after a password change, new
+    /// backends use the new one.
     pub fn pool(&self, db: &DatabaseConfig, client_user: &str, proof: &Proof) -> Arc<Pool> {
         // A user in the upstream URL is the one every backend logs in as.
         let user = db.upstream.user.as_deref().unwrap_or(client_user);
+        // A client's login proves its own password, not another role's.
+        let proved = (user == client_user)
+            .then(|| proved_credential(proof))
+            .flatten();
         let key = (db.name.clone(), user.to_owned());
         if let Some(pool) = self.pools.get(&key) {
+            if let (None, Some(credential)) = (self.configured_credential(db, user), proved) {
+                if pool.target.endpoint().credential != credential {
+                    pool.target.set_endpoint(Endpoint::of(db, credential));
+                }
+            }
             return pool.clone();
         }
         self.pools
             .entry(key)
             .or_insert_with(|| {
-                let target = Arc::new(Target {
-                    database: db.name.clone(),
-                    registry: self.registry.clone(),
-                    upstream: db.upstream.clone(),
-                    user: user.to_owned(),
-                    dbname: db
-                        .upstream
-                        .dbname
-                        .clone()
-                        .unwrap_or_else(|| db.name.clone()),
-                    credential: self.credential(db, user, proof),
-                    tls: RwLock::new(self.tls.read().unwrap().connector(&db.name)),
-                    tcp: RwLock::new(self.config().tcp),
-                    connect_query: RwLock::new(db.connect_query.clone()),
-                    scram_cache: Default::default(),
-                });
+                let credential = self
+                    .configured_credential(db, user)
+                    .or(proved)
+                    .unwrap_or(Credential::None);
+                let target = Arc::new(Target::new(
+                    &db.name,
+                    user,
+                    Endpoint::of(db, credential),
+                    self.registry.clone(),
+                    self.tls.read().unwrap().connector(&db.name),
+                    self.config().tcp,
+                    db.connect_query.clone(),
+                ));
                 let db_limit = self
                     .db_limits
                     .entry(db.name.clone())
                     .or_insert_with(|| Arc::new(Limit::new(db.max_db_connections)))
                     .clone();
-                let mut limits = vec![db_limit];
-                let max_user = self.config().max_user_connections(user);
-                if max_user > 0 {
-                    let limit = self
-                        .user_limits
-                        .entry(user.to_owned())
-                        .or_insert_with(|| Arc::new(Limit::new(max_user)));
-                    limits.push(limit.clone());
-                }
+                let user_limit = self
+                    .user_limits
+                    .entry(user.to_owned())
+                    .or_insert_with(|| {
+                        Arc::new(Limit::new(self.config().max_user_connections(user)))
+                    })
+                    .clone();
                 Pool::new(
                     db.name.clone(),
                     user.to_owned(),
                     target,
                     self.settings(db, user),
                     self.config().server_check_query.clone(),
-                    limits,
+                    vec![db_limit, user_limit],
                 )
             })
             .clone()
@@ -273,6 +281,9 @@ impl Pooler {
                 limit.set_max(db.max_db_connections);
             }
         }
+        for limit in self.user_limits.iter() {
+            limit.set_max(new.max_user_connections(limit.key()));
+        }
         *self.users.write().unwrap() = Arc::new(users);
         *self.config.write().unwrap() = Arc::new(new);
         *self.tls.write().unwrap() = tls.clone();
@@ -280,6 +291,7 @@ impl Pooler {
             *pool.target.tls.write().unwrap() = tls.connector(&pool.database);
             *pool.target.tcp.write().unwrap() = self.config().tcp;
             if let Some(db) = self.config().database(&pool.database) {
+                self.repoint(&pool, db);
                 *pool.target.connect_query.write().unwrap() = db.connect_query.clone();
                 let settings = self.settings(db, &pool.user);
                 pool.update_settings(settings, self.config().server_check_query.clone());
@@ -287,6 +299,32 @@ impl Pooler {
         }
         tracing::info!(event = "reload", "configuration reloaded");
         Ok(())
+    }
+
+    /// After a reload: a pool whose database now has another upstream, or
+    /// whose user another password, sends new backends there and closes
+    /// the old ones as they come back (as RECONNECT), as PgBouncer does.
+    /// One whose database now names another user gets no new clients; its
+    /// backends are closed as they come back.
+    fn repoint(&self, pool: &Pool, db: &DatabaseConfig) {
+        if db.upstream.user.as_ref().is_some_and(|u| *u != pool.user) {
+            pool.reconnect();
+            return;
+        }
+        let target = &pool.target;
+        let credential = self
+            .configured_credential(db, &pool.user)
+            .unwrap_or_else(|| target.endpoint().credential.clone());
+        let moved = target.set_endpoint(Endpoint::of(db, credential));
+        if moved {
+            tracing::info!(
+                event = "reload",
+                database = %pool.database,
+                user = %pool.user,
+                "the upstream or credential changed: reconnecting"
+            );
+            pool.reconnect();
+        }
     }
 
     /// Every pool, for the admin console and metrics.
@@ -361,27 +399,41 @@ impl Pooler {
         }
     }
 
-    /// How backends of this pool prove themselves to PostgreSQL: the URL's
-    /// password, else the user's stored password or md5 secret, else the
-    /// password the client typed (plain auth) or the ClientKey its SCRAM
-    /// login proved (SCRAM pass-through, as PgBouncer does).
-    fn credential(&self, db: &DatabaseConfig, user: &str, proof: &Proof) -> Credential {
+    /// The credential the configuration gives backends logging in as
+    /// `user`: the URL's password, else the user's stored password or md5
+    /// secret. `None`: it comes from clients' logins ([`proved_credential`]).
+    fn configured_credential(&self, db: &DatabaseConfig, user: &str) -> Option<Credential> {
         if db.upstream.user.is_some() {
             if let Some(p) = &db.upstream.password {
-                return Credential::Password(p.clone());
+                return Some(Credential::Password(p.clone()));
             }
         }
-        let secret = self.users().get(user).or_else(|| proof.looked_up.clone());
-        match secret.as_deref() {
-            Some(Secret::Plain { password, .. }) => Credential::Password(password.clone()),
-            Some(Secret::Md5(m)) => Credential::Md5(m.clone()),
-            _ => match (&proof.cleartext, &proof.scram) {
-                (Some(p), _) => Credential::Password(p.clone()),
-                (None, Some(keys)) => Credential::ScramKeys(keys.clone()),
-                (None, None) => Credential::None,
-            },
-        }
+        secret_credential(self.users().get(user).as_deref())
     }
+}
+
+/// A stored password or md5 secret, which backends can log in with (a SCRAM
+/// secret alone cannot: it takes a client's ClientKey).
+fn secret_credential(secret: Option<&Secret>) -> Option<Credential> {
+    match secret? {
+        Secret::Plain { password, .. } => Some(Credential::Password(password.clone())),
+        Secret::Md5(m) => Some(Credential::Md5(m.clone())),
+        _ => None,
+    }
+}
+
+/// What a client's login proved that backends can log in with: the secret
+/// `auth_query` found, else the password the client typed (plain auth) or
+/// the ClientKey its SCRAM login proved (SCRAM pass-through, as PgBouncer
+/// does).
+fn proved_credential(proof: &Proof) -> Option<Credential> {
+    secret_credential(proof.looked_up.as_deref()).or_else(|| {
+        match (&proof.cleartext, &proof.scram) {
+            (Some(p), _) => Some(Credential::Password(p.clone())),
+            (None, Some(keys)) => Some(Credential::ScramKeys(keys.clone())),
+            (None, None) => None,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -263,7 +263,7 @@ impl ServerExchange {
 /// What a client's successful SCRAM login leaves us: its ClientKey and the
 /// secret it was checked against. With these pgdyno can log in to a
 /// PostgreSQL that stores the same secret, without ever knowing the password.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScramKeys {
     pub client_key: [u8; 32],
     pub secret: ScramSecret,
@@ -316,6 +316,11 @@ pub enum KeyProof {
 pub struct KeyCache(Mutex<Option<ScramKeys>>);
 
 impl KeyCache {
+    /// The password changed: derive again at the next login.
+    pub fn forget(&self) {
+        *self.0.lock().unwrap() = None;
+    }
+
     fn keys(&self, password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
         let mut cached = self.0.lock().unwrap();
         match &*cached {

@@ -8,11 +8,13 @@
 //! max_connections.
 //!
 //! `timers` holds the timeouts and backend checks, `reload` SIGHUP, RELOAD
-//! and the auto pool size, `switches` PgBouncer's behaviour switches
+//! and the auto pool size, `repoint` what a reload changes under existing
+//! pools (upstream, password, max_user_connections), `switches` PgBouncer's behaviour switches
 //! (`server_round_robin` and the like); `json_log` reads pgdyno's JSON log.
 
 mod json_log;
 mod reload;
+mod repoint;
 mod switches;
 mod timers;
 

@@ -22,7 +22,7 @@ fn write_config(path: &PathBuf, settings: &str) {
 
 /// Starts `client`'s transaction in a task; reports on `done` once BEGIN
 /// has a backend (the transaction stays open).
-fn begin(client: &Arc<Client>, n: usize, done: &mpsc::UnboundedSender<usize>) {
+pub(super) fn begin(client: &Arc<Client>, n: usize, done: &mpsc::UnboundedSender<usize>) {
     let (client, done) = (client.clone(), done.clone());
     tokio::spawn(async move {
         client
@@ -34,7 +34,10 @@ fn begin(client: &Arc<Client>, n: usize, done: &mpsc::UnboundedSender<usize>) {
 }
 
 /// How many reports arrive on `done` within `wait`.
-async fn count_within(done: &mut mpsc::UnboundedReceiver<usize>, wait: Duration) -> usize {
+pub(super) async fn count_within(
+    done: &mut mpsc::UnboundedReceiver<usize>,
+    wait: Duration,
+) -> usize {
     let mut n = 0;
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(_)) = tokio::time::timeout_at(deadline, done.recv()).await {
