@@ -141,6 +141,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "server_tls_protocols" => protocols(c.server_tls.protocols),
         "auth_type" => c.auth_type.name().into(),
         "auth_file" => path(&c.auth_file),
+        "auth_hba_file" => path(&c.auth_hba_file),
         "auth_user" => c.auth_user.clone(),
         "auth_query" => c.auth_query.clone(),
         "auth_dbname" => c.auth_dbname.clone(),

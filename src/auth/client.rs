@@ -60,6 +60,11 @@ async fn exchange(
         // Cert: the TLS handshake checked the certificate and its CN
         // (client_tls_sslmode = verify-full; `login` asks that there was one).
         AuthType::Trust | AuthType::Cert => Ok(Proof::default()),
+        // `login` replaces it by the method its records give; never let
+        // anyone in on it.
+        AuthType::Hba => Err(Error::AuthUnsupported(
+            "no login method chosen for this connection".into(),
+        )),
         AuthType::Plain => {
             let password = cleartext(conn).await?;
             match secret {

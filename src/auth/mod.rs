@@ -5,10 +5,12 @@
 //! - [`client`]: the authentication exchange with a client (trust, plain,
 //!   md5, SCRAM);
 //! - [`query`]: `auth_query`, for users the auth file does not list;
+//! - [`hba`]: `auth_type = hba`, the login method per connection;
 //! - this file: secrets and the user list (PgBouncer's `userlist.txt`
 //!   format, plus the users of upstream URLs).
 
 pub mod client;
+pub mod hba;
 pub mod query;
 pub mod scram;
 pub mod throttle;
@@ -125,6 +127,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub struct Users {
     secrets: HashMap<String, Arc<Secret>>,
+    /// `auth_hba_file`'s rules, under `auth_type = hba`.
+    pub hba: Option<hba::Hba>,
 }
 
 impl Users {
@@ -145,7 +149,17 @@ impl Users {
                 users.secrets.insert(user, Arc::new(secret));
             }
         }
-        let passwordless = matches!(config.auth_type, AuthType::Trust | AuthType::Cert);
+        if config.auth_type == AuthType::Hba {
+            if let Some(path) = &config.auth_hba_file {
+                users.hba = Some(hba::Hba::load(path)?);
+            }
+        }
+        // Under hba, records that need no password (trust, peer, cert) may
+        // be all there is.
+        let passwordless = matches!(
+            config.auth_type,
+            AuthType::Trust | AuthType::Cert | AuthType::Hba
+        );
         if users.secrets.is_empty() && !passwordless {
             return Err(ConfigError(
                 "invalid value for auth_type: no user can log in; give the upstream URL a \

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use crate::auth::client::authenticate;
+use crate::auth::hba::{Method, Origin};
 use crate::config::tls::SslMode;
 use crate::config::{AuthType, Config, DatabaseConfig};
 use crate::error::{Error, Result};
@@ -61,9 +62,9 @@ impl Encryption<'_> {
         }
     }
 
-    /// Whether the client logged in over TLS with a certificate.
-    pub fn client_cert(&self) -> bool {
-        self.tls.is_some_and(|t| t.peer_cn.is_some())
+    /// The CN of the certificate the client showed over TLS.
+    pub fn cert_cn(&self) -> Option<&str> {
+        self.tls.and_then(|t| t.peer_cn.as_deref())
     }
 
     pub fn channel_binding(&self) -> Option<&[u8]> {
@@ -71,14 +72,15 @@ impl Encryption<'_> {
     }
 }
 
-/// What the authentication exchange may take: until when, the TLS
-/// channel binding data it may offer, and whether the client showed a
-/// certificate (checked by the handshake and `Encryption::check`).
+/// What the authentication exchange may take: until when, whether the
+/// connection is encrypted, the TLS channel binding data it may offer, and
+/// the CN of the certificate the client showed (checked by the handshake).
 #[derive(Clone, Copy)]
 pub(super) struct Login<'a> {
     pub deadline: tokio::time::Instant,
+    pub tls: bool,
     pub channel_binding: Option<&'a [u8]>,
-    pub client_cert: bool,
+    pub cert_cn: Option<&'a str>,
 }
 
 /// Authenticates a client, slowing down and then refusing addresses that
@@ -88,11 +90,12 @@ pub(super) struct Login<'a> {
 pub(super) async fn login(
     pooler: &Pooler,
     conn: &mut Conn,
-    user: &str,
+    startup: &Startup,
     peer: &str,
     how: Login<'_>,
     db: Option<&DatabaseConfig>,
 ) -> Result<crate::auth::client::Proof> {
+    let user = startup.user.as_str();
     let ip = peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     if ip.is_some_and(|ip| pooler.throttle.blocked(ip)) {
         pooler
@@ -103,12 +106,38 @@ pub(super) async fn login(
             "too many failed login attempts from this address; try again later".into(),
         ));
     }
-    let auth_type = pooler.config().auth_type;
-    if auth_type == AuthType::Cert && !how.client_cert {
-        // Under verify-full only a Unix-socket client gets here without one.
-        return Err(Error::AuthUnsupported(format!(
-            "certificate authentication failed for user \"{user}\": no client certificate (auth_type = cert takes TLS with one)"
-        )));
+    let auth_type = match pooler.config().auth_type {
+        AuthType::Hba => {
+            let local = matches!(conn.stream, Stream::Unix(_));
+            let origin = Origin {
+                ip: if local { None } else { ip },
+                tls: how.tls,
+                database: &startup.database,
+                user,
+            };
+            match pooler.users().hba.as_ref().map(|h| h.method(&origin)) {
+                Some(Method::Auth(method)) => method,
+                Some(Method::Peer) => return peer_login(conn, user),
+                _ => return Err(hba_refusal(pooler, &origin)),
+            }
+        }
+        configured => configured,
+    };
+    if auth_type == AuthType::Cert {
+        // Under verify-full the handshake compared the CN already; under
+        // hba the sslmode may be verify-ca.
+        match how.cert_cn {
+            Some(cn) if cn == user => {}
+            cn => {
+                return Err(Error::AuthUnsupported(format!(
+                    "certificate authentication failed for user \"{user}\": {}",
+                    cn.map_or(
+                        "no client certificate (cert takes TLS with one)".into(),
+                        |cn| { format!("the certificate's CN is \"{cn}\"") }
+                    )
+                )))
+            }
+        }
     }
     let exchange = async {
         let mut looked_up = None;
@@ -151,6 +180,35 @@ pub(super) async fn login(
     result
 }
 
+/// Why `auth_hba_file` refuses a client, in PostgreSQL's words.
+fn hba_refusal(pooler: &Pooler, origin: &Origin<'_>) -> Error {
+    let matched = pooler
+        .users()
+        .hba
+        .as_ref()
+        .is_some_and(|h| h.has_entry(origin));
+    Error::AuthUnsupported(if matched {
+        format!("pg_hba.conf rejects connection for {origin}")
+    } else {
+        format!("no pg_hba.conf entry for {origin}")
+    })
+}
+
+/// `peer`: the Unix-socket client's operating-system user must be the user
+/// it asks to be.
+fn peer_login(conn: &Conn, user: &str) -> Result<crate::auth::client::Proof> {
+    let uid = match &conn.stream {
+        Stream::Unix(s) => s.peer_cred().ok().map(|c| c.uid()),
+        _ => None,
+    };
+    match uid.and_then(crate::auth::hba::system_user) {
+        Some(name) if name == user => Ok(Default::default()),
+        _ => Err(Error::AuthUnsupported(format!(
+            "Peer authentication failed for user \"{user}\""
+        ))),
+    }
+}
+
 /// A client of the admin console: exempt from `max_client_conn`, and only
 /// for `admin_users` and `stats_users`.
 pub(super) async fn console(
@@ -160,7 +218,7 @@ pub(super) async fn console(
     peer: &str,
     how: Login<'_>,
 ) -> Result<()> {
-    login(pooler, conn, &startup.user, peer, how, None).await?;
+    login(pooler, conn, startup, peer, how, None).await?;
     let role = crate::admin::role(pooler, &startup.user).ok_or_else(|| {
         Error::AuthUnsupported(format!(
             "user \"{}\" is not in admin_users or stats_users",

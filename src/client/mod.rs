@@ -255,7 +255,8 @@ async fn log_in(
     let how = Login {
         deadline: login_deadline,
         channel_binding: encryption.channel_binding(),
-        client_cert: encryption.client_cert(),
+        tls: encryption.tls.is_some(),
+        cert_cn: encryption.cert_cn(),
     };
 
     if crate::admin::DATABASES.contains(&startup.database.as_str()) {
@@ -279,7 +280,7 @@ async fn log_in(
     if pooler.is_disabled(&db.name) {
         return Err(Error::DatabaseDisabled(db.name.clone()));
     }
-    let proof = login(pooler, conn, &startup.user, peer, how, Some(db)).await?;
+    let proof = login(pooler, conn, &startup, peer, how, Some(db)).await?;
     pooler.count_client(db, &startup.user)?;
     let counted_for = CountedFor(pooler, &db.name, &startup.user);
     let pool = pooler.pool(db, &startup.user, &proof);

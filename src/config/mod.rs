@@ -35,6 +35,8 @@ pub enum AuthType {
     Plain,
     Md5,
     ScramSha256,
+    /// Per connection, from `auth_hba_file` (see [`crate::auth::hba`]).
+    Hba,
 }
 
 impl PoolMode {
@@ -56,6 +58,7 @@ impl AuthType {
             AuthType::Plain => "plain",
             AuthType::Md5 => "md5",
             AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Hba => "hba",
         }
     }
 }
@@ -153,6 +156,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
+    pub auth_hba_file: Option<PathBuf>,
     pub auth_user: String,
     pub auth_query: String,
     pub auth_dbname: String,
@@ -322,6 +326,7 @@ impl Config {
             shutdown_timeout: raw.duration("shutdown_timeout")?,
             auth_type: raw.parse("auth_type")?,
             auth_file: raw.path("auth_file")?,
+            auth_hba_file: raw.path("auth_hba_file")?,
             auth_user: raw.string("auth_user")?,
             auth_query: raw.string("auth_query")?,
             auth_dbname: raw.string("auth_dbname")?,
@@ -358,6 +363,11 @@ impl Config {
                 "invalid value for auth_type: cert needs client_tls_sslmode = verify-full \
                  (the certificate's CN is the user name)"
                     .into(),
+            ));
+        }
+        if self.auth_type == AuthType::Hba && self.auth_hba_file.is_none() {
+            return Err(ConfigError(
+                "invalid value for auth_type: hba needs auth_hba_file".into(),
             ));
         }
         if self.fleet_size == 0 {

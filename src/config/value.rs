@@ -271,7 +271,8 @@ impl Parse for AuthType {
             "plain" => Ok(AuthType::Plain),
             "md5" => Ok(AuthType::Md5),
             "scram-sha-256" => Ok(AuthType::ScramSha256),
-            _ => Err("expected scram-sha-256, md5, plain, cert or trust".into()),
+            "hba" => Ok(AuthType::Hba),
+            _ => Err("expected scram-sha-256, md5, plain, cert, trust or hba".into()),
         }
     }
 }

@@ -262,19 +262,12 @@ async fn unix_socket_accepts_clients() {
             "0770",
         ])
         .await;
-        let socket = dir.join(format!(".s.PGSQL.{}", pgdyno.port()));
-        for _ in 0..50 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let socket = pgdyno.wait_for_socket(&dir).await;
         assert!(socket.exists(), "no socket at {}", socket.display());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o770, "unix_socket_mode");
-        let mut config = pgdyno.config(APP_DB);
-        config.host_path(&dir);
+        let config = pgdyno.unix_config_as(&dir, APP_DB, APP_USER, APP_PASSWORD);
         let client = connect(&config)
             .await
             .expect("connect over the Unix socket");

@@ -14,6 +14,7 @@ mod cancel;
 mod config;
 mod copy;
 mod faults;
+mod hba;
 mod interleave;
 mod ledger;
 mod lifecycle;

@@ -85,9 +85,40 @@ impl Pgdyno {
     }
 
     pub fn config_as(&self, db: &str, user: &str, password: &str) -> tokio_postgres::Config {
+        let mut config = self.config_without_host(db, user, password);
+        config.host("127.0.0.1");
+        config
+    }
+
+    /// As `config_as`, over the Unix socket in `dir` only (adding
+    /// `host_path` to `config_as` would try TCP first).
+    pub fn unix_config_as(
+        &self,
+        dir: &std::path::Path,
+        db: &str,
+        user: &str,
+        password: &str,
+    ) -> tokio_postgres::Config {
+        let mut config = self.config_without_host(db, user, password);
+        config.host_path(dir);
+        config
+    }
+
+    /// Waits (5 s at most) for pgdyno's Unix socket in `dir`.
+    pub async fn wait_for_socket(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let socket = dir.join(format!(".s.PGSQL.{}", self.port));
+        for _ in 0..50 {
+            if socket.exists() {
+                return socket;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no socket at {}", socket.display());
+    }
+
+    fn config_without_host(&self, db: &str, user: &str, password: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
-            .host("127.0.0.1")
             .port(self.port)
             .user(user)
             .password(password)

@@ -77,15 +77,8 @@ async fn require_refuses_plaintext_tcp_but_serves_the_unix_socket() {
         let text = assert_psql_refused(&pgdyno, "sslmode=disable").await;
         assert!(text.contains("SSL required"), "{text}");
 
-        let socket = dir.join(format!(".s.PGSQL.{}", pgdyno.port()));
-        for _ in 0..50 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut config = pgdyno.config(APP_DB);
-        config.host_path(&dir);
+        pgdyno.wait_for_socket(&dir).await;
+        let config = pgdyno.unix_config_as(&dir, APP_DB, APP_USER, APP_PASSWORD);
         let client = connect(&config)
             .await
             .unwrap_or_else(|e| panic!("the Unix socket is exempt from require: {e}"));
@@ -250,15 +243,8 @@ async fn auth_type_cert_logs_in_by_the_certificate_alone() {
         };
         assert_eq!(db_error(&err).0, "28000");
 
-        let socket = dir.join(format!(".s.PGSQL.{}", pgdyno.port()));
-        for _ in 0..50 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        let mut unix = pgdyno.config(APP_DB);
-        unix.host_path(&dir);
+        pgdyno.wait_for_socket(&dir).await;
+        let unix = pgdyno.unix_config_as(&dir, APP_DB, APP_USER, APP_PASSWORD);
         let Err(err) = connect(&unix).await else {
             panic!("a Unix-socket client without a certificate must be refused");
         };
