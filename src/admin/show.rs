@@ -27,6 +27,7 @@ pub fn show(what: &str, pooler: &Pooler, out: &mut BytesMut) -> Result<(), Strin
         "stats" => stats(pooler),
         "stats_totals" => stats_totals(pooler),
         "stats_averages" => stats_averages(pooler),
+        "totals" => all_totals(pooler),
         "clients" => clients(pooler),
         "servers" => servers(pooler),
         "databases" => databases(pooler),
@@ -53,7 +54,7 @@ fn help() -> Table {
     let mut t = Table::new(&[("command", Text)]);
     for line in [
         "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION",
-        "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS",
+        "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS",
         "SHOW STATE",
         "PAUSE [<db>]",
         "RESUME [<db>]",
@@ -295,6 +296,43 @@ fn stats_averages(pooler: &Pooler) -> Table {
         other => other,
     });
     per_database(&names, averages(pooler))
+}
+
+/// PgBouncer's SHOW TOTALS: the twelve statistics over all databases, a
+/// row each, totals then averages (named after PgBouncer's counters).
+fn all_totals(pooler: &Pooler) -> Table {
+    const NAMES: [&str; 12] = [
+        "server_assignment_count",
+        "xact_count",
+        "query_count",
+        "client_bytes",
+        "server_bytes",
+        "xact_time",
+        "query_time",
+        "wait_time",
+        "ps_client_parse_count",
+        "ps_server_parse_count",
+        "ps_bind_count",
+        "client_connect_count",
+    ];
+    let sum = |by_db: BTreeMap<String, Totals>| {
+        by_db.values().fold([0u64; 12], |mut acc, t| {
+            for (a, x) in acc.iter_mut().zip(values(t)) {
+                *a += x;
+            }
+            acc
+        })
+    };
+    let mut t = Table::new(&[("name", Text), ("value", Numeric)]);
+    for (prefix, sums) in [
+        ("total", sum(totals(pooler))),
+        ("avg", sum(averages(pooler))),
+    ] {
+        for (name, value) in NAMES.iter().zip(sums) {
+            t.row(vec![v(format!("{prefix}_{name}")), v(value)]);
+        }
+    }
+    t
 }
 
 /// A row of the twelve statistics per database, under `names`.

@@ -127,6 +127,7 @@ fn pgbouncer_columns() -> Vec<(&'static str, Vec<String>)> {
             names(&["key", "value", "default", "changeable"]),
         ),
         ("SHOW LISTS", names(&["list", "items"])),
+        ("SHOW TOTALS", names(&["name", "value"])),
         ("SHOW VERSION", names(&["version"])),
         (
             "SHOW USERS",

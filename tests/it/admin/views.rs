@@ -1,6 +1,7 @@
 //! What the console shows agrees with what is going on: SHOW POOLS under a
 //! held transaction and a waiting client, SHOW CLIENTS, SHOW SERVERS with
-//! the backends' pids; stats_users may only SHOW; unknown commands and the
+//! the backends' pids, SHOW STATS and SHOW TOTALS counting the same
+//! transactions; stats_users may only SHOW; unknown commands and the
 //! extended protocol are refused.
 
 use super::*;
@@ -168,6 +169,73 @@ async fn show_servers_remote_pid_is_the_backend_pid() {
             })
         })
         .await;
+    })
+    .await
+}
+
+/// SHOW TOTALS sums SHOW STATS over the databases, under PgBouncer's row
+/// names, totals then averages.
+#[tokio::test]
+async fn show_totals_sums_show_stats() {
+    within(60, async {
+        let cluster = Cluster::shared();
+        cluster.create_database("totals_other").await;
+        let path = scratch_dir("totals").join("pgdyno.toml");
+        let text = format!(
+            "admin_users = \"{APP_USER}\"\n[databases]\n{APP_DB} = \"{}\"\ntotals_other = \"{}\"\n",
+            cluster.url(APP_DB),
+            cluster.url("totals_other")
+        );
+        std::fs::write(&path, text).unwrap();
+        let pgdyno = Pgdyno::start(&["--config", path.to_str().unwrap()]).await;
+        for (db, n) in [(APP_DB, 3), ("totals_other", 4)] {
+            let client = pgdyno.connect(db).await;
+            for _ in 0..n {
+                simple(&client, "SELECT 1").await;
+            }
+        }
+        let console = console(&pgdyno).await;
+        let stats = show(&console, "SHOW STATS").await;
+        let summed: i64 = stats
+            .rows
+            .iter()
+            .map(|r| stats.int(r, "total_xact_count"))
+            .sum();
+        let totals = show(&console, "SHOW TOTALS").await;
+        let names: Vec<_> = totals
+            .rows
+            .iter()
+            .map(|r| totals.cell(r, "name").unwrap())
+            .collect();
+        let counters = [
+            "server_assignment_count",
+            "xact_count",
+            "query_count",
+            "client_bytes",
+            "server_bytes",
+            "xact_time",
+            "query_time",
+            "wait_time",
+            "ps_client_parse_count",
+            "ps_server_parse_count",
+            "ps_bind_count",
+            "client_connect_count",
+        ];
+        let expected: Vec<_> = ["total", "avg"]
+            .iter()
+            .flat_map(|p| counters.iter().map(move |c| format!("{p}_{c}")))
+            .collect();
+        assert_eq!(names, expected);
+        let value = |name: &str| {
+            let row = totals
+                .rows
+                .iter()
+                .find(|r| totals.cell(r, "name") == Some(name));
+            totals.int(row.unwrap(), "value")
+        };
+        assert!(summed >= 7, "SHOW STATS counted {summed} transactions");
+        assert_eq!(value("total_xact_count"), summed);
+        assert_eq!(value("total_client_connect_count"), 2);
     })
     .await
 }
