@@ -208,6 +208,14 @@ pub struct Live {
     pub(crate) stretch: Translation,
 }
 
+impl Live {
+    /// The pool generation it was opened in (see RECONNECT); 0 for one
+    /// outside any pool.
+    pub fn generation(&self) -> u64 {
+        self.listed.as_ref().map_or(0, |l| l.entry.generation)
+    }
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Backend {
@@ -270,12 +278,6 @@ impl Backend {
     }
 
     /// Marks the backend lent (true) or idle (false) in SHOW SERVERS.
-    /// The pool generation it was opened in (see RECONNECT); 0 for one
-    /// outside any pool.
-    pub fn generation(&self) -> u64 {
-        self.listed.as_ref().map_or(0, |l| l.entry.generation)
-    }
-
     pub fn set_active(&self, active: bool, now: Micros) {
         if let Some(l) = &self.listed {
             l.entry.set_active(active, now);

@@ -61,6 +61,9 @@ pub enum Error {
     ShuttingDown,
     #[error("terminating connection due to administrator command")]
     Killed,
+    /// server_fast_close: the session's backend was marked for closing.
+    #[error("server_fast_close: the database's connection settings changed; connect again")]
+    ServerFastClose,
     #[error("backend connection: {0}")]
     BackendIo(#[source] io::Error),
     #[error("could not connect to server: {0}")]
@@ -95,7 +98,8 @@ impl Error {
             | Error::IdleTransactionTimeout
             | Error::QueryTimeout
             | Error::TransactionTimeout
-            | Error::LoginRetry(_) => "08P01",
+            | Error::LoginRetry(_)
+            | Error::ServerFastClose => "08P01",
             Error::ShuttingDown | Error::Killed => "57P01",
             Error::BackendIo(_) | Error::BackendGone | Error::BackendConnect(_) => "08006",
             Error::BackendProtocol(_) => "08P01",
@@ -125,7 +129,8 @@ impl Error {
             | Error::LoginRetry(_)
             | Error::QueryWaitTimeout
             | Error::ShuttingDown
-            | Error::Killed => Side::Pooler,
+            | Error::Killed
+            | Error::ServerFastClose => Side::Pooler,
             Error::BackendIo(_)
             | Error::BackendConnect(_)
             | Error::BackendGone

@@ -42,6 +42,7 @@ pub(super) async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Res
         timeouts: Some(&config.timeouts).filter(|t| t.in_relay(transaction_mode)),
         reset_after_each: transaction_mode && config.server_reset_query_always,
         span,
+        fast_close: (!transaction_mode && config.server_fast_close).then(|| pool.generation()),
     };
     // Made once: each poll is then one atomic load.
     let stop = me.stop.reached(StopLevel::Now);
@@ -153,6 +154,12 @@ impl Bound<'_> {
         drop(relay);
         self.cancel.unbind();
         let e = match result {
+            // Only server_fast_close releases in session mode: the backend
+            // goes, and the session with it.
+            Ok(Outcome::Released) if !self.settings.transaction_mode => {
+                release(pool, backend, false, now);
+                return Err(Error::ServerFastClose);
+            }
             Ok(Outcome::Released) if !self.settings.reset_after_each => {
                 release(pool, backend, true, now);
                 return Ok(true);

@@ -2,7 +2,7 @@
 //! RECONNECT (and what WAIT_CLOSE waits for), new settings, and the
 //! snapshot SHOW POOLS and the metrics read.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::{Pool, PoolSettings, Rules};
@@ -40,6 +40,11 @@ impl Pool {
 
     pub fn is_paused(&self) -> bool {
         self.paused.load(Relaxed)
+    }
+
+    /// The generation backends are opened in; RECONNECT starts a new one.
+    pub fn generation(&self) -> &AtomicU64 {
+        &self.generation
     }
 
     /// RECONNECT: closes idle backends now and lent ones when they come back.

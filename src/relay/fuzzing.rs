@@ -39,6 +39,7 @@ pub fn exchange(data: &[u8]) {
         stats: &stats,
         timeouts: None,
         span: &span,
+        fast_close: None,
     };
     let mut session = Session::default();
     session.set_param("TimeZone", "UTC");

@@ -74,6 +74,10 @@ pub struct RelaySettings<'a> {
     pub timeouts: Option<&'a Timeouts>,
     /// The client's log span, for the relay's log lines.
     pub span: &'a tracing::Span,
+    /// Session mode with `server_fast_close`: the pool's generation. A
+    /// backend from an older one (RECONNECT, a changed upstream) is given
+    /// up at the next clean point ([`Outcome::Released`] in session mode).
+    pub fast_close: Option<&'a std::sync::atomic::AtomicU64>,
 }
 
 /// A bound stretch's sockets and settings. What it has translated so far
@@ -243,7 +247,7 @@ impl<'a> Relay<'a> {
                 }
             }
             // Not with part of a client message read: it goes on here.
-            if self.settings.transaction_mode
+            if (self.settings.transaction_mode || self.marked_for_closing())
                 && self.is_clean()
                 && !self.client.pending_output()
                 && self.client.rbuf.is_empty()
@@ -345,6 +349,14 @@ impl<'a> Relay<'a> {
     /// Whether the client got the start of a backend message and not its end.
     pub fn client_mid_message(&self) -> bool {
         !self.backend.stretch.from_backend.at_boundary()
+    }
+
+    /// Under `server_fast_close`, whether the backend is from before the
+    /// pool's last RECONNECT.
+    fn marked_for_closing(&self) -> bool {
+        self.settings.fast_close.is_some_and(|current| {
+            self.backend.generation() < current.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// The backend owes nothing and no byte is half-way in either direction.

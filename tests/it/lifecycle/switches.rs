@@ -3,7 +3,9 @@
 //! wipes session state after every transaction (and the client's own
 //! settings and prepared statements still work), `application_name_add_host`
 //! names the client's address, `log_pooler_errors` and `log_stats` silence
-//! their log lines, and `connect_query` prepares each new backend.
+//! their log lines, `connect_query` prepares each new backend, and
+//! `server_fast_close` ends a session-mode client's marked backend (and the
+//! client) after its transaction.
 
 use super::{backend_pid, pgdyno};
 use crate::harness::*;
@@ -222,6 +224,91 @@ async fn connect_query_runs_on_each_new_backend() {
         };
         assert_eq!(sqlstate(&err), Some("22012"), "{err}");
         assert!(failing.is_running());
+    })
+    .await
+}
+
+/// Session mode: after RECONNECT a client keeps its backend to the end of
+/// its session, unless `server_fast_close`: then the transaction it is in
+/// finishes (and stays committed), and the backend and the client are
+/// closed right after, with 08P01.
+#[tokio::test]
+async fn server_fast_close_ends_a_marked_session_after_its_transaction() {
+    within(60, async {
+        let admin = Cluster::shared().direct(APP_DB).await;
+        admin
+            .batch_execute("CREATE TABLE IF NOT EXISTS fast_close (fast bool)")
+            .await
+            .unwrap();
+        for fast in ["false", "true"] {
+            let pgdyno = pgdyno(&[
+                "--pool-mode",
+                "session",
+                "--admin-users",
+                APP_USER,
+                "--server-fast-close",
+                fast,
+            ])
+            .await;
+            let client = pgdyno.connect(APP_DB).await;
+            let pid = backend_pid(&client).await;
+            client.batch_execute("BEGIN").await.unwrap();
+            let console = pgdyno.connect("pgbouncer").await;
+            console.simple_query("RECONNECT").await.unwrap();
+            assert_eq!(backend_pid(&client).await, pid, "mid-transaction ({fast})");
+            client
+                .batch_execute(&format!("INSERT INTO fast_close VALUES ({fast}); COMMIT"))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "COMMIT under server_fast_close = {fast}: {e} ({:?})",
+                        e.as_db_error()
+                    )
+                });
+            let committed: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM fast_close WHERE fast = $1",
+                    &[&(fast == "true")],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(committed, 1, "the transaction committed ({fast})");
+            if fast == "false" {
+                assert_eq!(
+                    backend_pid(&client).await,
+                    pid,
+                    "the session keeps its backend"
+                );
+                continue;
+            }
+            let err = client
+                .batch_execute("SELECT 1")
+                .await
+                .expect_err("the session must be over");
+            let code = err.as_db_error().map(|e| e.code().code().to_owned());
+            assert!(
+                code.as_deref() == Some("08P01") || client.is_closed(),
+                "{err} ({code:?})"
+            );
+            let gone = async {
+                while admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                        &[&pid],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    > 0
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), gone)
+                .await
+                .expect("the marked backend is closed");
+        }
     })
     .await
 }
