@@ -75,6 +75,111 @@ impl Parse for ChannelBinding {
     }
 }
 
+/// The cipher suites offered: PgBouncer's `client_tls_ciphers` and
+/// `server_tls_ciphers`. Its keywords (`default`, `secure`, `fast`,
+/// `normal`, `compat`, `legacy`, `all`) all mean every suite rustls has:
+/// its ECDHE AEAD suites, which each of those OpenSSL lists includes (the
+/// older suites they add, rustls does not speak). Otherwise a list of suite
+/// names, OpenSSL's or IANA's; as with OpenSSL, TLS 1.2 names restrict the
+/// TLS 1.2 suites and TLS 1.3 names the TLS 1.3 ones, and a version none of
+/// whose suites is named keeps them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ciphers {
+    /// As written (SHOW CONFIG).
+    pub text: String,
+    /// rustls' names of the suites chosen, with whether each is TLS 1.3;
+    /// empty: every suite.
+    pub only: Vec<(&'static str, bool)>,
+}
+
+/// The suites rustls (ring) has: its name, OpenSSL's, whether TLS 1.3.
+const SUITES: [(&str, &str, bool); 9] = [
+    ("TLS13_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384", true),
+    ("TLS13_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256", true),
+    (
+        "TLS13_CHACHA20_POLY1305_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        true,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        false,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        false,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        false,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        false,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        false,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        false,
+    ),
+];
+
+impl Parse for Ciphers {
+    fn parse(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        let keyword = matches!(
+            trimmed.to_ascii_lowercase().as_str(),
+            "default" | "secure" | "fast" | "normal" | "compat" | "legacy" | "all"
+        );
+        let mut only = Vec::new();
+        if !keyword {
+            let words = || trimmed.split([':', ',', ' ']).filter(|w| !w.is_empty());
+            // OpenSSL's operators, and its group names (HIGH, aNULL...):
+            // suite names all have a dash or an underscore.
+            let expression = |w: &str| {
+                w.starts_with(['!', '+', '-', '@']) || w.chars().all(|c| c.is_ascii_alphanumeric())
+            };
+            if let Some(word) = words().find(|w| expression(w)) {
+                return Err(format!(
+                    "OpenSSL cipher expressions ({word}) are not supported: \
+                     name the suites, or use a keyword such as default"
+                ));
+            }
+            for word in words() {
+                let upper = word.to_ascii_uppercase();
+                let found = SUITES
+                    .iter()
+                    .find(|(rustls, openssl, _)| upper == *rustls || upper == *openssl);
+                match found {
+                    Some(&(name, _, tls13)) => only.push((name, tls13)),
+                    None => {
+                        return Err(format!(
+                            "{word} is not a cipher suite pgdyno has (it has: {})",
+                            SUITES.map(|s| s.1).join(", ")
+                        ))
+                    }
+                }
+            }
+            if only.is_empty() {
+                return Err("no cipher suite given".into());
+            }
+        }
+        Ok(Ciphers {
+            text: trimmed.to_owned(),
+            only,
+        })
+    }
+}
+
 /// The TLS versions allowed (rustls speaks only 1.2 and 1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Protocols {
@@ -155,6 +260,7 @@ pub struct ClientTls {
     /// CA for client certificates (verify-ca, verify-full).
     pub ca: Option<Pem>,
     pub protocols: Protocols,
+    pub ciphers: Ciphers,
 }
 
 /// TLS between pgdyno and PostgreSQL: defaults for every upstream, which
@@ -166,6 +272,7 @@ pub struct ServerTls {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub protocols: Protocols,
+    pub ciphers: Ciphers,
 }
 
 /// A PEM setting given as `<name>_file` or `<name>_pem`, not both.
@@ -198,6 +305,7 @@ pub fn client(raw: &Raw) -> Result<ClientTls, ConfigError> {
         key: pem(raw, "client_tls_key")?,
         ca: pem(raw, "client_tls_ca")?,
         protocols: raw.parse("client_tls_protocols")?,
+        ciphers: raw.parse("client_tls_ciphers")?,
     };
     if tls.sslmode != SslMode::Disable && (tls.cert.is_none() || tls.key.is_none()) {
         return Err(ConfigError(format!(
@@ -223,12 +331,37 @@ pub fn server(raw: &Raw) -> Result<ServerTls, ConfigError> {
         cert_file: raw.path("server_tls_cert_file")?,
         key_file: raw.path("server_tls_key_file")?,
         protocols: raw.parse("server_tls_protocols")?,
+        ciphers: raw.parse("server_tls_ciphers")?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cipher_lists_name_suites_by_openssl_or_iana_names() {
+        for keyword in ["default", "fast", "HIGH-compat-less-typo"] {
+            let parsed = Ciphers::parse(keyword);
+            match keyword {
+                "HIGH-compat-less-typo" => assert!(parsed.is_err(), "{keyword}"),
+                _ => assert_eq!(parsed.unwrap().only, []),
+            }
+        }
+        let list = Ciphers::parse("ECDHE-ECDSA-CHACHA20-POLY1305:TLS_AES_128_GCM_SHA256, tls_ecdhe_rsa_with_aes_256_gcm_sha384").unwrap();
+        assert_eq!(
+            list.only,
+            [
+                ("TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", false),
+                ("TLS13_AES_128_GCM_SHA256", true),
+                ("TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", false),
+            ]
+        );
+        let err = Ciphers::parse("HIGH:!aNULL").unwrap_err();
+        assert!(err.contains("expressions"), "{err}");
+        let err = Ciphers::parse("AES128-SHA").unwrap_err();
+        assert!(err.contains("not a cipher suite"), "{err}");
+    }
 
     #[test]
     fn parses_modes_and_protocols() {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{cert, provider, versions, ALPN};
+use super::{cert, provider, provider_with, versions, ALPN};
 use crate::config::tls::{ClientTls, SslMode};
 use crate::config::ConfigError;
 use crate::error::{Error, Result};
@@ -50,9 +50,11 @@ impl Acceptor {
         let certs = cert::certs(s.cert.as_ref().ok_or_else(|| missing("a certificate"))?)?;
         let key = cert::key(s.key.as_ref().ok_or_else(|| missing("a private key"))?)?;
         let end_point = cert::end_point_hash(&certs[0]).map(Arc::from);
-        let builder = ServerConfig::builder_with_provider(provider())
+        let builder = ServerConfig::builder_with_provider(provider_with(&s.ciphers))
             .with_protocol_versions(&versions(s.protocols))
-            .map_err(|e| ConfigError(format!("client_tls_protocols: {e}")))?;
+            .map_err(|e| {
+                ConfigError(format!("client_tls_protocols with client_tls_ciphers: {e}"))
+            })?;
         let builder = if s.sslmode >= SslMode::VerifyCa {
             let ca = s.ca.as_ref().ok_or_else(|| missing("client_tls_ca_file"))?;
             let verifier =

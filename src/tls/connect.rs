@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{cert, provider, versions, ALPN};
+use super::{cert, provider_with, versions, ALPN};
 use crate::config::tls::{ChannelBinding, Pem, ServerTls, SslMode};
 use crate::config::{ConfigError, Host, Parse, Upstream};
 use crate::error::{Error, Result};
@@ -91,10 +91,12 @@ impl Connector {
         let server_name = ServerName::try_from(host.clone()).map_err(|e| {
             ConfigError(format!("host {host}: not usable as a TLS server name: {e}"))
         })?;
-        let provider = provider();
+        let provider = provider_with(&defaults.ciphers);
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions(defaults.protocols))
-            .map_err(|e| ConfigError(format!("server_tls_protocols: {e}")))?;
+            .map_err(|e| {
+                ConfigError(format!("server_tls_protocols with server_tls_ciphers: {e}"))
+            })?;
         let verifier: Arc<dyn ServerCertVerifier> = if mode >= SslMode::VerifyCa {
             let roots = match path("sslrootcert").or(defaults.ca_file.clone()) {
                 Some(p) if p.as_os_str() != "system" => cert::roots(&Pem::File(p))?,

@@ -22,7 +22,7 @@ use rustls::crypto::CryptoProvider;
 pub use accept::{Acceptor, ClientTlsInfo};
 pub use connect::Connector;
 
-use crate::config::tls::Protocols;
+use crate::config::tls::{Ciphers, Protocols};
 use crate::config::{Config, ConfigError};
 
 /// PostgreSQL's ALPN protocol name (required for direct TLS).
@@ -62,6 +62,18 @@ impl Tls {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The provider with only the cipher suites `ciphers` chooses.
+fn provider_with(ciphers: &Ciphers) -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let names_some = |tls13: bool| ciphers.only.iter().any(|&(_, t)| t == tls13);
+    provider.cipher_suites.retain(|suite| {
+        let tls13 = matches!(suite, rustls::SupportedCipherSuite::Tls13(_));
+        let name = suite.suite().as_str().unwrap_or_default();
+        !names_some(tls13) || ciphers.only.iter().any(|&(n, _)| n == name)
+    });
+    Arc::new(provider)
 }
 
 fn versions(p: Protocols) -> Vec<&'static rustls::SupportedProtocolVersion> {

@@ -115,6 +115,46 @@ async fn server_tls_protocols_toward_postgresql() {
     .await
 }
 
+/// server_tls_ciphers: PostgreSQL (OpenSSL) reports the suite pgdyno's
+/// backend negotiated; a named TLS 1.2 suite is the one used.
+#[tokio::test]
+async fn server_tls_ciphers_toward_postgresql() {
+    within(60, async {
+        let cluster = Cluster::shared_tls();
+        let url = cluster.url(APP_DB);
+        for cipher in [
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ] {
+            let pgdyno = via(
+                &url,
+                &[
+                    "--server-tls-protocols",
+                    "tlsv1.2",
+                    "--server-tls-ciphers",
+                    cipher,
+                ],
+            )
+            .await;
+            let client = pgdyno.connect(APP_DB).await;
+            let pid: i32 = client
+                .query_typed_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let used: String = cluster
+                .admin()
+                .await
+                .query_one("SELECT cipher FROM pg_stat_ssl WHERE pid = $1", &[&pid])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(used, cipher);
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn verify_full_trusting_the_test_ca() {
     within(60, async {

@@ -1,5 +1,6 @@
 //! The TLS handshake itself: versions 1.2 and 1.3 and the
-//! client_tls_protocols that narrows them, PostgreSQL 17's direct TLS
+//! client_tls_protocols that narrows them, the suites client_tls_ciphers
+//! offers, PostgreSQL 17's direct TLS
 //! (ALPN "postgresql" required), and handshakes that stall or send garbage
 //! while other clients carry on.
 
@@ -85,6 +86,63 @@ async fn client_tls_protocols_tlsv1_2_refuses_a_tls_1_3_client() {
             Some(ProtocolVersion::TLSv1_2)
         );
         login_and_select(stream, 4).await;
+    })
+    .await
+}
+
+/// client_tls_ciphers: a TLS 1.2 suite named (by OpenSSL's name) is the
+/// only TLS 1.2 suite pgdyno agrees to, though the client prefers others;
+/// TLS 1.3 keeps all of its own (none is named); by default the client's
+/// first choice is taken.
+#[tokio::test]
+async fn client_tls_ciphers_chooses_the_suites() {
+    within(60, async {
+        let suite = |stream: &tokio_rustls::client::TlsStream<TcpStream>| {
+            let suite = stream.get_ref().1.negotiated_cipher_suite();
+            suite
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default()
+        };
+        let chacha = "ECDHE-ECDSA-CHACHA20-POLY1305";
+        for (ciphers, tls12, tls13) in [
+            (
+                None,
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                "TLS13_AES_256_GCM_SHA384",
+            ),
+            (
+                Some(chacha),
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                "TLS13_AES_256_GCM_SHA384",
+            ),
+        ] {
+            let pgdyno = match ciphers {
+                Some(c) => tls_pgdyno("require", &["--client-tls-ciphers", c]).await,
+                None => tls_pgdyno("require", &[]).await,
+            };
+            for (tls, want) in [
+                (ClientTls::new().tls12_only(), tls12),
+                (ClientTls::new().tls13_only(), tls13),
+            ] {
+                let stream = ssl_request_handshake(pgdyno.port(), tls.config())
+                    .await
+                    .unwrap_or_else(|e| panic!("client_tls_ciphers {ciphers:?}: {e}"));
+                assert_eq!(suite(&stream), want, "client_tls_ciphers {ciphers:?}");
+                login_and_select(stream, 5).await;
+            }
+        }
+        // Only RSA suites for an ECDSA certificate: no TLS 1.2 handshake.
+        let rsa = tls_pgdyno(
+            "require",
+            &["--client-tls-ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
+        )
+        .await;
+        let refused =
+            ssl_request_handshake(rsa.port(), ClientTls::new().tls12_only().config()).await;
+        assert!(
+            refused.is_err(),
+            "no suite in common must mean no handshake"
+        );
     })
     .await
 }
