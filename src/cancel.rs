@@ -2,6 +2,10 @@
 //! BackendKeyData; a CancelRequest with that key is sent on, with the real
 //! key, to the backend serving that client at that moment, if any.
 //!
+//! Several pgdynos sharing a port (`so_reuseport`) each write their
+//! `peer_id` into the keys they issue; a cancel that reaches the wrong one
+//! is passed on to the issuer (`[peers]`), as PgBouncer's peering does.
+//!
 //! Binding a client to a backend is one store of the backend's id (twice
 //! per transaction, so no lock and no reference count); the canceller
 //! finds the backend's key by that id in the registry's SHOW SERVERS list.
@@ -17,10 +21,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::backend::{Backend, Target};
+use crate::config::Config;
 use crate::registry::{Registry, ServerEntry};
 
 /// How long a cancel may take before pgdyno stops waiting for it.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Under peering, a secret key's top 14 bits are the issuing peer's id and
+/// the next 2 how many more times it may be passed on (a misconfigured
+/// `[peers]` cannot send a cancel round for ever); 16 bits stay random,
+/// besides the 31 of the process id.
+const PEER_SHIFT: u32 = 18;
+const HOPS_SHIFT: u32 = 16;
+const HOPS: u32 = 0b11 << HOPS_SHIFT;
+
+/// A new client's secret key.
+fn issue_secret(peer_id: u16) -> i32 {
+    let random = rand::random::<u32>();
+    if peer_id == 0 {
+        return random as i32;
+    }
+    ((u32::from(peer_id) << PEER_SHIFT) | HOPS | (random & 0xffff)) as i32
+}
+
+/// The peer that issued `secret_key` (under peering).
+fn issuer(secret_key: i32) -> u16 {
+    ((secret_key as u32) >> PEER_SHIFT) as u16
+}
 
 /// Cancels under way against one backend. A backend with a cancel in
 /// flight is not lent to anyone else until the cancel is done, so a late
@@ -111,8 +138,9 @@ pub struct Cancels {
 }
 
 impl Cancels {
-    /// Issues a key (unique process id, random secret) for a new client.
-    pub fn register(self: &Arc<Self>) -> CancelGuard {
+    /// Issues a key (unique process id, random secret, carrying `peer_id`
+    /// if not 0) for a new client.
+    pub fn register(self: &Arc<Self>, peer_id: u16) -> CancelGuard {
         loop {
             let process_id = rand::random::<i32>() & i32::MAX;
             if process_id == 0 {
@@ -120,7 +148,7 @@ impl Cancels {
             }
             let slot = Arc::new(CancelSlot {
                 process_id,
-                secret_key: rand::random(),
+                secret_key: issue_secret(peer_id),
                 bound: AtomicU64::new(0),
             });
             if let dashmap::Entry::Vacant(e) = self.slots.entry(process_id) {
@@ -136,7 +164,23 @@ impl Cancels {
     /// Sends a cancel to the backend the keyed client is using, if any. An
     /// unknown key or an idle client cancels nothing, silently (as
     /// PostgreSQL does). `servers`: where the backends' keys are listed.
-    pub async fn cancel(&self, servers: &Registry, process_id: i32, secret_key: i32) {
+    /// Under peering, a key another peer issued goes to that peer.
+    pub async fn cancel(
+        &self,
+        servers: &Registry,
+        process_id: i32,
+        secret_key: i32,
+        config: &Config,
+    ) {
+        let mut secret_key = secret_key;
+        if config.peer_id != 0 {
+            let from = issuer(secret_key);
+            if from != config.peer_id {
+                return pass_on(config, from, process_id, secret_key).await;
+            }
+            // The hops left are not part of the key.
+            secret_key |= HOPS as i32;
+        }
         let server = match self.slots.get(&process_id) {
             Some(slot)
                 if crate::auth::constant_time_eq(
@@ -158,6 +202,40 @@ impl Cancels {
             Err(_) => tracing::warn!("cancel request timed out"),
         }
         server.key.gate.leave();
+    }
+}
+
+/// Sends a cancel for a key peer `to` issued on to that peer, one hop
+/// fewer left.
+async fn pass_on(config: &Config, to: u16, process_id: i32, secret_key: i32) {
+    let hops = (secret_key as u32 & HOPS) >> HOPS_SHIFT;
+    let Some(peer) = config.peers.get(&to).filter(|_| hops > 0) else {
+        tracing::debug!(
+            peer = to,
+            hops,
+            "cancel request for an unknown peer, or passed on too often"
+        );
+        return;
+    };
+    let secret_key = ((secret_key as u32 & !HOPS) | ((hops - 1) << HOPS_SHIFT)) as i32;
+    let send = async {
+        let (mut stream, _) =
+            crate::backend::open(peer, &crate::tls::Connector::disabled(), &config.tcp)
+                .await
+                .map_err(std::io::Error::other)?;
+        let mut buf = BytesMut::new();
+        frontend::cancel_request(process_id, secret_key, &mut buf);
+        stream.write_all(&buf).await?;
+        let mut rest = [0u8; 64];
+        while stream.read(&mut rest).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    match tokio::time::timeout(CANCEL_TIMEOUT, send).await {
+        Ok(Ok(())) => tracing::debug!(peer = to, "cancel passed on to its peer"),
+        Ok(Err(e)) => {
+            tracing::warn!(peer = to, error = %e, "could not pass a cancel on to its peer")
+        }
+        Err(_) => tracing::warn!(peer = to, "passing a cancel on to its peer timed out"),
     }
 }
 
@@ -244,6 +322,21 @@ mod tests {
             },
         };
         registry.servers.insert(id, Arc::new(entry));
+    }
+
+    #[test]
+    fn keys_carry_their_issuers_peer_id_and_hops() {
+        for peer in [1, 2, 777, crate::config::MAX_PEER_ID] {
+            for _ in 0..100 {
+                let secret = issue_secret(peer);
+                assert_eq!(issuer(secret), peer);
+                assert_eq!(secret as u32 & HOPS, HOPS, "every hop left at first");
+            }
+        }
+        // Without peering the whole secret is random.
+        let secrets: std::collections::HashSet<_> =
+            (0..64).map(|_| issuer(issue_secret(0))).collect();
+        assert!(secrets.len() > 1);
     }
 
     #[test]

@@ -85,6 +85,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "listen" => c.listen.to_string(),
         "listen_backlog" => c.listen_backlog.to_string(),
         "so_reuseport" => c.so_reuseport.to_string(),
+        "peer_id" => c.peer_id.to_string(),
         "tcp_keepalive" => c.tcp.keepalive.to_string(),
         "tcp_keepidle" => opt(c.tcp.keepidle),
         "tcp_keepintvl" => opt(c.tcp.keepintvl),

@@ -234,7 +234,7 @@ async fn log_in(
         } => {
             pooler
                 .cancels
-                .cancel(&pooler.registry, process_id, secret_key)
+                .cancel(&pooler.registry, process_id, secret_key, config)
                 .await;
             return Ok(None);
         }
@@ -289,7 +289,7 @@ async fn log_in(
     pool.clients.fetch_add(1, Ordering::Relaxed);
     // From here on `Admission` keeps the counts.
     std::mem::forget(counted);
-    let cancel = pooler.cancels.register();
+    let cancel = pooler.cancels.register(config.peer_id);
     write::backend_key_data(
         &mut conn.wbuf,
         cancel.slot.process_id,

@@ -182,6 +182,12 @@ pub struct Config {
     pub databases: Vec<DatabaseConfig>,
     /// The file's `[users]`: settings of one user's pools.
     pub users: BTreeMap<String, UserConfig>,
+    /// This process's id among pgdynos sharing a port (`so_reuseport`); 0:
+    /// none. It is written into each client's cancel key.
+    pub peer_id: u16,
+    /// The file's `[peers]`: where each peer takes cancel requests for
+    /// the keys it issued.
+    pub peers: BTreeMap<u16, Upstream>,
     /// Things worth a log line once logging is up.
     pub warnings: Vec<String>,
 }
@@ -231,13 +237,13 @@ impl Config {
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut raw = Raw::default();
         let mut warnings = Vec::new();
-        let (mut file_databases, mut file_users) = (None, None);
+        let [mut file_databases, mut file_users, mut file_peers] = [None, None, None];
         let file = sources
             .file
             .clone()
             .or_else(|| env_var(&sources.env, "PGDYNO_CONFIG").map(PathBuf::from));
         if let Some(path) = &file {
-            (file_databases, file_users) = raw.add_file(path)?;
+            [file_databases, file_users, file_peers] = raw.add_file(path)?;
         }
         for (name, value) in &sources.env {
             if let Some(key) = name.strip_prefix("PGDYNO_") {
@@ -262,6 +268,10 @@ impl Config {
         for (name, value) in file_users.unwrap_or_default() {
             let user = user_entry(&name, &value)?;
             config.users.insert(name, user);
+        }
+        for (id, value) in file_peers.unwrap_or_default() {
+            let (id, peer) = peer_entry(&id, &value)?;
+            config.peers.insert(id, peer);
         }
         config.databases = databases(
             &raw,
@@ -352,12 +362,20 @@ impl Config {
             server_tls: tls::server(raw)?,
             databases: Vec::new(),
             users: BTreeMap::new(),
+            // Out of range is refused by `validate`.
+            peer_id: u16::try_from(raw.parse::<usize>("peer_id")?).unwrap_or(u16::MAX),
+            peers: BTreeMap::new(),
             warnings: Vec::new(),
         })
         .and_then(Config::validate)
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
+        if self.peer_id > MAX_PEER_ID {
+            return Err(ConfigError(format!(
+                "invalid value for peer_id: at most {MAX_PEER_ID}"
+            )));
+        }
         if self.auth_type == AuthType::Cert
             && self.client_tls.sslmode != crate::config::tls::SslMode::VerifyFull
         {
@@ -534,6 +552,26 @@ fn database_entry(
         return Err(err("pool_size must be at least 1".into()));
     }
     Ok(db)
+}
+
+/// The largest peer id (PgBouncer's): ids are 14 bits of a cancel key.
+pub const MAX_PEER_ID: u16 = 16383;
+
+/// A `[peers]` entry: `id = "host=... port=..."` (or a URL), as PgBouncer's.
+fn peer_entry(id: &str, value: &toml::Value) -> Result<(u16, Upstream), ConfigError> {
+    let err = |what: String| ConfigError(format!("invalid value for peers.{id}: {what}"));
+    let number = id
+        .parse::<u16>()
+        .ok()
+        .filter(|n| (1..=MAX_PEER_ID).contains(n))
+        .ok_or_else(|| err(format!("a peer id is a number from 1 to {MAX_PEER_ID}")))?;
+    let toml::Value::String(text) = value else {
+        return Err(err(
+            "expected a string such as \"host=127.0.0.1 port=6433\"".into(),
+        ));
+    };
+    let upstream = url::parse(text).map_err(err)?;
+    Ok((number, upstream))
 }
 
 /// A `[users]` entry: a table of pool_mode, pool_size, reserve_pool_size

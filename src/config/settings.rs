@@ -23,6 +23,7 @@ pub const SETTINGS: &[Setting] = &[
     s("worker_threads", "0", "threads serving clients (0: one per four cores, at least one)"),
     s("listen", "127.0.0.1:6432", "TCP address clients connect to"),
     s("listen_backlog", "1024", "connections the kernel queues until pgdyno accepts them (PgBouncer: 128; capped by net.core.somaxconn)"),
+    s("peer_id", "0", "this process's id among pgdynos sharing a port (so_reuseport), 1 to 16383, written into cancel keys so that any of them forwards a cancel to the one that issued it ([peers] in the file says where each is; 0: no peering)"),
     s("so_reuseport", "false", "SO_REUSEPORT on the listening socket: several pgdyno processes may listen on one port (the kernel spreads connections)"),
     s("tcp_keepalive", "true", "TCP keepalive on client and server sockets"),
     s("tcp_keepidle", "0", "seconds a connection is idle before the first keepalive probe (0: the system's)"),

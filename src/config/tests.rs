@@ -207,6 +207,37 @@ fn users_table() {
     }
 }
 
+/// `peer_id` and `[peers]`: ids from 1 to 16383, addresses as connection
+/// strings or URLs.
+#[test]
+fn peers_table() {
+    let load = |text: &str| {
+        let path = temp_file("peers.toml", text);
+        let c = Config::load(&Sources {
+            file: Some(path.clone()),
+            ..Default::default()
+        });
+        std::fs::remove_file(path).unwrap();
+        c
+    };
+    let c = load(
+        "upstream = \"postgres://u@h/d\"\npeer_id = 2\n[peers]\n\
+         1 = \"host=127.0.0.1 port=6433\"\n2 = \"postgres://127.0.0.1:6434\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.peer_id, 2);
+    assert_eq!((c.peers[&1].port, c.peers[&2].port), (6433, 6434));
+    for (bad, want) in [
+        ("peer_id = 16384\n", "peer_id"),
+        ("[peers]\nfirst = \"host=h\"\n", "peers.first"),
+        ("[peers]\n0 = \"host=h\"\n", "peers.0"),
+        ("[peers]\n1 = 6433\n", "peers.1"),
+    ] {
+        let e = load(&format!("upstream = \"postgres://u@h/d\"\n{bad}")).unwrap_err();
+        assert!(e.0.contains(want), "{bad}: {e}");
+    }
+}
+
 /// The relay keeps a timer only for timeouts it can hit: in transaction
 /// mode a client is idle unbound, so client_idle_timeout alone needs none.
 #[test]

@@ -35,10 +35,9 @@ pub struct Raw {
 impl Raw {
     /// Adds the top-level settings of a TOML file; returns its `[databases]` table.
     /// The file's settings; returns its `[databases]` and `[users]` tables.
-    pub fn add_file(
-        &mut self,
-        path: &Path,
-    ) -> Result<(Option<toml::Table>, Option<toml::Table>), ConfigError> {
+    /// Adds the file's settings; returns its `[databases]`, `[users]` and
+    /// `[peers]` tables.
+    pub fn add_file(&mut self, path: &Path) -> Result<[Option<toml::Table>; 3], ConfigError> {
         let mut table = super::read_file(path)?;
         let mut section = |name: &str| match table.remove(name) {
             None => Ok(None),
@@ -47,7 +46,7 @@ impl Raw {
                 "invalid value for {name}: expected a [{name}] table"
             ))),
         };
-        let (databases, users) = (section("databases")?, section("users")?);
+        let sections = [section("databases")?, section("users")?, section("peers")?];
         for (key, value) in table {
             let origin = Origin::File(path.display().to_string());
             let key = canonical(&key).to_owned();
@@ -56,7 +55,7 @@ impl Raw {
             }
             self.add_value(&key, value, origin)?;
         }
-        Ok((databases, users))
+        Ok(sections)
     }
 
     pub fn add_string(

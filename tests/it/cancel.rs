@@ -226,3 +226,70 @@ async fn each_client_has_its_own_cancel_key() {
     })
     .await
 }
+
+/// Peering: two pgdynos (as behind one port with so_reuseport), peer ids 1
+/// and 2, each told in `[peers]` where the other takes cancels. A cancel
+/// for a client of the first that reaches the second is passed on and stops
+/// the query. Without peering the second does not know the key: the query
+/// runs to its end.
+#[tokio::test]
+async fn a_cancel_that_reaches_another_peer_is_passed_on() {
+    within(60, async {
+        let dir = scratch_dir("peers");
+        let url = Cluster::shared().url(APP_DB);
+        for peering in [true, false] {
+            let ports = [free_port(), free_port()];
+            let mut peers = Vec::new();
+            for (n, port) in ports.iter().enumerate() {
+                let path = dir.join(format!("peer{n}-{peering}.toml"));
+                let id = if peering { n + 1 } else { 0 };
+                std::fs::write(
+                    &path,
+                    format!(
+                        "peer_id = {id}\n[databases]\n{APP_DB} = \"{url}\"\n[peers]\n\
+                         1 = \"host=127.0.0.1 port={}\"\n2 = \"host=127.0.0.1 port={}\"\n",
+                        ports[0], ports[1]
+                    ),
+                )
+                .unwrap();
+                let args = ["--config", path.to_str().unwrap()];
+                let launch = Launch {
+                    args: &args,
+                    env: &[],
+                };
+                peers.push(
+                    Pgdyno::launch_on(*port, &launch)
+                        .await
+                        .expect("start a peer"),
+                );
+            }
+            let mut raw = RawConn::connect(ports[0]).await;
+            raw.login(APP_USER, APP_PASSWORD, APP_DB)
+                .await
+                .expect("login");
+            let (pid, key) = raw.backend_key().expect("BackendKeyData");
+            let started = Instant::now();
+            raw.send(&Batch::new().query("SELECT pg_sleep(3)").into_bytes())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            send_cancel(ports[1], pid, key).await;
+            let mut error = None;
+            while let Some(msg) = raw.recv().await {
+                match msg.tag {
+                    b'E' => error = Some(error_fields(&msg).code),
+                    b'Z' => break,
+                    _ => {}
+                }
+            }
+            if peering {
+                assert_eq!(error.as_deref(), Some("57014"), "the cancel passed on");
+                assert!(started.elapsed() < Duration::from_millis(2500));
+            } else {
+                assert_eq!(error, None, "no peering: the cancel reaches nobody");
+                assert!(started.elapsed() >= Duration::from_secs(3));
+            }
+        }
+    })
+    .await
+}
