@@ -254,6 +254,15 @@ impl Pooler {
         let users = Users::load(&new)?;
         let tls = Arc::new(Tls::new(&new)?);
         let old = self.config();
+        // Clients' cancel keys carry the peer id they were issued under.
+        if new.peer_id != old.peer_id {
+            tracing::warn!(
+                event = "reload",
+                setting = "peer_id",
+                "changing peer_id needs a restart; keeping the old one"
+            );
+            new.peer_id = old.peer_id;
+        }
         // Sizes chosen by `auto` at startup stay (asking again needs a restart).
         for db in new.databases.iter_mut().filter(|d| d.auto_pool_size) {
             if let Some(before) = old.database(&db.name) {
@@ -458,10 +467,16 @@ mod tests {
             pooler.set("pool_size", size).unwrap();
         }
         pooler.set("default_pool_size", "7").unwrap();
+        // Cancel keys already issued carry the peer id: it stays.
+        pooler.set("peer_id", "5").unwrap();
+        assert_eq!(pooler.config().peer_id, 0);
         assert!(pooler.set("default_pool_size", "many").is_err());
         assert_eq!(
             *pooler.set_on_console.lock().unwrap(),
-            [("default_pool_size".to_owned(), "7".to_owned())]
+            [
+                ("default_pool_size".to_owned(), "7".to_owned()),
+                ("peer_id".to_owned(), "5".to_owned())
+            ]
         );
         assert_eq!(pooler.config().default_pool_size, 7);
     }

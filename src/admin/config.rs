@@ -24,7 +24,7 @@ const RESTART: &[&str] = &[
     "unix_socket_mode",
     "fleet_size",
     "pool_size_headroom",
-    "max_user_connections",
+    "peer_id",
     "auth_failure_limit",
     "auth_failure_block_time",
     "auth_failure_delay",
