@@ -32,7 +32,11 @@ pub async fn resolve(config: &mut Config) -> Result<(), ConfigError> {
             },
             (None, None) => Credential::None,
         };
-        let endpoint = Endpoint::of(db, credential);
+        let mut endpoint = Endpoint::of(db, credential);
+        if db.name == crate::config::FALLBACK_DATABASE && db.upstream.dbname.is_none() {
+            // `*` names no database: ask the server's own.
+            endpoint.dbname = "postgres".into();
+        }
         let tls = crate::tls::Connector::new(&db.upstream, &config.server_tls, &mut None)?;
         let target = Arc::new(Target::new(
             &db.name,

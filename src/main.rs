@@ -200,6 +200,7 @@ async fn serve(mut config: Config, sources: Sources) -> anyhow::Result<()> {
         tokio::spawn(pgdyno::metrics::serve(listener, pooler.clone(), handle));
     }
     tokio::spawn(pooler.clone().keep_stats());
+    tokio::spawn(pooler.clone().forget_unused_auto_pools());
     let shutdown = pooler.shutdown.clone();
     let timeout = pooler.config().shutdown_timeout;
     let mut server = tokio::spawn(listeners.serve(pooler.clone()));

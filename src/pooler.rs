@@ -300,9 +300,9 @@ impl Pooler {
             *pool.target.tls.write().unwrap() = tls.connector(&pool.database);
             *pool.target.tcp.write().unwrap() = self.config().tcp;
             if let Some(db) = self.config().database(&pool.database) {
-                self.repoint(&pool, db);
+                self.repoint(&pool, &db);
                 *pool.target.connect_query.write().unwrap() = db.connect_query.clone();
-                let settings = self.settings(db, &pool.user);
+                let settings = self.settings(&db, &pool.user);
                 pool.update_settings(settings, self.config().server_check_query.clone());
             }
         }
@@ -383,6 +383,53 @@ impl Pooler {
                     );
                 }
                 periods.insert(db, (before, totals));
+            }
+        }
+    }
+
+    /// Frees the pools of databases the `*` entry serves once no client has
+    /// held them for `autodb_idle_timeout` (a client naming many databases
+    /// must not leave a pool each behind for ever). Checks every second.
+    pub async fn forget_unused_auto_pools(self: Arc<Self>) {
+        let mut unused_since = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let config = self.config();
+            let Some(limit) = config.autodb_idle_timeout else {
+                unused_since.clear();
+                continue;
+            };
+            // Held only by this map: no client has it.
+            let unused: Vec<(String, String)> = self
+                .pools
+                .iter()
+                .filter(|p| Arc::strong_count(p.value()) == 1)
+                .filter(|p| config.is_auto_database(&p.key().0))
+                .map(|p| p.key().clone())
+                .collect();
+            unused_since.retain(|key, _| unused.contains(key));
+            let now = std::time::Instant::now();
+            for key in unused {
+                let since = *unused_since.entry(key.clone()).or_insert(now);
+                if now.duration_since(since) < limit {
+                    continue;
+                }
+                unused_since.remove(&key);
+                // Checked again under the map's lock: a client may have
+                // just taken it.
+                if self
+                    .pools
+                    .remove_if(&key, |_, p| Arc::strong_count(p) == 1)
+                    .is_some()
+                {
+                    tracing::info!(
+                        event = "autodb_freed",
+                        database = %key.0,
+                        user = %key.1,
+                        "freed the pool of an automatic database no client used for autodb_idle_timeout"
+                    );
+                }
             }
         }
     }

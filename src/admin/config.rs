@@ -120,6 +120,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "server_check_query" => c.server_check_query.clone(),
         "server_login_retry" => secs(c.server_login_retry),
         "server_idle_timeout" => opt(c.server_idle_timeout),
+        "autodb_idle_timeout" => opt(c.autodb_idle_timeout),
         "server_lifetime" => opt(c.server_lifetime),
         "shutdown_timeout" => secs(c.shutdown_timeout),
         "server_reset_query" => c.server_reset_query.clone(),

@@ -477,7 +477,21 @@ fn databases(pooler: &Pooler) -> Table {
         ("disabled", Int4),
     ]);
     let pools = pooler.pools();
-    for d in &pooler.config().databases {
+    let config = pooler.config();
+    // The configured databases, then those the `*` entry serves now.
+    let mut all: Vec<_> = config
+        .databases
+        .iter()
+        .map(std::borrow::Cow::Borrowed)
+        .collect();
+    let mut auto: Vec<&str> = pools
+        .iter()
+        .map(|p| p.database.as_str())
+        .filter(|name| config.is_auto_database(name))
+        .collect();
+    auto.dedup();
+    all.extend(auto.into_iter().filter_map(|name| config.database(name)));
+    for d in &all {
         let mine: Vec<_> = pools.iter().filter(|p| p.database == d.name).collect();
         let current: usize = mine
             .iter()

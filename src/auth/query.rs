@@ -32,13 +32,17 @@ pub async fn look_up(
     if config.auth_user.is_empty() {
         return Ok(None);
     }
+    let named;
     let db = match config.auth_dbname.as_str() {
         "" => db,
-        name => config.database(name).ok_or_else(|| {
-            Error::AuthUnsupported(format!(
-                "auth_dbname \"{name}\" is not a configured database"
-            ))
-        })?,
+        name => {
+            named = config.database(name).ok_or_else(|| {
+                Error::AuthUnsupported(format!(
+                    "auth_dbname \"{name}\" is not a configured database"
+                ))
+            })?;
+            &*named
+        }
     };
     let pool = pooler.pool(db, &config.auth_user, &Proof::default());
     let mut backend = pool.lend().await?;

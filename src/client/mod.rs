@@ -280,10 +280,10 @@ async fn log_in(
     if pooler.is_disabled(&db.name) {
         return Err(Error::DatabaseDisabled(db.name.clone()));
     }
-    let proof = login(pooler, conn, &startup, peer, how, Some(db)).await?;
-    pooler.count_client(db, &startup.user)?;
+    let proof = login(pooler, conn, &startup, peer, how, Some(&db)).await?;
+    pooler.count_client(&db, &startup.user)?;
     let counted_for = CountedFor(pooler, &db.name, &startup.user);
-    let pool = pooler.pool(db, &startup.user, &proof);
+    let pool = pooler.pool(&db, &startup.user, &proof);
     let session = welcome(conn, config, &pool, &startup).await?;
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
     pool.clients.fetch_add(1, Ordering::Relaxed);

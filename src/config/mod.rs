@@ -10,6 +10,7 @@ pub mod tls;
 mod url;
 mod value;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -142,6 +143,7 @@ pub struct Config {
     pub client_login_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub server_idle_timeout: Option<Duration>,
+    pub autodb_idle_timeout: Option<Duration>,
     /// The timeouts the relay keeps while a client holds a backend.
     pub timeouts: Timeouts,
     pub server_check_delay: Duration,
@@ -319,6 +321,7 @@ impl Config {
             client_login_timeout: raw.duration("client_login_timeout")?,
             server_connect_timeout: raw.duration("server_connect_timeout")?,
             server_idle_timeout: nonzero(raw.duration("server_idle_timeout")?),
+            autodb_idle_timeout: nonzero(raw.duration("autodb_idle_timeout")?),
             timeouts: Timeouts {
                 client_idle: nonzero(raw.duration("client_idle_timeout")?),
                 idle_transaction: nonzero(raw.duration("idle_transaction_timeout")?),
@@ -408,8 +411,27 @@ impl Config {
         Ok(self)
     }
 
-    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
-        self.databases.iter().find(|d| d.name == name)
+    /// The database a client asks for by `name`: its own entry, else one
+    /// made from the `*` entry (PgBouncer's fallback database; the server
+    /// database is then the one asked for, unless `*` names one).
+    pub fn database(&self, name: &str) -> Option<Cow<'_, DatabaseConfig>> {
+        if let Some(db) = self.databases.iter().find(|d| d.name == name) {
+            return Some(Cow::Borrowed(db));
+        }
+        let fallback = self
+            .databases
+            .iter()
+            .find(|d| d.name == FALLBACK_DATABASE)?;
+        Some(Cow::Owned(DatabaseConfig {
+            name: name.to_owned(),
+            ..fallback.clone()
+        }))
+    }
+
+    /// Whether `name` is served by the `*` entry rather than its own.
+    pub fn is_auto_database(&self, name: &str) -> bool {
+        !self.databases.iter().any(|d| d.name == name)
+            && self.databases.iter().any(|d| d.name == FALLBACK_DATABASE)
     }
 
     /// `max_user_client_connections` for `user`: its own, else the global one.
@@ -519,7 +541,8 @@ fn database_entry(
     };
     let upstream = url::parse(&url).map_err(err)?;
     let mut db = DatabaseConfig::with_defaults(name.to_owned(), upstream, config);
-    if db.upstream.dbname.is_none() {
+    // `*` leaves it open: each client's database name is the server's.
+    if db.upstream.dbname.is_none() && name != FALLBACK_DATABASE {
         db.upstream.dbname = Some(name.to_owned());
     }
     let mut raw = Raw::default();
@@ -553,6 +576,10 @@ fn database_entry(
     }
     Ok(db)
 }
+
+/// `[databases]`' `*`: serves any database name without an entry of its
+/// own.
+pub const FALLBACK_DATABASE: &str = "*";
 
 /// The largest peer id (PgBouncer's): ids are 14 bits of a cancel key.
 pub const MAX_PEER_ID: u16 = 16383;

@@ -57,6 +57,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_check_query", ";", "query that checks a long-idle backend (empty: no check)"),
     s("server_login_retry", "15", "seconds after a failed backend login during which clients get that error at once"),
     s("server_idle_timeout", "600", "seconds an idle backend is kept (0: forever)"),
+    s("autodb_idle_timeout", "3600", "seconds a pool of a database the [databases] `*` entry serves is kept once no client uses it (0: forever)"),
     s("server_lifetime", "3600", "seconds after which a released backend is closed (0: never)"),
     s("shutdown_timeout", "25", "seconds transactions get to finish after SIGTERM before clients are closed"),
     s("server_reset_query", "DISCARD ALL", "run on a backend when a session-mode client leaves"),

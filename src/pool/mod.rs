@@ -559,6 +559,8 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        // Its idle backends close; the limits it shares count them no more.
+        self.close_idle();
         // The line keeper sees the pool gone and ends.
         self.line_changed.notify_one();
     }

@@ -238,6 +238,7 @@ async fn start_pooling(
         tokio::spawn(crate::metrics::serve(listener, pooler.clone(), handle));
     }
     tokio::spawn(pooler.clone().keep_stats());
+    tokio::spawn(pooler.clone().forget_unused_auto_pools());
     let server = tokio::spawn(listeners.serve(pooler.clone()));
     Ok((pooler, local, server))
 }

@@ -51,10 +51,12 @@ impl Tls {
         })
     }
 
-    /// The connector for a configured database (plaintext for any other).
+    /// The connector for a configured database, or for one the `*` entry
+    /// serves (plaintext for any other).
     pub fn connector(&self, database: &str) -> Arc<Connector> {
         self.connectors
             .get(database)
+            .or_else(|| self.connectors.get(crate::config::FALLBACK_DATABASE))
             .cloned()
             .unwrap_or_else(|| Arc::new(Connector::disabled()))
     }

@@ -1,8 +1,9 @@
 //! Configuration as a user meets it: flags beat `PGDYNO_*` env vars, which
 //! beat the TOML file; DATABASE_URL as the default upstream; bad settings
 //! stop pgdyno with a message naming the key; several databases from TOML,
-//! each with its own pool; the Unix socket and its mode; JSON logs;
-//! ignored startup parameters.
+//! each with its own pool; the `*` fallback database and
+//! autodb_idle_timeout; the Unix socket and its mode; JSON logs; ignored
+//! startup parameters.
 
 use crate::harness::*;
 use futures_util::future::join_all;
@@ -378,6 +379,85 @@ async fn users_table_sets_one_users_pool_mode_and_size() {
             if let Err(e) = result {
                 assert_eq!(sqlstate(&e), Some("08P01"), "{e}");
             }
+        }
+    })
+    .await
+}
+
+/// The backends PostgreSQL has open on database `db`, through pgdyno or not.
+async fn sessions_on(db: &str) -> i64 {
+    let admin = Cluster::shared().admin().await;
+    Cluster::shared().backends_on(&admin, db).await
+}
+
+/// `[databases]` `*`: a database without an entry of its own is served on
+/// the `*` entry's server, the server database being the name the client
+/// asked for; an exact entry still wins. With autodb_idle_timeout, such a
+/// pool no client holds any more is freed and its backends closed; by
+/// default (an hour) it stays.
+#[tokio::test]
+async fn the_star_entry_serves_any_database_and_idle_ones_are_freed() {
+    within(90, async {
+        let cluster = Cluster::shared();
+        cluster.create_database("star_one").await;
+        cluster.create_database("star_two").await;
+        let dir = scratch_dir("star");
+        let star = format!(
+            "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD}",
+            cluster.port()
+        );
+        for (timeout, freed) in [(Some(1), true), (None, false)] {
+            let path = dir.join(format!("star-{freed}.toml"));
+            let setting = timeout.map_or(String::new(), |t| format!("autodb_idle_timeout = {t}\n"));
+            std::fs::write(
+                &path,
+                format!(
+                    "{setting}admin_users = \"{APP_USER}\"\n[databases]\n\
+                     \"*\" = \"{star}\"\nstar_alias = \"{}\"\n",
+                    cluster.url("star_two")
+                ),
+            )
+            .unwrap();
+            let pgdyno = Pgdyno::start(&["--config", path.to_str().unwrap()]).await;
+            for (asked, served) in [("star_one", "star_one"), ("star_alias", "star_two")] {
+                let client = pgdyno.connect(asked).await;
+                let row = client
+                    .query_typed_one("SELECT current_database()::text", &[])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, String>(0), served, "asked for {asked}");
+            }
+            // A name the server does not have: PostgreSQL's 3D000.
+            let code = match connect(&pgdyno.config("star_missing")).await {
+                Err(e) => sqlstate(&e).map(str::to_owned),
+                Ok(c) => c
+                    .simple_query("SELECT 1")
+                    .await
+                    .err()
+                    .and_then(|e| sqlstate(&e).map(str::to_owned)),
+            };
+            assert_eq!(code.as_deref(), Some("3D000"));
+            let console = pgdyno.connect("pgbouncer").await;
+            let names: Vec<String> = console
+                .simple_query("SHOW DATABASES")
+                .await
+                .unwrap()
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get("name").map(str::to_owned),
+                    _ => None,
+                })
+                .collect();
+            assert!(names.contains(&"star_one".to_owned()), "{names:?}");
+            // Its one client gone, star_one's pool (and backend) is freed
+            // after autodb_idle_timeout.
+            assert_eq!(sessions_on("star_one").await, 1);
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            assert_eq!(
+                sessions_on("star_one").await,
+                if freed { 0 } else { 1 },
+                "autodb_idle_timeout {timeout:?}"
+            );
         }
     })
     .await
