@@ -219,16 +219,11 @@ async fn pass_on(config: &Config, to: u16, process_id: i32, secret_key: i32) {
     };
     let secret_key = ((secret_key as u32 & !HOPS) | ((hops - 1) << HOPS_SHIFT)) as i32;
     let send = async {
-        let (mut stream, _) =
+        let (stream, _) =
             crate::backend::open(peer, &crate::tls::Connector::disabled(), &config.tcp)
                 .await
                 .map_err(std::io::Error::other)?;
-        let mut buf = BytesMut::new();
-        frontend::cancel_request(process_id, secret_key, &mut buf);
-        stream.write_all(&buf).await?;
-        let mut rest = [0u8; 64];
-        while stream.read(&mut rest).await? > 0 {}
-        Ok::<_, std::io::Error>(())
+        send_cancel(stream, process_id, secret_key).await
     };
     match tokio::time::timeout(CANCEL_TIMEOUT, send).await {
         Ok(Ok(())) => tracing::debug!(peer = to, "cancel passed on to its peer"),
@@ -268,14 +263,23 @@ async fn forward(server: &ServerEntry) -> std::io::Result<()> {
         .target
         .upgrade()
         .ok_or_else(|| std::io::Error::other("the backend's pool is gone"))?;
-    let (mut stream, _) = target
+    let (stream, _) = target
         .open(&key.endpoint.upstream)
         .await
         .map_err(std::io::Error::other)?;
+    send_cancel(stream, server.remote_pid, key.secret_key).await
+}
+
+/// Writes a CancelRequest on `stream` and waits for the other end to close
+/// it, which PostgreSQL (or a peer) does once it has acted on it.
+async fn send_cancel(
+    mut stream: crate::stream::Stream,
+    process_id: i32,
+    secret_key: i32,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
-    frontend::cancel_request(server.remote_pid, key.secret_key, &mut buf);
+    frontend::cancel_request(process_id, secret_key, &mut buf);
     stream.write_all(&buf).await?;
-    // PostgreSQL closes the connection once it has signalled the backend.
     let mut rest = [0u8; 64];
     while stream.read(&mut rest).await? > 0 {}
     Ok(())

@@ -157,8 +157,10 @@ impl Pooler {
             .flatten();
         let key = (db.name.clone(), user.to_owned());
         if let Some(pool) = self.pools.get(&key) {
-            if let (None, Some(credential)) = (self.configured_credential(db, user), proved) {
-                if pool.target.endpoint().credential != credential {
+            if let Some(credential) = proved {
+                if self.configured_credential(db, user).is_none()
+                    && pool.target.endpoint().credential != credential
+                {
                     pool.target.set_endpoint(Endpoint::of(db, credential));
                 }
             }

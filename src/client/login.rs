@@ -115,10 +115,13 @@ pub(super) async fn login(
                 database: &startup.database,
                 user,
             };
-            match pooler.users().hba.as_ref().map(|h| h.method(&origin)) {
+            // Refusals in PostgreSQL's words.
+            let refused = |why: &str| Err(Error::AuthUnsupported(format!("{why} {origin}")));
+            match pooler.users().hba.as_ref().and_then(|h| h.method(&origin)) {
                 Some(Method::Auth(method)) => method,
                 Some(Method::Peer) => return peer_login(conn, user),
-                _ => return Err(hba_refusal(pooler, &origin)),
+                Some(Method::Reject) => return refused("pg_hba.conf rejects connection for"),
+                None => return refused("no pg_hba.conf entry for"),
             }
         }
         configured => configured,
@@ -178,20 +181,6 @@ pub(super) async fn login(
         _ => {}
     }
     result
-}
-
-/// Why `auth_hba_file` refuses a client, in PostgreSQL's words.
-fn hba_refusal(pooler: &Pooler, origin: &Origin<'_>) -> Error {
-    let matched = pooler
-        .users()
-        .hba
-        .as_ref()
-        .is_some_and(|h| h.has_entry(origin));
-    Error::AuthUnsupported(if matched {
-        format!("pg_hba.conf rejects connection for {origin}")
-    } else {
-        format!("no pg_hba.conf entry for {origin}")
-    })
 }
 
 /// `peer`: the Unix-socket client's operating-system user must be the user

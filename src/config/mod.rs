@@ -430,8 +430,7 @@ impl Config {
 
     /// Whether `name` is served by the `*` entry rather than its own.
     pub fn is_auto_database(&self, name: &str) -> bool {
-        !self.databases.iter().any(|d| d.name == name)
-            && self.databases.iter().any(|d| d.name == FALLBACK_DATABASE)
+        matches!(self.database(name), Some(Cow::Owned(_)))
     }
 
     /// `max_user_client_connections` for `user`: its own, else the global one.

@@ -1,9 +1,9 @@
 //! `auth_type = hba`: the login method per connection from `auth_hba_file`
 //! (pg_hba.conf's format): peer on the Unix socket, password methods and
-//! reject by user and address over TCP, `cert` on hostssl records (its CN
-//! checked even under verify-ca), PostgreSQL's refusals for a rejected or
+//! reject by user and address over TCP, PostgreSQL's refusals for a rejected or
 //! unmatched client, the file read again on RELOAD, and a file pgdyno
-//! cannot honour stopping it at startup.
+//! cannot honour stopping it at startup. (`cert` on hostssl records is
+//! with the TLS tests, `tls::client`.)
 
 use crate::harness::*;
 
@@ -131,52 +131,6 @@ async fn each_connection_logs_in_as_its_first_matching_record_says() {
         let console = pgdyno.connect("pgbouncer").await;
         console.simple_query("RELOAD").await.expect("RELOAD");
         select_one(&pgdyno.config_as(APP_DB, "zed", ""), "zed after RELOAD").await;
-    })
-    .await
-}
-
-/// The canonical use: TCP clients must come over TLS and show a
-/// certificate whose CN is their user. Under verify-ca the handshake checks
-/// only that the CA signed it; the `cert` record checks the CN.
-#[tokio::test]
-async fn hostssl_cert_records_check_the_certificates_cn() {
-    within(60, async {
-        let certs = test_certs();
-        let dir = scratch_dir("hba-tls");
-        let hba = dir.join("hba.conf");
-        std::fs::write(&hba, "hostssl all all 127.0.0.1/32 cert\n").unwrap();
-        let pgdyno = hba_pgdyno(
-            &hba,
-            &[
-                "--client-tls-sslmode",
-                "verify-ca",
-                "--client-tls-cert-file",
-                certs.server.cert_path(),
-                "--client-tls-key-file",
-                certs.server.key_path(),
-                "--client-tls-ca-file",
-                certs.ca.cert_path(),
-            ],
-        )
-        .await;
-        let mut config = pgdyno.config_as(APP_DB, APP_USER, "not-the-password");
-        config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let client = connect_tls(&config, ClientTls::new().identity(&certs.app).connector())
-            .await
-            .unwrap_or_else(|e| panic!("certificate login: {e} ({:?})", e.as_db_error()));
-        client.query_typed_one("SELECT 1", &[]).await.unwrap();
-
-        let mallory = ClientTls::new().identity(&certs.mallory).connector();
-        let Err(err) = connect_tls(&config, mallory).await else {
-            panic!("CN mallory logging in as app must be refused");
-        };
-        let db = err.as_db_error().expect("an ErrorResponse");
-        assert_eq!(db.code().code(), "28000", "{}", db.message());
-        assert!(
-            db.message().contains("CN is \"mallory\""),
-            "{}",
-            db.message()
-        );
     })
     .await
 }

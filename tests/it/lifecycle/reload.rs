@@ -22,7 +22,7 @@ fn write_config(path: &PathBuf, settings: &str) {
 
 /// Starts `client`'s transaction in a task; reports on `done` once BEGIN
 /// has a backend (the transaction stays open).
-pub(super) fn begin(client: &Arc<Client>, n: usize, done: &mpsc::UnboundedSender<usize>) {
+fn begin(client: &Arc<Client>, n: usize, done: &mpsc::UnboundedSender<usize>) {
     let (client, done) = (client.clone(), done.clone());
     tokio::spawn(async move {
         client
@@ -61,7 +61,7 @@ async fn count_until(done: &mut mpsc::UnboundedReceiver<usize>, want: usize) -> 
 
 /// Four clients, each opening a transaction; how many got a backend
 /// within 500 ms, the clients and the channel the others report on.
-async fn four_transactions(
+pub(super) async fn four_transactions(
     pgdyno: &Pgdyno,
 ) -> (usize, Vec<Arc<Client>>, mpsc::UnboundedReceiver<usize>) {
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -3,13 +3,11 @@
 //! a user's new password (from the auth file, or proved by the client's
 //! next SCRAM login), and `max_user_connections`.
 
-use super::reload::{begin, count_within};
+use super::reload::{count_within, four_transactions};
 use crate::harness::*;
 use futures_util::future::join_all;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 async fn reload(console: &Client) {
@@ -191,19 +189,8 @@ async fn reload_changes_max_user_connections_of_existing_pools() {
         write_config(&path, &url, &settings(1));
         let pgdyno = Pgdyno::start(&["--config", path.to_str().unwrap()]).await;
         let console = pgdyno.connect("pgbouncer").await;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut clients = Vec::new();
-        for n in 0..4 {
-            let client = Arc::new(pgdyno.connect(APP_DB).await);
-            begin(&client, n, &tx);
-            clients.push(client);
-        }
-        let wait = Duration::from_millis(700);
-        assert_eq!(
-            count_within(&mut rx, wait).await,
-            1,
-            "max_user_connections 1"
-        );
+        let (started, clients, mut rx) = four_transactions(&pgdyno).await;
+        assert_eq!(started, 1, "max_user_connections 1");
 
         write_config(&path, &url, &settings(3));
         reload(&console).await;
@@ -218,6 +205,7 @@ async fn reload_changes_max_user_connections_of_existing_pools() {
         for result in commits {
             result.expect("COMMIT");
         }
+        let wait = Duration::from_millis(700);
         assert_eq!(count_within(&mut rx, wait).await, 1, "the fourth");
     })
     .await

@@ -1,6 +1,6 @@
 //! Applications to pgdyno over TLS: each client_tls_sslmode as
 //! tokio-postgres and psql meet it, client certificates under verify-ca
-//! and verify-full, auth_type = cert, the certificate from PEM env vars,
+//! and verify-full, auth_type = cert (and hba's cert records), the certificate from PEM env vars,
 //! SCRAM channel binding, and the TLS settings that must stop pgdyno at
 //! startup.
 
@@ -263,6 +263,36 @@ async fn auth_type_cert_logs_in_by_the_certificate_alone() {
             log.contains("auth_type") && log.contains("verify-full"),
             "{log}"
         );
+    })
+    .await
+}
+
+/// auth_type = hba with a `hostssl ... cert` record, the canonical use: TCP
+/// clients come over TLS with a certificate whose CN is their user. Under
+/// verify-ca the handshake checks only that the CA signed it; the record
+/// checks the CN.
+#[tokio::test]
+async fn hba_cert_records_check_the_certificates_cn() {
+    within(60, async {
+        let certs = test_certs();
+        let hba = scratch_dir("hba-tls").join("hba.conf");
+        std::fs::write(&hba, "hostssl all all 127.0.0.1/32 cert\n").unwrap();
+        let hba = hba.to_str().unwrap();
+        let pgdyno = tls_pgdyno("verify-ca", &["--auth-type", "hba", "--auth-hba-file", hba]).await;
+        let mut config = tls_config(&pgdyno);
+        config.password("not-the-password");
+        let client = connect_tls(&config, ClientTls::new().identity(&certs.app).connector())
+            .await
+            .unwrap_or_else(|e| panic!("certificate login: {e} ({:?})", e.as_db_error()));
+        assert_select(&client, 1).await;
+
+        let mallory = ClientTls::new().identity(&certs.mallory).connector();
+        let Err(err) = connect_tls(&config, mallory).await else {
+            panic!("CN mallory logging in as app must be refused");
+        };
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "28000", "{message}");
+        assert!(message.contains("CN is \"mallory\""), "{message}");
     })
     .await
 }
