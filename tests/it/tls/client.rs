@@ -207,6 +207,25 @@ async fn verify_full_wants_the_certificate_cn_to_be_the_user() {
     .await
 }
 
+/// The `app` certificate logs in as app with a wrong password; CN mallory
+/// logging in as app is refused with 28000, whose message this returns.
+async fn certificate_is_the_login(pgdyno: &Pgdyno) -> String {
+    let certs = test_certs();
+    let mut config = tls_config(pgdyno);
+    config.password("not-the-password");
+    let client = connect_tls(&config, ClientTls::new().identity(&certs.app).connector())
+        .await
+        .unwrap_or_else(|e| panic!("certificate login: {e} ({:?})", e.as_db_error()));
+    assert_select(&client, 1).await;
+    let mallory = ClientTls::new().identity(&certs.mallory).connector();
+    let Err(err) = connect_tls(&config, mallory).await else {
+        panic!("CN mallory logging in as app must be refused");
+    };
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "28000", "{message}");
+    message
+}
+
 /// auth_type = cert: the certificate is the login (its CN the user name)
 /// and no password is asked; another CN, or a Unix-socket client with no
 /// certificate, is refused; and pgdyno will not start with auth_type cert
@@ -214,7 +233,6 @@ async fn verify_full_wants_the_certificate_cn_to_be_the_user() {
 #[tokio::test]
 async fn auth_type_cert_logs_in_by_the_certificate_alone() {
     within(60, async {
-        let certs = test_certs();
         let dir = scratch_dir("cert-auth");
         let pgdyno = tls_pgdyno(
             "verify-full",
@@ -226,22 +244,7 @@ async fn auth_type_cert_logs_in_by_the_certificate_alone() {
             ],
         )
         .await;
-        let mut config = tls_config(&pgdyno);
-        config.password("not-the-password");
-        let client = connect_tls(&config, ClientTls::new().identity(&certs.app).connector())
-            .await
-            .unwrap_or_else(|e| panic!("certificate login: {e} ({:?})", e.as_db_error()));
-        assert_select(&client, 1).await;
-
-        let Err(err) = connect_tls(
-            &config,
-            ClientTls::new().identity(&certs.mallory).connector(),
-        )
-        .await
-        else {
-            panic!("CN mallory logging in as app must be refused");
-        };
-        assert_eq!(db_error(&err).0, "28000");
+        certificate_is_the_login(&pgdyno).await;
 
         pgdyno.wait_for_socket(&dir).await;
         let unix = pgdyno.unix_config_as(&dir, APP_DB, APP_USER, APP_PASSWORD);
@@ -274,24 +277,11 @@ async fn auth_type_cert_logs_in_by_the_certificate_alone() {
 #[tokio::test]
 async fn hba_cert_records_check_the_certificates_cn() {
     within(60, async {
-        let certs = test_certs();
         let hba = scratch_dir("hba-tls").join("hba.conf");
         std::fs::write(&hba, "hostssl all all 127.0.0.1/32 cert\n").unwrap();
         let hba = hba.to_str().unwrap();
         let pgdyno = tls_pgdyno("verify-ca", &["--auth-type", "hba", "--auth-hba-file", hba]).await;
-        let mut config = tls_config(&pgdyno);
-        config.password("not-the-password");
-        let client = connect_tls(&config, ClientTls::new().identity(&certs.app).connector())
-            .await
-            .unwrap_or_else(|e| panic!("certificate login: {e} ({:?})", e.as_db_error()));
-        assert_select(&client, 1).await;
-
-        let mallory = ClientTls::new().identity(&certs.mallory).connector();
-        let Err(err) = connect_tls(&config, mallory).await else {
-            panic!("CN mallory logging in as app must be refused");
-        };
-        let (code, message) = db_error(&err);
-        assert_eq!(code, "28000", "{message}");
+        let message = certificate_is_the_login(&pgdyno).await;
         assert!(message.contains("CN is \"mallory\""), "{message}");
     })
     .await
