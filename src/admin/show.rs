@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::BytesMut;
 
 use super::rows::{timestamp, v, Table, Type};
-use crate::config::{Host, PoolMode};
+use crate::config::PoolMode;
 use crate::pooler::Pooler;
 use crate::stats::Totals;
 
@@ -32,6 +32,8 @@ pub fn show(what: &str, pooler: &Pooler, out: &mut BytesMut) -> Result<(), Strin
         "servers" => servers(pooler),
         "databases" => databases(pooler),
         "users" => users(pooler),
+        "peers" => peers(pooler),
+        "peer_pools" => peer_pools(pooler),
         other => {
             return Err(format!(
                 "unknown SHOW item \"{other}\" (SHOW HELP lists them)"
@@ -55,7 +57,7 @@ fn help() -> Table {
     for line in [
         "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION",
         "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|LISTS",
-        "SHOW STATE",
+        "SHOW PEERS|PEER_POOLS|STATE",
         "PAUSE [<db>]",
         "RESUME [<db>]",
         "DISABLE <db>",
@@ -105,7 +107,9 @@ fn lists(pooler: &Pooler) -> Table {
     for (name, n) in [
         ("databases", pooler.config().databases.len()),
         ("users", users.len()),
+        ("peers", pooler.config().peers.len()),
         ("pools", pools.len()),
+        ("peer_pools", pooler.config().peers.len()),
         ("free_clients", 0),
         ("used_clients", clients),
         ("login_clients", 0),
@@ -506,14 +510,10 @@ fn databases(pooler: &Pooler) -> Table {
             .iter()
             .filter(|c| c.database == d.name)
             .count();
-        let host = match &d.upstream.host {
-            Host::Tcp(h) => h.clone(),
-            Host::Unix(p) => p.display().to_string(),
-        };
         let mode = d.pool_mode.name();
         t.row(vec![
             v(&d.name),
-            v(host),
+            v(d.upstream.host.to_string()),
             v(d.upstream.port),
             v(d.upstream.dbname.as_deref().unwrap_or(&d.name)),
             d.upstream.user.as_ref().map(v).unwrap_or(None),
@@ -533,6 +533,50 @@ fn databases(pooler: &Pooler) -> Table {
             v(clients),
             v(i32::from(mine.iter().any(|p| p.is_paused()))),
             v(i32::from(pooler.is_disabled(&d.name))),
+        ]);
+    }
+    t
+}
+
+/// The `[peers]` table: where each peer takes cancels.
+fn peers(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[
+        ("peer_id", Int4),
+        ("host", Text),
+        ("port", Int4),
+        ("pool_size", Int4),
+    ]);
+    for (id, peer) in &pooler.config().peers {
+        t.row(vec![
+            v(id),
+            v(peer.upstream.host.to_string()),
+            v(peer.upstream.port),
+            v(peer.pool_size),
+        ]);
+    }
+    t
+}
+
+/// Cancels on their way to each peer: waiting for a slot or a connection
+/// (cl_waiting_cancel_req; sv_login: connections opening), and sent,
+/// waiting for the peer to close (cl_active_cancel_req, sv_active_cancel:
+/// one connection per cancel).
+fn peer_pools(pooler: &Pooler) -> Table {
+    let mut t = Table::new(&[
+        ("peer_id", Int4),
+        ("cl_active_cancel_req", Int4),
+        ("cl_waiting_cancel_req", Int4),
+        ("sv_active_cancel", Int4),
+        ("sv_login", Int4),
+    ]);
+    for id in pooler.config().peers.keys() {
+        let c = pooler.cancels.peers.counts(*id);
+        t.row(vec![
+            v(id),
+            v(c.active),
+            v(c.waiting),
+            v(c.active),
+            v(c.login),
         ]);
     }
     t

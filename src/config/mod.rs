@@ -189,7 +189,7 @@ pub struct Config {
     pub peer_id: u16,
     /// The file's `[peers]`: where each peer takes cancel requests for
     /// the keys it issued.
-    pub peers: BTreeMap<u16, Upstream>,
+    pub peers: BTreeMap<u16, Peer>,
     /// Things worth a log line once logging is up.
     pub warnings: Vec<String>,
 }
@@ -272,7 +272,7 @@ impl Config {
             config.users.insert(name, user);
         }
         for (id, value) in file_peers.unwrap_or_default() {
-            let (id, peer) = peer_entry(&id, &value)?;
+            let (id, peer) = peer_entry(&id, &value, config.default_pool_size)?;
             config.peers.insert(id, peer);
         }
         config.databases = databases(
@@ -583,21 +583,77 @@ pub const FALLBACK_DATABASE: &str = "*";
 /// The largest peer id (PgBouncer's): ids are 14 bits of a cancel key.
 pub const MAX_PEER_ID: u16 = 16383;
 
-/// A `[peers]` entry: `id = "host=... port=..."` (or a URL), as PgBouncer's.
-fn peer_entry(id: &str, value: &toml::Value) -> Result<(u16, Upstream), ConfigError> {
+/// A `[peers]` entry: where a peer takes cancels, and how many it is sent
+/// at once.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub upstream: Upstream,
+    /// Connections open to it at once, each carrying one cancel
+    /// (PgBouncer's peer `pool_size`; `default_pool_size` unless given).
+    pub pool_size: usize,
+}
+
+/// A `[peers]` entry: `id = "host=... port=... pool_size=..."` (or a URL),
+/// as PgBouncer's, or a table `{ url = "...", pool_size = 4 }`.
+fn peer_entry(
+    id: &str,
+    value: &toml::Value,
+    default_pool_size: usize,
+) -> Result<(u16, Peer), ConfigError> {
     let err = |what: String| ConfigError(format!("invalid value for peers.{id}: {what}"));
     let number = id
         .parse::<u16>()
         .ok()
         .filter(|n| (1..=MAX_PEER_ID).contains(n))
         .ok_or_else(|| err(format!("a peer id is a number from 1 to {MAX_PEER_ID}")))?;
-    let toml::Value::String(text) = value else {
-        return Err(err(
-            "expected a string such as \"host=127.0.0.1 port=6433\"".into(),
-        ));
+    let (text, pool_size) = match value {
+        toml::Value::String(text) => (text, None),
+        toml::Value::Table(t) => {
+            if let Some(other) = t
+                .keys()
+                .find(|k| !["url", "pool_size"].contains(&k.as_str()))
+            {
+                return Err(err(format!("unknown key \"{other}\" (use url, pool_size)")));
+            }
+            let Some(toml::Value::String(text)) = t.get("url") else {
+                return Err(err("a table needs url = \"host=... port=...\"".into()));
+            };
+            let size = match t.get("pool_size") {
+                None => None,
+                Some(toml::Value::Integer(n)) => Some(n.to_string()),
+                Some(_) => return Err(err("pool_size is a number".into())),
+            };
+            (text, size)
+        }
+        _ => {
+            return Err(err(
+                "expected a string such as \"host=127.0.0.1 port=6433\"".into(),
+            ))
+        }
     };
-    let upstream = url::parse(text).map_err(err)?;
-    Ok((number, upstream))
+    let mut upstream = url::parse(text).map_err(err)?;
+    // In the connection string, as PgBouncer writes it; the table's wins.
+    let in_string = upstream
+        .params
+        .iter()
+        .rposition(|(k, _)| k == "pool_size")
+        .map(|i| upstream.params.remove(i).1);
+    upstream.params.retain(|(k, _)| k != "pool_size");
+    let pool_size = match pool_size.or(in_string) {
+        None => default_pool_size,
+        Some(n) => n.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| {
+            err(format!(
+                "pool_size must be a number of at least 1, not \"{n}\""
+            ))
+        })?,
+    };
+    Ok((
+        number,
+        Peer {
+            upstream,
+            pool_size,
+        },
+    ))
 }
 
 /// A `[users]` entry: a table of pool_mode, pool_size, reserve_pool_size

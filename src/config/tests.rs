@@ -226,8 +226,32 @@ fn peers_table() {
     )
     .unwrap();
     assert_eq!(c.peer_id, 2);
-    assert_eq!((c.peers[&1].port, c.peers[&2].port), (6433, 6434));
+    let ports = (c.peers[&1].upstream.port, c.peers[&2].upstream.port);
+    assert_eq!(ports, (6433, 6434));
+    // pool_size: default_pool_size unless the string or the table says.
+    let c = load(
+        "upstream = \"postgres://u@h/d\"\ndefault_pool_size = 7\n[peers]\n\
+         1 = \"host=h port=6433 pool_size=2\"\n2 = { url = \"host=h\", pool_size = 3 }\n\
+         3 = \"host=h\"\n",
+    )
+    .unwrap();
+    let sizes: Vec<usize> = c.peers.values().map(|p| p.pool_size).collect();
+    assert_eq!(sizes, [2, 3, 7]);
+    assert!(
+        c.peers[&1].upstream.params.is_empty(),
+        "pool_size is not sent on"
+    );
     for (bad, want) in [
+        ("[peers]\n1 = \"host=h pool_size=0\"\n", "pool_size"),
+        (
+            "[peers]\n1 = { url = \"host=h\", pool_size = \"x\" }\n",
+            "pool_size",
+        ),
+        (
+            "[peers]\n1 = { url = \"host=h\", size = 2 }\n",
+            "unknown key \"size\"",
+        ),
+        ("[peers]\n1 = { pool_size = 2 }\n", "needs url"),
         ("peer_id = 16384\n", "peer_id"),
         ("[peers]\nfirst = \"host=h\"\n", "peers.first"),
         ("[peers]\n0 = \"host=h\"\n", "peers.0"),

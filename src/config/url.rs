@@ -26,6 +26,16 @@ pub enum Host {
     Unix(PathBuf),
 }
 
+/// The name, or the socket's directory.
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Host::Tcp(h) => f.write_str(h),
+            Host::Unix(p) => p.display().fmt(f),
+        }
+    }
+}
+
 impl Upstream {
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params
@@ -36,14 +46,10 @@ impl Upstream {
 
     /// A display form without the password, for logs and SHOW DATABASES.
     pub fn redacted(&self) -> String {
-        let host = match &self.host {
-            Host::Tcp(h) => h.clone(),
-            Host::Unix(p) => p.display().to_string(),
-        };
         format!(
             "postgres://{}@{}:{}/{}",
             self.user.as_deref().unwrap_or(""),
-            host,
+            self.host,
             self.port,
             self.dbname.as_deref().unwrap_or("")
         )

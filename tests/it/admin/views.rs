@@ -337,3 +337,135 @@ async fn unknown_commands_and_the_extended_protocol_are_refused() {
     })
     .await
 }
+
+/// SHOW PEERS lists `[peers]`; a peer takes at most its `pool_size`
+/// cancels at once, the rest wait their turn, and SHOW PEER_POOLS counts
+/// both. The peer here is a listener that reads each cancel and holds its
+/// connection open until the test lets it go.
+#[tokio::test]
+async fn cancels_for_a_peer_wait_for_its_pool_size_and_show_peer_pools_counts_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(60, async {
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_port = peer.local_addr().unwrap().port();
+        let path = scratch_dir("peer-pools").join("pgdyno.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "peer_id = 1\n[peers]\n1 = \"host=127.0.0.1 port=1\"\n\
+                 2 = \"host=127.0.0.1 port={peer_port} pool_size=1\"\n"
+            ),
+        )
+        .unwrap();
+        let pgdyno = pgdyno(&["--config", path.to_str().unwrap()]).await;
+        let console = console(&pgdyno).await;
+
+        let peers = show(&console, "SHOW PEERS").await;
+        assert_eq!(peers.columns, ["peer_id", "host", "port", "pool_size"]);
+        let row = |id: &str| {
+            peers
+                .rows
+                .iter()
+                .find(|r| r["peer_id"].as_deref() == Some(id))
+                .unwrap_or_else(|| panic!("no peer {id} in {:?}", peers.rows))
+                .clone()
+        };
+        assert_eq!(
+            row("2")["port"].as_deref(),
+            Some(peer_port.to_string().as_str())
+        );
+        assert_eq!(row("2")["pool_size"].as_deref(), Some("1"));
+        assert_eq!(
+            row("1")["pool_size"].as_deref(),
+            Some("20"),
+            "default_pool_size"
+        );
+
+        let counts = || async {
+            let t = show(&console, "SHOW PEER_POOLS").await;
+            assert_eq!(
+                t.columns,
+                [
+                    "peer_id",
+                    "cl_active_cancel_req",
+                    "cl_waiting_cancel_req",
+                    "sv_active_cancel",
+                    "sv_login"
+                ]
+            );
+            let r = t
+                .rows
+                .iter()
+                .find(|r| r["peer_id"].as_deref() == Some("2"))
+                .unwrap();
+            let n = |c: &str| t.int(r, c);
+            (
+                n("cl_active_cancel_req"),
+                n("cl_waiting_cancel_req"),
+                n("sv_active_cancel"),
+                n("sv_login"),
+            )
+        };
+        assert_eq!(counts().await, (0, 0, 0, 0));
+
+        // Three cancels for keys peer 2 issued (its id in the top 14 bits,
+        // both hops left), sent to pgdyno (peer 1).
+        let secret = |n: u32| ((2 << 18) | (3 << 16) | n) as i32;
+        let mut senders = Vec::new();
+        for n in 1..=3 {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pgdyno.port()))
+                .await
+                .unwrap();
+            let mut out = bytes::BytesMut::new();
+            postgres_protocol::message::frontend::cancel_request(
+                100 + n,
+                secret(n as u32),
+                &mut out,
+            );
+            s.write_all(&out).await.unwrap();
+            senders.push(s);
+        }
+        let read_cancel = |mut conn: tokio::net::TcpStream| async move {
+            let mut request = [0u8; 16];
+            conn.read_exact(&mut request).await.unwrap();
+            let pid = i32::from_be_bytes(request[8..12].try_into().unwrap());
+            let key = u32::from_be_bytes(request[12..16].try_into().unwrap());
+            (conn, pid, key)
+        };
+        let (first, pid, key) = read_cancel(peer.accept().await.unwrap().0).await;
+        assert!((101..=103).contains(&pid));
+        assert_eq!(
+            key,
+            (2 << 18) | (2 << 16) | (pid as u32 - 100),
+            "one hop fewer"
+        );
+        eventually(5, "one cancel sent, two waiting", || async {
+            counts().await == (1, 2, 1, 0)
+        })
+        .await;
+        let second = tokio::time::timeout(Duration::from_millis(300), peer.accept()).await;
+        assert!(second.is_err(), "a second connection past pool_size 1");
+
+        // The peer closes the first: the next one goes.
+        drop(first);
+        let (second, next, _) = read_cancel(peer.accept().await.unwrap().0).await;
+        assert_ne!(next, pid);
+        eventually(5, "one sent, one waiting", || async {
+            counts().await == (1, 1, 1, 0)
+        })
+        .await;
+        drop(second);
+        let (third, _, _) = read_cancel(peer.accept().await.unwrap().0).await;
+        drop(third);
+        eventually(5, "all done", || async { counts().await == (0, 0, 0, 0) }).await;
+        // Each sender's connection is closed once its cancel is done.
+        for mut s in senders {
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+                .await
+                .expect("the cancel connection closed")
+                .ok();
+        }
+    })
+    .await
+}

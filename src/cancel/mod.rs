@@ -24,30 +24,13 @@ use crate::backend::{Backend, Target};
 use crate::config::Config;
 use crate::registry::{Registry, ServerEntry};
 
+mod peer;
+
+use peer::{issue_secret, issuer, HOPS};
+pub use peer::{PeerCounts, PeerLines};
+
 /// How long a cancel may take before pgdyno stops waiting for it.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Under peering, a secret key's top 14 bits are the issuing peer's id and
-/// the next 2 how many more times it may be passed on (a misconfigured
-/// `[peers]` cannot send a cancel round for ever); 16 bits stay random,
-/// besides the 31 of the process id.
-const PEER_SHIFT: u32 = 18;
-const HOPS_SHIFT: u32 = 16;
-const HOPS: u32 = 0b11 << HOPS_SHIFT;
-
-/// A new client's secret key.
-fn issue_secret(peer_id: u16) -> i32 {
-    let random = rand::random::<u32>();
-    if peer_id == 0 {
-        return random as i32;
-    }
-    ((u32::from(peer_id) << PEER_SHIFT) | HOPS | (random & 0xffff)) as i32
-}
-
-/// The peer that issued `secret_key` (under peering).
-fn issuer(secret_key: i32) -> u16 {
-    ((secret_key as u32) >> PEER_SHIFT) as u16
-}
 
 /// Cancels under way against one backend. A backend with a cancel in
 /// flight is not lent to anyone else until the cancel is done, so a late
@@ -135,6 +118,8 @@ impl CancelSlot {
 #[derive(Default)]
 pub struct Cancels {
     slots: DashMap<i32, Arc<CancelSlot>>,
+    /// Cancels on their way to other peers.
+    pub peers: PeerLines,
 }
 
 impl Cancels {
@@ -176,7 +161,10 @@ impl Cancels {
         if config.peer_id != 0 {
             let from = issuer(secret_key);
             if from != config.peer_id {
-                return pass_on(config, from, process_id, secret_key).await;
+                return self
+                    .peers
+                    .pass_on(config, from, process_id, secret_key)
+                    .await;
             }
             // The hops left are not part of the key.
             secret_key |= HOPS as i32;
@@ -202,35 +190,6 @@ impl Cancels {
             Err(_) => tracing::warn!("cancel request timed out"),
         }
         server.key.gate.leave();
-    }
-}
-
-/// Sends a cancel for a key peer `to` issued on to that peer, one hop
-/// fewer left.
-async fn pass_on(config: &Config, to: u16, process_id: i32, secret_key: i32) {
-    let hops = (secret_key as u32 & HOPS) >> HOPS_SHIFT;
-    let Some(peer) = config.peers.get(&to).filter(|_| hops > 0) else {
-        tracing::debug!(
-            peer = to,
-            hops,
-            "cancel request for an unknown peer, or passed on too often"
-        );
-        return;
-    };
-    let secret_key = ((secret_key as u32 & !HOPS) | ((hops - 1) << HOPS_SHIFT)) as i32;
-    let send = async {
-        let (stream, _) =
-            crate::backend::open(peer, &crate::tls::Connector::disabled(), &config.tcp)
-                .await
-                .map_err(std::io::Error::other)?;
-        send_cancel(stream, process_id, secret_key).await
-    };
-    match tokio::time::timeout(CANCEL_TIMEOUT, send).await {
-        Ok(Ok(())) => tracing::debug!(peer = to, "cancel passed on to its peer"),
-        Ok(Err(e)) => {
-            tracing::warn!(peer = to, error = %e, "could not pass a cancel on to its peer")
-        }
-        Err(_) => tracing::warn!(peer = to, "passing a cancel on to its peer timed out"),
     }
 }
 
@@ -326,21 +285,6 @@ mod tests {
             },
         };
         registry.servers.insert(id, Arc::new(entry));
-    }
-
-    #[test]
-    fn keys_carry_their_issuers_peer_id_and_hops() {
-        for peer in [1, 2, 777, crate::config::MAX_PEER_ID] {
-            for _ in 0..100 {
-                let secret = issue_secret(peer);
-                assert_eq!(issuer(secret), peer);
-                assert_eq!(secret as u32 & HOPS, HOPS, "every hop left at first");
-            }
-        }
-        // Without peering the whole secret is random.
-        let secrets: std::collections::HashSet<_> =
-            (0..64).map(|_| issuer(issue_secret(0))).collect();
-        assert!(secrets.len() > 1);
     }
 
     #[test]
