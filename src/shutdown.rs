@@ -79,6 +79,15 @@ impl Stop {
         }
     }
 
+    /// Wakes the client's task without asking it to stop, to look again
+    /// at what may have changed under it (RECONNECT marking its backend,
+    /// under `server_fast_close`). A spurious wake-up costs one poll.
+    pub fn nudge(&self) {
+        if let Some(waker) = self.waker.lock().unwrap().as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+
     pub fn is_raised(&self, level: StopLevel) -> bool {
         self.level.load(SeqCst) >= level as u8
     }

@@ -63,7 +63,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_reset_query", "DISCARD ALL", "run on a backend when a session-mode client leaves"),
     s("connect_query", "", "run on each new backend before any client gets it (a database may set its own)"),
     s("server_reset_query_always", "false", "run server_reset_query in transaction mode too, after every transaction"),
-    s("server_fast_close", "false", "session mode: close a backend that RECONNECT or a changed upstream marked, and its client, at the end of its transaction rather than of the session"),
+    s("server_fast_close", "false", "session mode: close a backend that RECONNECT or a changed upstream marked, and its client, at once between transactions or else at the end of the current one, rather than at the end of the session"),
     s("server_round_robin", "false", "lend idle backends in turn (least recently used first) instead of the most recently used"),
     s("application_name_add_host", "false", "append \" - <client address>:<port>\" to the application_name a client logs in with"),
     s("client_tls_sslmode", "disable", "TLS for clients: disable, allow, prefer (TLS offered), require (plaintext refused), verify-ca, verify-full (client certificate checked; its CN must be the user name)"),

@@ -5,7 +5,7 @@
 //! names the client's address, `log_pooler_errors` and `log_stats` silence
 //! their log lines, `connect_query` prepares each new backend, and
 //! `server_fast_close` ends a session-mode client's marked backend (and the
-//! client) after its transaction.
+//! client) after its transaction, or at once if it is between transactions.
 
 use super::{backend_pid, pgdyno};
 use crate::harness::*;
@@ -308,6 +308,66 @@ async fn server_fast_close_ends_a_marked_session_after_its_transaction() {
             tokio::time::timeout(Duration::from_secs(5), gone)
                 .await
                 .expect("the marked backend is closed");
+        }
+    })
+    .await
+}
+
+/// Session mode, no transaction open: under `server_fast_close` RECONNECT
+/// closes a marked backend at once, without waiting for its client's next
+/// query (PgBouncer: "immediately"), and the client's next query finds its
+/// session over. Without it the idle session keeps its backend.
+#[tokio::test]
+async fn server_fast_close_ends_an_idle_marked_session_at_once() {
+    within(60, async {
+        let admin = Cluster::shared().direct(APP_DB).await;
+        let alive = |pid: i32| {
+            let admin = &admin;
+            async move {
+                admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                        &[&pid],
+                    )
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    > 0
+            }
+        };
+        for fast in [false, true] {
+            let pgdyno = pgdyno(&[
+                "--pool-mode",
+                "session",
+                "--admin-users",
+                APP_USER,
+                "--server-fast-close",
+                &fast.to_string(),
+            ])
+            .await;
+            let client = pgdyno.connect(APP_DB).await;
+            let pid = backend_pid(&client).await;
+            let console = pgdyno.connect("pgbouncer").await;
+            console.simple_query("RECONNECT").await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while alive(pid).await && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !fast {
+                assert!(alive(pid).await, "the idle session keeps its backend");
+                assert_eq!(backend_pid(&client).await, pid);
+                continue;
+            }
+            assert!(!alive(pid).await, "the marked backend closed at once");
+            let err = client
+                .batch_execute("SELECT 1")
+                .await
+                .expect_err("the session must be over");
+            let code = err.as_db_error().map(|e| e.code().code().to_owned());
+            assert!(
+                code.as_deref() == Some("08P01") || client.is_closed(),
+                "{err} ({code:?})"
+            );
         }
     })
     .await
