@@ -26,8 +26,8 @@ const WRITE_BUF: usize = 1024;
 /// the next connection that wakes up on this thread.
 const MAX_SPARE: usize = 32 * 1024;
 
-/// TCP_NODELAY, and keepalive and TCP_USER_TIMEOUT as `options` say, on a
-/// client's or a backend's socket.
+/// TCP_NODELAY, and keepalive, TCP_USER_TIMEOUT and buffer sizes as
+/// `options` say, on a client's or a backend's socket.
 pub fn set_tcp_options(stream: &TcpStream, options: &TcpOptions) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let socket = socket2::SockRef::from(stream);
@@ -47,6 +47,10 @@ pub fn set_tcp_options(stream: &TcpStream, options: &TcpOptions) -> io::Result<(
     }
     if options.user_timeout.is_some() {
         socket.set_tcp_user_timeout(options.user_timeout)?;
+    }
+    if let Some(bytes) = options.socket_buffer {
+        socket.set_send_buffer_size(bytes)?;
+        socket.set_recv_buffer_size(bytes)?;
     }
     Ok(())
 }
@@ -377,6 +381,7 @@ mod tests {
             keepintvl: Some(Duration::from_secs(7)),
             keepcnt: Some(3),
             user_timeout: Some(Duration::from_millis(2500)),
+            socket_buffer: Some(100_000),
         };
         set_tcp_options(&peer, &options).unwrap();
         let s = socket2::SockRef::from(&peer);
@@ -388,6 +393,9 @@ mod tests {
             s.tcp_user_timeout().unwrap(),
             Some(Duration::from_millis(2500))
         );
+        // Linux doubles what it is given (below net.core.[rw]mem_max).
+        assert_eq!(s.send_buffer_size().unwrap(), 200_000);
+        assert_eq!(s.recv_buffer_size().unwrap(), 200_000);
         let off = TcpOptions {
             keepalive: false,
             ..options

@@ -43,6 +43,7 @@ pub(super) async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Res
         reset_after_each: transaction_mode && config.server_reset_query_always,
         span,
         fast_close: (!transaction_mode && config.server_fast_close).then(|| pool.generation()),
+        refuse_simple_query: config.disable_pqexec,
     };
     // Made once: each poll is then one atomic load.
     let stop = me.stop.reached(StopLevel::Now);

@@ -106,6 +106,8 @@ pub struct TcpOptions {
     pub keepintvl: Option<Duration>,
     pub keepcnt: Option<u32>,
     pub user_timeout: Option<Duration>,
+    /// SO_SNDBUF and SO_RCVBUF, in bytes.
+    pub socket_buffer: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +157,8 @@ pub struct Config {
     pub server_reset_query_always: bool,
     pub server_round_robin: bool,
     pub server_fast_close: bool,
+    /// Simple Query messages end the client's connection.
+    pub disable_pqexec: bool,
     pub application_name_add_host: bool,
     pub shutdown_timeout: Duration,
     pub auth_type: AuthType,
@@ -298,6 +302,7 @@ impl Config {
                 keepintvl: nonzero(raw.duration("tcp_keepintvl")?),
                 keepcnt: Some(raw.parse("tcp_keepcnt")?).filter(|&n| n > 0),
                 user_timeout: nonzero(raw.millis("tcp_user_timeout")?),
+                socket_buffer: Some(raw.parse("tcp_socket_buffer")?).filter(|&n| n > 0),
             },
             metrics_listen: raw.optional("metrics_listen")?,
             pool_mode: raw.parse("pool_mode")?,
@@ -337,6 +342,7 @@ impl Config {
             server_reset_query_always: raw.parse("server_reset_query_always")?,
             server_round_robin: raw.parse("server_round_robin")?,
             server_fast_close: raw.parse("server_fast_close")?,
+            disable_pqexec: raw.parse("disable_pqexec")?,
             application_name_add_host: raw.parse("application_name_add_host")?,
             shutdown_timeout: raw.duration("shutdown_timeout")?,
             auth_type: raw.parse("auth_type")?,

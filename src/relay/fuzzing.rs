@@ -6,7 +6,7 @@
 //! keep whatever the bytes.
 //!
 //! Input: `[flags, chunk...]`. `flags` bit 0: transaction mode; bit 1:
-//! prepared statements on. Each chunk is a header byte `h` (bit 0: 0 from
+//! prepared statements on; bit 2: simple queries refused. Each chunk is a header byte `h` (bit 0: 0 from
 //! the client, 1 from the backend; `h >> 1`: length - 1) and its bytes.
 
 use bytes::BytesMut;
@@ -40,6 +40,7 @@ pub fn exchange(data: &[u8]) {
         timeouts: None,
         span: &span,
         fast_close: None,
+        refuse_simple_query: flags & 4 == 4,
     };
     let mut session = Session::default();
     session.set_param("TimeZone", "UTC");

@@ -78,6 +78,8 @@ pub struct RelaySettings<'a> {
     /// backend from an older one (RECONNECT, a changed upstream) is given
     /// up at the next clean point ([`Outcome::Released`] in session mode).
     pub fast_close: Option<&'a std::sync::atomic::AtomicU64>,
+    /// `disable_pqexec`: a simple Query ends the client's connection.
+    pub refuse_simple_query: bool,
 }
 
 /// A bound stretch's sockets and settings. What it has translated so far

@@ -30,6 +30,10 @@ pub struct FromClient<'a> {
     pub params: &'a [(String, String)],
     /// The client sent Terminate.
     pub terminated: bool,
+    /// `disable_pqexec`: a simple Query is not passed on ...
+    pub refuse_simple_query: bool,
+    /// ... and this says one came.
+    pub refused: bool,
 }
 
 impl Visit for FromClient<'_> {
@@ -71,6 +75,10 @@ impl Visit for FromClient<'_> {
             _ => {}
         }
         match tag {
+            b'Q' if self.refuse_simple_query => {
+                self.refused = true;
+                return Step::Hold;
+            }
             b'Q' if !body.is_empty() && self.deallocate(body) => return Step::Drop,
             b'Q' if is_set_default(body) => self.pipeline.set_default = true,
             _ => {}

@@ -127,6 +127,8 @@ impl Translation {
             tally: &mut self.tally,
             params: backend.params,
             terminated: false,
+            refuse_simple_query: settings.refuse_simple_query,
+            refused: false,
         };
         self.client_need = self
             .from_client
@@ -139,6 +141,12 @@ impl Translation {
             })?;
         if visitor.terminated {
             self.client_done = true;
+        }
+        if visitor.refused {
+            // PgBouncer's words for it.
+            return Err(Error::ClientProtocol(
+                "PQexec disallowed (disable_pqexec: simple Query messages are refused)".into(),
+            ));
         }
         self.tally.bytes_received += (before - input.len()) as u64;
         Ok(())

@@ -372,3 +372,41 @@ async fn server_fast_close_ends_an_idle_marked_session_at_once() {
     })
     .await
 }
+
+/// `disable_pqexec`: the extended protocol works; a simple Query ends that
+/// client's connection with 08P01 "PQexec disallowed" and reaches no
+/// backend; other clients go on.
+#[tokio::test]
+async fn disable_pqexec_refuses_simple_queries_only() {
+    within(60, async {
+        let pgdyno = pgdyno(&["--disable-pqexec", "true", "--pool-size", "1"]).await;
+        let other = pgdyno.connect(APP_DB).await;
+        let client = pgdyno.connect(APP_DB).await;
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1, "the extended protocol");
+        let mut raw = RawConn::connect(pgdyno.port()).await;
+        raw.login(APP_USER, APP_PASSWORD, APP_DB)
+            .await
+            .expect("login");
+        let batch = Batch::new().query("CREATE TEMP TABLE pqexec (x int); SELECT 1");
+        raw.send(&batch.into_bytes()).await.unwrap();
+        let msg = raw.recv().await.expect("an ErrorResponse");
+        assert_eq!(msg.tag, b'E');
+        let error = error_fields(&msg);
+        assert_eq!(error.code, "08P01");
+        assert!(
+            error.message.contains("PQexec disallowed"),
+            "{}",
+            error.message
+        );
+        assert!(raw.recv().await.is_none(), "then the connection closes");
+        // The one backend serves the next client, and ran nothing of it.
+        let exists: bool = other
+            .query_one("SELECT to_regclass('pg_temp.pqexec') IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!exists);
+    })
+    .await
+}
