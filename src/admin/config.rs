@@ -129,6 +129,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "server_reset_query_always" => c.server_reset_query_always.to_string(),
         "server_round_robin" => c.server_round_robin.to_string(),
         "server_fast_close" => c.server_fast_close.to_string(),
+        "cancel_wait_timeout" => opt(c.cancel_wait_timeout),
         "disable_pqexec" => c.disable_pqexec.to_string(),
         "application_name_add_host" => c.application_name_add_host.to_string(),
         "client_tls_sslmode" => c.client_tls.sslmode.name().into(),

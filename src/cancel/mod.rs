@@ -29,8 +29,18 @@ mod peer;
 use peer::{issue_secret, issuer, HOPS};
 pub use peer::{PeerCounts, PeerLines};
 
-/// How long a cancel may take before pgdyno stops waiting for it.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a backend waits for a cancel aimed at it to be done before it
+/// is closed instead of lent again (twice `cancel_wait_timeout`'s default).
+const GATE_LIMIT: Duration = Duration::from_secs(20);
+
+/// `delivery`, up to `cancel_wait_timeout` (no limit when 0); `None` if it
+/// took longer.
+async fn within<T>(config: &Config, delivery: impl std::future::Future<Output = T>) -> Option<T> {
+    match config.cancel_wait_timeout {
+        Some(limit) => tokio::time::timeout(limit, delivery).await.ok(),
+        None => Some(delivery.await),
+    }
+}
 
 /// Cancels under way against one backend. A backend with a cancel in
 /// flight is not lent to anyone else until the cancel is done, so a late
@@ -70,7 +80,7 @@ impl CancelGate {
                 notified.await;
             }
         };
-        tokio::time::timeout(CANCEL_TIMEOUT * 2, idle).await.is_ok()
+        tokio::time::timeout(GATE_LIMIT, idle).await.is_ok()
     }
 }
 
@@ -184,10 +194,10 @@ impl Cancels {
             tracing::debug!(process_id, "cancel request for no running query");
             return;
         };
-        match tokio::time::timeout(CANCEL_TIMEOUT, forward(&server)).await {
-            Ok(Ok(())) => tracing::debug!(backend_pid = server.remote_pid, "cancel forwarded"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
-            Err(_) => tracing::warn!("cancel request timed out"),
+        match within(config, forward(&server)).await {
+            Some(Ok(())) => tracing::debug!(backend_pid = server.remote_pid, "cancel forwarded"),
+            Some(Err(e)) => tracing::warn!(error = %e, "could not forward cancel request"),
+            None => tracing::warn!("cancel request timed out (cancel_wait_timeout)"),
         }
         server.key.gate.leave();
     }

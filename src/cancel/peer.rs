@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use super::{send_cancel, CANCEL_TIMEOUT};
+use super::{send_cancel, within};
 use crate::config::Config;
 
 /// Under peering, a secret key's top 14 bits are the issuing peer's id and
@@ -111,12 +111,15 @@ impl PeerLines {
             let _active = Counted::new(&line.active);
             send_cancel(stream, process_id, secret_key).await
         };
-        match tokio::time::timeout(CANCEL_TIMEOUT, send).await {
-            Ok(Ok(())) => tracing::debug!(peer = to, "cancel passed on to its peer"),
-            Ok(Err(e)) => {
+        match within(config, send).await {
+            Some(Ok(())) => tracing::debug!(peer = to, "cancel passed on to its peer"),
+            Some(Err(e)) => {
                 tracing::warn!(peer = to, error = %e, "could not pass a cancel on to its peer")
             }
-            Err(_) => tracing::warn!(peer = to, "passing a cancel on to its peer timed out"),
+            None => tracing::warn!(
+                peer = to,
+                "passing a cancel on to its peer timed out (cancel_wait_timeout)"
+            ),
         }
     }
 

@@ -142,6 +142,8 @@ pub struct Config {
     pub max_user_client_connections: usize,
     /// `None` waits forever.
     pub query_wait_timeout: Option<Duration>,
+    /// How long a cancel request may take to reach its backend or peer.
+    pub cancel_wait_timeout: Option<Duration>,
     pub client_login_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub server_idle_timeout: Option<Duration>,
@@ -323,6 +325,7 @@ impl Config {
             max_db_client_connections: raw.parse("max_db_client_connections")?,
             max_user_client_connections: raw.parse("max_user_client_connections")?,
             query_wait_timeout: nonzero(raw.duration("query_wait_timeout")?),
+            cancel_wait_timeout: nonzero(raw.duration("cancel_wait_timeout")?),
             client_login_timeout: raw.duration("client_login_timeout")?,
             server_connect_timeout: raw.duration("server_connect_timeout")?,
             server_idle_timeout: nonzero(raw.duration("server_idle_timeout")?),

@@ -48,6 +48,7 @@ pub const SETTINGS: &[Setting] = &[
     s("max_db_client_connections", "0", "clients per database (0: no limit; a database may set its own)"),
     s("max_user_client_connections", "0", "clients per user (0: no limit; [users] may set a user's own)"),
     s("query_wait_timeout", "120", "seconds a client may wait for a backend (0: forever)"),
+    s("cancel_wait_timeout", "10", "seconds a cancel request may take to reach its backend (or its peer); past it, its connection is closed (0: no limit)"),
     s("client_login_timeout", "60", "seconds a client has to log in"),
     s("server_connect_timeout", "15", "seconds to connect and log in to PostgreSQL"),
     s("client_idle_timeout", "0", "seconds a client may stay idle (outside a transaction) before it is closed (0: forever)"),

@@ -338,26 +338,47 @@ async fn unknown_commands_and_the_extended_protocol_are_refused() {
     .await
 }
 
+/// A pgdyno that is peer 1, with peer 2 at `peer_port` taking one cancel
+/// at a time; `extra`: more of the file.
+async fn peer_one(peer_port: u16, extra: &str) -> Pgdyno {
+    let path = scratch_dir("peer-pools").join("pgdyno.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "peer_id = 1\n{extra}\n[peers]\n1 = \"host=127.0.0.1 port=1\"\n\
+             2 = \"host=127.0.0.1 port={peer_port} pool_size=1\"\n"
+        ),
+    )
+    .unwrap();
+    pgdyno(&["--config", path.to_str().unwrap()]).await
+}
+
+/// Sends pgdyno a cancel for process `pid` with a key peer 2 issued (its id
+/// in the top 14 bits, both hops left, `n` in the rest); the request's
+/// connection, left open.
+async fn cancel_for_peer_two(pgdyno: &Pgdyno, pid: i32, n: u32) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pgdyno.port()))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    let secret = ((2 << 18) | (3 << 16) | n) as i32;
+    postgres_protocol::message::frontend::cancel_request(pid, secret, &mut out);
+    s.write_all(&out).await.unwrap();
+    s
+}
+
 /// SHOW PEERS lists `[peers]`; a peer takes at most its `pool_size`
 /// cancels at once, the rest wait their turn, and SHOW PEER_POOLS counts
 /// both. The peer here is a listener that reads each cancel and holds its
 /// connection open until the test lets it go.
 #[tokio::test]
 async fn cancels_for_a_peer_wait_for_its_pool_size_and_show_peer_pools_counts_them() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     within(60, async {
         let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer_port = peer.local_addr().unwrap().port();
-        let path = scratch_dir("peer-pools").join("pgdyno.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "peer_id = 1\n[peers]\n1 = \"host=127.0.0.1 port=1\"\n\
-                 2 = \"host=127.0.0.1 port={peer_port} pool_size=1\"\n"
-            ),
-        )
-        .unwrap();
-        let pgdyno = pgdyno(&["--config", path.to_str().unwrap()]).await;
+        let pgdyno = peer_one(peer_port, "").await;
         let console = console(&pgdyno).await;
 
         let peers = show(&console, "SHOW PEERS").await;
@@ -410,20 +431,9 @@ async fn cancels_for_a_peer_wait_for_its_pool_size_and_show_peer_pools_counts_th
 
         // Three cancels for keys peer 2 issued (its id in the top 14 bits,
         // both hops left), sent to pgdyno (peer 1).
-        let secret = |n: u32| ((2 << 18) | (3 << 16) | n) as i32;
         let mut senders = Vec::new();
         for n in 1..=3 {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", pgdyno.port()))
-                .await
-                .unwrap();
-            let mut out = bytes::BytesMut::new();
-            postgres_protocol::message::frontend::cancel_request(
-                100 + n,
-                secret(n as u32),
-                &mut out,
-            );
-            s.write_all(&out).await.unwrap();
-            senders.push(s);
+            senders.push(cancel_for_peer_two(&pgdyno, 100 + n, n as u32).await);
         }
         let read_cancel = |mut conn: tokio::net::TcpStream| async move {
             let mut request = [0u8; 16];
@@ -466,6 +476,33 @@ async fn cancels_for_a_peer_wait_for_its_pool_size_and_show_peer_pools_counts_th
                 .expect("the cancel connection closed")
                 .ok();
         }
+    })
+    .await
+}
+
+/// A cancel not delivered within `cancel_wait_timeout` (here: its peer
+/// never closes the connection it came on) is given up, and the request's
+/// connection closed.
+#[tokio::test]
+async fn a_cancel_past_cancel_wait_timeout_is_given_up() {
+    use tokio::io::AsyncReadExt;
+    within(60, async {
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_port = peer.local_addr().unwrap().port();
+        let pgdyno = peer_one(peer_port, "cancel_wait_timeout = 1").await;
+        let started = Instant::now();
+        let mut sender = cancel_for_peer_two(&pgdyno, 7, 7).await;
+        let (_held, _) = peer.accept().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), sender.read_to_end(&mut rest))
+            .await
+            .expect("the cancel request's connection closed")
+            .ok();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "closed after {took:?}"
+        );
     })
     .await
 }
