@@ -17,7 +17,7 @@
 //!
 //! [`config`] turns the TOML file, env vars and flags into one `Config`;
 //! [`error`] says which side failed and which SQLSTATE the client sees;
-//! [`logs`] writes the log lines; [`utc`] turns times into calendar text;
+//! [`logs`] writes the log lines; [`pidfile`] says which process pgdyno is; [`utc`] turns times into calendar text;
 //! [`clock`] is the hot path's integer clock.
 
 pub mod admin;
@@ -32,6 +32,7 @@ pub mod error;
 pub mod listener;
 pub mod logs;
 pub mod metrics;
+pub mod pidfile;
 pub mod pool;
 pub mod pooler;
 pub mod prepared;

@@ -19,26 +19,80 @@
 
 use std::cell::Cell;
 use std::fmt::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{Config, LogFormat};
 
+/// `logfile`, once opened.
+static LOG_FILE: OnceLock<LogFile> = OnceLock::new();
+
+/// The `logfile`: lines are appended, each with one write.
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl std::io::Write for &LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.lock().unwrap().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens `logfile` again at its path (log rotation moved the old one
+/// away); the old file stays in use if that fails.
+pub fn reopen() {
+    let Some(log) = LOG_FILE.get() else { return };
+    match open_log(&log.path) {
+        Ok(file) => *log.file.lock().unwrap() = file,
+        Err(e) => {
+            tracing::warn!(path = %log.path.display(), error = %e, "cannot open logfile again; still writing to the old one")
+        }
+    }
+}
+
 /// Installs the global subscriber: `log_level` as the filter (`info` when it
-/// is not a valid filter), `log_format` as the format, on stderr.
-pub fn init(config: &Config) {
+/// is not a valid filter), `log_format` as the format, on stderr and, with
+/// `logfile`, that file. A `logfile` that cannot be opened stops startup.
+pub fn init(config: &Config) -> Result<(), String> {
+    if let Some(path) = &config.logfile {
+        let file =
+            open_log(path).map_err(|e| format!("cannot open logfile {}: {e}", path.display()))?;
+        let _ = LOG_FILE.set(LogFile {
+            path: path.clone(),
+            file: Mutex::new(file),
+        });
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let to_file = || LOG_FILE.get().map(|f| f as &LogFile);
+    let writer = std::io::stderr
+        .and(move || tracing_subscriber::fmt::writer::OptionalWriter::<&LogFile>::from(to_file()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer)
+        // No colour escapes in a file.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && config.logfile.is_none(),
+        );
     match config.log_format {
         LogFormat::Json => builder
             .json()
@@ -48,6 +102,7 @@ pub fn init(config: &Config) {
             .init(),
         LogFormat::Text => builder.event_format(Text).fmt_fields(Fields).init(),
     }
+    Ok(())
 }
 
 /// The text line: time, level, the spans from the outermost with their

@@ -39,12 +39,25 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    pgdyno::logs::init(&config);
+    let pidfile = start_logs_and_pidfile(&config);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let runtime = runtime(&config)?;
-    runtime.block_on(serve(config, sources))
+    let served = runtime.block_on(serve(config, sources));
+    drop(pidfile);
+    served
+}
+
+/// `logfile` and `pidfile` (and the log on stderr); either failing stops
+/// startup. The pidfile goes when the returned value is dropped.
+fn start_logs_and_pidfile(config: &Config) -> Option<pgdyno::pidfile::PidFile> {
+    let started = pgdyno::logs::init(config)
+        .and_then(|()| pgdyno::pidfile::PidFile::create(config.pidfile.as_deref()));
+    started.unwrap_or_else(|e| {
+        eprintln!("pgdyno: {e}");
+        std::process::exit(2);
+    })
 }
 
 /// `pgdyno run [--SETTING VALUE]... -- COMMAND [ARGS]...`: see `pgdyno::sidecar`.
@@ -55,9 +68,11 @@ fn run_sidecar(args: &[String]) -> anyhow::Result<()> {
     let sources = parse_args(args[..split].iter().cloned())?;
     let command = args[split + 1..].to_vec();
     let sidecar = Sidecar::prepare(sources, command).unwrap_or_else(|e| exit_with(e));
-    pgdyno::logs::init(&sidecar.config);
+    let pidfile = start_logs_and_pidfile(&sidecar.config);
     let runtime = runtime(&sidecar.config)?;
-    match runtime.block_on(sidecar.run()) {
+    let ran = runtime.block_on(sidecar.run());
+    drop(pidfile);
+    match ran {
         Ok(code) => std::process::exit(code),
         Err(e) => exit_with(e),
     }

@@ -246,6 +246,8 @@ impl Pooler {
     /// Loads the configuration again, with `set` (the console's SETs, held
     /// locked: one reload at a time) over the flags.
     fn reload_with(&self, set: &[(String, String)]) -> Result<(), ConfigError> {
+        // Log rotation signals with a reload, whether the file loads or not.
+        crate::logs::reopen();
         let Some(sources) = &self.sources else {
             return Err(ConfigError("this configuration cannot be reloaded".into()));
         };
@@ -278,6 +280,8 @@ impl Pooler {
                 old.unix_socket_dir != new.unix_socket_dir,
             ),
             ("metrics_listen", old.metrics_listen != new.metrics_listen),
+            ("logfile", old.logfile != new.logfile),
+            ("pidfile", old.pidfile != new.pidfile),
         ] {
             if changed {
                 tracing::warn!(

@@ -31,6 +31,8 @@ const RESTART: &[&str] = &[
     "stats_period",
     "log_format",
     "log_level",
+    "logfile",
+    "pidfile",
 ];
 
 pub fn table(pooler: &Pooler) -> Table {
@@ -165,6 +167,8 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "stats_period" => secs(c.stats_period),
         "log_format" => c.log_format.name().into(),
         "log_level" => c.log_level.clone(),
+        "logfile" => path(&c.logfile),
+        "pidfile" => path(&c.pidfile),
         "log_connections" => c.log_connections.to_string(),
         "log_disconnections" => c.log_disconnections.to_string(),
         "log_pooler_errors" => c.log_pooler_errors.to_string(),

@@ -181,6 +181,10 @@ pub struct Config {
     pub stats_period: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Log lines go to this file too (appended; opened again on reload).
+    pub logfile: Option<PathBuf>,
+    /// The process id is written here while pgdyno runs.
+    pub pidfile: Option<PathBuf>,
     pub log_connections: bool,
     pub log_disconnections: bool,
     pub log_pooler_errors: bool,
@@ -366,6 +370,8 @@ impl Config {
             stats_period: raw.duration("stats_period")?,
             log_format: raw.parse("log_format")?,
             log_level: raw.string("log_level")?,
+            logfile: raw.path("logfile")?,
+            pidfile: raw.path("pidfile")?,
             log_connections: raw.parse("log_connections")?,
             log_disconnections: raw.parse("log_disconnections")?,
             log_pooler_errors: raw.parse("log_pooler_errors")?,

@@ -102,6 +102,8 @@ pub const SETTINGS: &[Setting] = &[
     s("stats_period", "60", "seconds between stats log lines and SHOW STATS averages"),
     s("log_format", "text", "text or json"),
     s("log_level", "info", "error, warn, info, debug or trace (or a tracing filter)"),
+    s("logfile", "", "also append log lines to this file (opened again by RELOAD and SIGHUP, for log rotation)"),
+    s("pidfile", "", "write the process id to this file while running (a file naming a running pgdyno stops a second one)"),
     s("log_connections", "true", "log each client login"),
     s("log_disconnections", "true", "log each client disconnection"),
     s("log_pooler_errors", "true", "log the errors pgdyno itself sends to clients"),

@@ -7,11 +7,13 @@
 //! a broken file; `default_pool_size = auto` sizes pools from the server's
 //! max_connections.
 //!
-//! `timers` holds the timeouts and backend checks, `reload` SIGHUP, RELOAD
+//! `timers` holds the timeouts and backend checks, `files` the pidfile and
+//! logfile, `reload` SIGHUP, RELOAD
 //! and the auto pool size, `repoint` what a reload changes under existing
 //! pools (upstream, password, max_user_connections), `switches` PgBouncer's behaviour switches
 //! (`server_round_robin` and the like); `json_log` reads pgdyno's JSON log.
 
+mod files;
 mod json_log;
 mod reload;
 mod repoint;
