@@ -113,20 +113,6 @@ async fn pool_row(console: &Client, db: &str) -> (Table, BTreeMap<String, Option
     (table, row)
 }
 
-/// Polls `check` every 50 ms until it returns true, failing with `what`
-/// after `secs` seconds.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what} (waited {secs} s)");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn simple(client: &Client, sql: &str) {
     client
         .simple_query(sql)

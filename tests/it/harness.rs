@@ -162,3 +162,20 @@ fn newest_pg_bin_dir() -> Option<PathBuf> {
         .max()
         .map(|(_, bin)| bin)
 }
+
+/// Polls `check` every 50 ms until it returns true, failing with `what`
+/// after `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} (waited {secs} s)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

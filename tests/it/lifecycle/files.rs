@@ -4,22 +4,13 @@
 
 use super::pgdyno;
 use crate::harness::*;
-use std::time::{Duration, Instant};
-
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} (waited 10 s)");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test]
 async fn pidfile_holds_the_pid_and_keeps_a_second_instance_out() {
     within(60, async {
         let path = scratch_dir("pidfile").join("pgdyno.pid");
         let path_text = path.to_str().unwrap();
-        let mut first = pgdyno(&["--pidfile", path_text]).await;
+        let first = pgdyno(&["--pidfile", path_text]).await;
         let written = std::fs::read_to_string(&path).expect("the pidfile");
         assert_eq!(written.trim(), first.pid().to_string());
 
@@ -48,7 +39,11 @@ async fn pidfile_holds_the_pid_and_keeps_a_second_instance_out() {
         );
 
         first.signal("TERM");
-        until("pgdyno exits on SIGTERM", || !first.is_running()).await;
+        let running = std::cell::RefCell::new(first);
+        eventually(10, "pgdyno exits on SIGTERM", || async {
+            !running.borrow_mut().is_running()
+        })
+        .await;
         assert!(!path.exists(), "removed at exit");
     })
     .await
@@ -67,16 +62,22 @@ async fn logfile_gets_the_lines_and_is_opened_again_on_reload() {
                 .count()
         };
         drop(pgdyno.connect(APP_DB).await);
-        until("a login line in the logfile", || logins(&path) == 1).await;
+        eventually(10, "a login line in the logfile", || async {
+            logins(&path) == 1
+        })
+        .await;
         assert!(pgdyno.log().contains("\"event\":\"login\""), "stderr too");
 
         // Log rotation: the file is moved away, then pgdyno is told.
         let rotated = dir.join("pgdyno.log.1");
         std::fs::rename(&path, &rotated).unwrap();
         pgdyno.signal("HUP");
-        until("the logfile made again", || path.exists()).await;
+        eventually(10, "the logfile made again", || async { path.exists() }).await;
         drop(pgdyno.connect(APP_DB).await);
-        until("the next login in the new file", || logins(&path) == 1).await;
+        eventually(10, "the next login in the new file", || async {
+            logins(&path) == 1
+        })
+        .await;
         assert_eq!(logins(&rotated), 1, "the old file got no more");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains('\u{1b}'), "no colour escapes in the file");
