@@ -160,6 +160,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "auth_failure_delay" => secs(c.auth_failure_delay),
         "ignore_startup_parameters" => c.ignore_startup_parameters.join(","),
         "max_prepared_statements" => c.max_prepared_statements.to_string(),
+        "scram_iterations" => c.scram_iterations.to_string(),
         "track_extra_parameters" => c.track_extra_parameters.join(","),
         "max_packet_size" => c.max_packet_size.to_string(),
         "admin_users" => c.admin_users.join(","),

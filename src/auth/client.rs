@@ -38,15 +38,23 @@ pub async fn authenticate(
     user: &str,
     secret: Option<&Secret>,
     channel_binding: Option<&[u8]>,
+    scram_iterations: u32,
 ) -> Result<Proof> {
-    exchange(conn, auth_type, user, secret, channel_binding)
-        .await
-        .map_err(|e| match e {
-            Error::AuthFailed { .. } => Error::AuthFailed {
-                user: user.to_owned(),
-            },
-            other => other,
-        })
+    exchange(
+        conn,
+        auth_type,
+        user,
+        secret,
+        channel_binding,
+        scram_iterations,
+    )
+    .await
+    .map_err(|e| match e {
+        Error::AuthFailed { .. } => Error::AuthFailed {
+            user: user.to_owned(),
+        },
+        other => other,
+    })
 }
 
 async fn exchange(
@@ -55,6 +63,7 @@ async fn exchange(
     user: &str,
     secret: Option<&Secret>,
     cb: Option<&[u8]>,
+    iterations: u32,
 ) -> Result<Proof> {
     match auth_type {
         // Cert: the TLS handshake checked the certificate and its CN
@@ -82,7 +91,7 @@ async fn exchange(
             Some(s) => md5(conn, s.md5(user).as_deref()).await,
             None => md5(conn, None).await,
         },
-        AuthType::ScramSha256 => match secret.map(|s| s.scram()) {
+        AuthType::ScramSha256 => match secret.map(|s| s.scram(iterations)) {
             Some(Some(s)) => scram(conn, s, cb).await,
             // md5-hashed secrets cannot serve SCRAM (PostgreSQL agrees).
             Some(None) => {
@@ -90,9 +99,9 @@ async fn exchange(
                     user,
                     "auth_type scram-sha-256 cannot use this user's md5 secret"
                 );
-                scram(conn, &ScramSecret::decoy(user), cb).await
+                scram(conn, &ScramSecret::decoy(user, iterations), cb).await
             }
-            None => scram(conn, &ScramSecret::decoy(user), cb).await,
+            None => scram(conn, &ScramSecret::decoy(user, iterations), cb).await,
         },
     }
 }

@@ -59,11 +59,12 @@ impl Secret {
         }
     }
 
-    /// The SCRAM secret, if one can be had (not from an md5 hash).
-    pub fn scram(&self) -> Option<&ScramSecret> {
+    /// The SCRAM secret, if one can be had (not from an md5 hash); one made
+    /// from a password has `iterations` (`scram_iterations`).
+    pub fn scram(&self, iterations: u32) -> Option<&ScramSecret> {
         match self {
             Secret::Plain { password, scram } => {
-                Some(scram.get_or_init(|| ScramSecret::from_password(password)))
+                Some(scram.get_or_init(|| ScramSecret::from_password(password, iterations)))
             }
             Secret::Scram(s) => Some(s),
             Secret::Md5(_) => None,

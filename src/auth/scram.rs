@@ -13,7 +13,6 @@ pub const MECHANISM: &str = "SCRAM-SHA-256";
 pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 const BINDING_TYPE: &str = "tls-server-end-point";
 const NONCE_LEN: usize = 18;
-const DEFAULT_ITERATIONS: u32 = 4096;
 /// The most PBKDF2 iterations pgdyno runs for a server (about a second).
 const MAX_ITERATIONS: u32 = 1_000_000;
 
@@ -76,10 +75,12 @@ impl ScramSecret {
 
     /// Derives a secret with a fresh random salt (once per password: it is
     /// thousands of HMACs).
-    pub fn from_password(password: &str) -> ScramSecret {
+    /// A new secret for `password`, with a random salt and `iterations`
+    /// (`scram_iterations`).
+    pub fn from_password(password: &str, iterations: u32) -> ScramSecret {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
-        Self::with_salt(password, &salt, DEFAULT_ITERATIONS)
+        Self::with_salt(password, &salt, iterations)
     }
 
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> ScramSecret {
@@ -95,7 +96,9 @@ impl ScramSecret {
     /// time, so an unknown user is indistinguishable from a wrong password.
     /// The salt is keyed with a random per-process secret (PostgreSQL's
     /// mock_auth_nonce), so nobody can compute it to tell the user is unknown.
-    pub fn decoy(user: &str) -> ScramSecret {
+    /// `iterations`: those of the secrets pgdyno makes (`scram_iterations`),
+    /// so that the count gives nothing away either.
+    pub fn decoy(user: &str, iterations: u32) -> ScramSecret {
         static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
         let key = KEY.get_or_init(|| {
             let mut key = [0u8; 32];
@@ -104,7 +107,7 @@ impl ScramSecret {
         });
         let salt = hmac(key, &[b"pgdyno-decoy-", user.as_bytes()]);
         ScramSecret {
-            iterations: DEFAULT_ITERATIONS,
+            iterations,
             salt: salt[..16].to_vec(),
             stored_key: sha256(&salt),
             server_key: salt,
@@ -476,18 +479,18 @@ mod tests {
 
     #[test]
     fn authenticates_a_real_client() {
-        let secret = ScramSecret::from_password("s3cret");
+        let secret = ScramSecret::from_password("s3cret", 4096);
         assert_eq!(exchange("s3cret", &secret), Ok(()));
         assert_eq!(exchange("wrong", &secret), Err(ScramError::WrongProof));
         assert_eq!(
-            exchange("s3cret", &ScramSecret::decoy("bob")),
+            exchange("s3cret", &ScramSecret::decoy("bob", 4096)),
             Err(ScramError::WrongProof)
         );
     }
 
     #[test]
     fn key_exchange_logs_in_without_the_password() {
-        let secret = ScramSecret::from_password("hunter2");
+        let secret = ScramSecret::from_password("hunter2", 4096);
         // A client logs in to us; we keep its ClientKey.
         let mut client = ScramSha256::new(b"hunter2", ChannelBinding::unsupported());
         let (server, first) =
@@ -510,7 +513,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_messages() {
-        let secret = ScramSecret::from_password("x");
+        let secret = ScramSecret::from_password("x", 4096);
         assert!(ServerExchange::start(b"garbage", &secret, Binding::Unsupported).is_err());
         assert!(ServerExchange::start(b"n,,n=,r=", &secret, Binding::Unsupported).is_err());
         assert!(ServerExchange::start(b"n,a=bob,n=,r=abc", &secret, Binding::Unsupported).is_err());
@@ -521,7 +524,7 @@ mod tests {
 
     /// A real client (postgres-protocol) binding to our certificate.
     fn bound(client: ChannelBinding, ours: Binding<'_>) -> Result<(), ScramError> {
-        let secret = ScramSecret::from_password("pw");
+        let secret = ScramSecret::from_password("pw", 4096);
         let mut client = ScramSha256::new(b"pw", client);
         let (server, first) = ServerExchange::start(client.message(), &secret, ours)?;
         client.update(first.as_bytes()).unwrap();
@@ -554,7 +557,7 @@ mod tests {
 
     #[test]
     fn key_exchange_binds_to_the_channel() {
-        let secret = ScramSecret::from_password("pw");
+        let secret = ScramSecret::from_password("pw", 4096);
         let mut client = ScramSha256::new(b"pw", ChannelBinding::unsupported());
         let (server, first) =
             ServerExchange::start(client.message(), &secret, Binding::Unsupported).unwrap();
@@ -590,17 +593,17 @@ mod tests {
             ours.finish(server_final.as_bytes())
         };
         let cached = || cache.0.lock().unwrap().as_ref().map(|k| k.secret.clone());
-        let secret = ScramSecret::from_password("pw");
+        let secret = ScramSecret::from_password("pw", 4096);
         assert_eq!(login("pw", &secret), Ok(()));
         assert_eq!(cached(), Some(secret.clone()));
         // From the cache this time.
         assert_eq!(login("pw", &secret), Ok(()));
         // The password was set again on the server: a new salt, new keys.
-        let again = ScramSecret::from_password("pw");
+        let again = ScramSecret::from_password("pw", 4096);
         assert_eq!(login("pw", &again), Ok(()));
         assert_eq!(cached(), Some(again.clone()));
         assert_eq!(
-            login("wrong", &ScramSecret::from_password("other")),
+            login("wrong", &ScramSecret::from_password("other", 4096)),
             Err(ScramError::WrongProof)
         );
     }

@@ -158,6 +158,7 @@ pub(super) async fn login(
             user,
             secret.as_deref(),
             how.channel_binding,
+            pooler.config().scram_iterations,
         )
         .await?;
         proof.looked_up = looked_up;

@@ -175,6 +175,8 @@ pub struct Config {
     pub ignore_startup_parameters: Vec<String>,
     pub max_packet_size: usize,
     pub max_prepared_statements: usize,
+    /// PBKDF2 iterations of the SCRAM secrets pgdyno makes from passwords.
+    pub scram_iterations: u32,
     pub track_extra_parameters: Vec<String>,
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
@@ -364,6 +366,7 @@ impl Config {
             ignore_startup_parameters: raw.list("ignore_startup_parameters")?,
             max_packet_size: raw.parse("max_packet_size")?,
             max_prepared_statements: raw.parse("max_prepared_statements")?,
+            scram_iterations: raw.parse("scram_iterations")?,
             track_extra_parameters: raw.list("track_extra_parameters")?,
             admin_users: raw.list("admin_users")?,
             stats_users: raw.list("stats_users")?,
@@ -417,6 +420,11 @@ impl Config {
             return Err(ConfigError(
                 "invalid value for default_pool_size: must be at least 1".into(),
             ));
+        }
+        if !(1..=MAX_SCRAM_ITERATIONS).contains(&self.scram_iterations) {
+            return Err(ConfigError(format!(
+                "invalid value for scram_iterations: must be from 1 to {MAX_SCRAM_ITERATIONS}"
+            )));
         }
         if self.max_packet_size < 1024 {
             return Err(ConfigError(
@@ -594,6 +602,10 @@ fn database_entry(
 /// `[databases]`' `*`: serves any database name without an entry of its
 /// own.
 pub const FALLBACK_DATABASE: &str = "*";
+
+/// The most PBKDF2 iterations for `scram_iterations` (a second or so of
+/// CPU at each client's first login).
+pub const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
 
 /// The largest peer id (PgBouncer's): ids are 14 bits of a cancel key.
 pub const MAX_PEER_ID: u16 = 16383;

@@ -86,6 +86,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_tls_ciphers", "default", "cipher suites toward PostgreSQL, as client_tls_ciphers"),
     s("auth_type", "scram-sha-256", "client authentication: scram-sha-256, md5, plain, cert, trust, or hba (per connection, from auth_hba_file)"),
     s("auth_hba_file", "", "pg_hba.conf-style rules for auth_type = hba (PgBouncer's subset; read again on reload)"),
+    s("scram_iterations", "4096", "PBKDF2 iterations of the SCRAM secrets pgdyno makes from plain passwords (auth_file, upstream URL) to log clients in"),
     s("auth_file", "", "PgBouncer userlist.txt: \"user\" \"password, md5... or SCRAM-SHA-256$...\""),
     s("auth_user", "", "user that looks up, with auth_query, the secrets of users auth_file does not list (empty: no lookup)"),
     s("auth_query", "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname = $1 AND rolcanlogin", "query returning a user's name and secret for $1"),

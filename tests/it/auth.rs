@@ -241,3 +241,44 @@ async fn auth_query_finds_users_the_auth_file_does_not_list() {
     })
     .await
 }
+
+/// The PBKDF2 iteration count pgdyno's SCRAM exchange tells `user`
+/// (`i=` in server-first-message).
+async fn scram_iterations_told(pgdyno: &Pgdyno, user: &str) -> String {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+    let mut raw = RawConn::connect(pgdyno.port()).await;
+    let code = raw.start(&[("user", user), ("database", APP_DB)]).await;
+    assert_eq!(code.expect("startup accepted"), AUTH_SASL);
+    let scram = ScramSha256::new(b"whatever", ChannelBinding::unsupported());
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::sasl_initial_response(
+        SCRAM_SHA_256,
+        scram.message(),
+        &mut out,
+    )
+    .unwrap();
+    raw.send(&out).await.unwrap();
+    let msg = raw.recv().await.expect("SASLContinue");
+    assert_eq!((msg.tag, &msg.body[..4]), (b'R', &11i32.to_be_bytes()[..]));
+    let text = String::from_utf8_lossy(&msg.body[4..]).into_owned();
+    text.split(',')
+        .find_map(|f| f.strip_prefix("i="))
+        .unwrap_or_else(|| panic!("no i= in {text}"))
+        .to_owned()
+}
+
+/// `scram_iterations`: the secret pgdyno makes from a plain password has
+/// that many iterations, and so has an unknown user's decoy (the count
+/// tells nothing); the login still works.
+#[tokio::test]
+async fn scram_iterations_sets_the_derived_secrets_count() {
+    within(60, async {
+        let default = pgdyno(&[]).await;
+        assert_eq!(scram_iterations_told(&default, APP_USER).await, "4096");
+        let more = pgdyno(&["--scram-iterations", "5000"]).await;
+        assert_eq!(scram_iterations_told(&more, APP_USER).await, "5000");
+        assert_eq!(scram_iterations_told(&more, "nosuchuser").await, "5000");
+        select_one_as(&more, APP_USER, APP_PASSWORD).await;
+    })
+    .await
+}
