@@ -57,7 +57,16 @@ impl Listeners {
             Some(dir) => {
                 let port = tcp.local_addr()?.port();
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                let listener = bind_unix(&path, config.unix_socket_mode)?;
+                let group = match &config.unix_socket_group {
+                    None => None,
+                    Some(name) => Some(group_id(name).ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("unix_socket_group: no group {name:?} in /etc/group"),
+                        )
+                    })?),
+                };
+                let listener = bind_unix(&path, config.unix_socket_mode, group)?;
                 Some((listener, path))
             }
         };
@@ -154,12 +163,29 @@ fn bind_tcp(
     TcpListener::from_std(socket.into())
 }
 
-/// A Unix socket at `path` with permissions `mode`. It is bound under a
-/// second name, given its mode, then renamed into place, so no client can
-/// reach it before it has its mode. A file left at `path` by an earlier
-/// run that nobody listens on is removed; a live one means the address is
-/// in use.
-fn bind_unix(path: &std::path::Path, mode: u32) -> std::io::Result<UnixListener> {
+/// The id of group `name` (a name in /etc/group, or a number).
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(id) = name.parse() {
+        return Some(id);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+/// A Unix socket at `path` with permissions `mode` and group `group`. It
+/// is bound under a second name, given its mode and group, then renamed
+/// into place, so no client can reach it before it has them. A file left
+/// at `path` by an earlier run that nobody listens on is removed; a live
+/// one means the address is in use.
+fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+    group: Option<u32>,
+) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -176,6 +202,10 @@ fn bind_unix(path: &std::path::Path, mode: u32) -> std::io::Result<UnixListener>
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging)?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(&staging, None, Some(gid))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("unix_socket_group {gid}: {e}")))?;
+    }
     std::fs::rename(&staging, path)?;
     Ok(listener)
 }

@@ -22,6 +22,7 @@ const RESTART: &[&str] = &[
     "metrics_listen",
     "unix_socket_dir",
     "unix_socket_mode",
+    "unix_socket_group",
     "fleet_size",
     "pool_size_headroom",
     "peer_id",
@@ -97,6 +98,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "metrics_listen" => c.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
         "unix_socket_dir" => path(&c.unix_socket_dir),
         "unix_socket_mode" => format!("{:04o}", c.unix_socket_mode),
+        "unix_socket_group" => c.unix_socket_group.clone().unwrap_or_default(),
         // Never show secrets (upstream URLs carry passwords).
         "upstream" => String::new(),
         "pool_mode" => c.pool_mode.name().into(),

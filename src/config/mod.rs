@@ -123,6 +123,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub unix_socket_dir: Option<PathBuf>,
     pub unix_socket_mode: u32,
+    /// The Unix socket's group: a name in /etc/group or a number.
+    pub unix_socket_group: Option<String>,
     pub so_reuseport: bool,
     pub tcp: TcpOptions,
     pub metrics_listen: Option<SocketAddr>,
@@ -303,6 +305,8 @@ impl Config {
             worker_threads: raw.parse("worker_threads")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
             unix_socket_mode: raw.octal("unix_socket_mode")?,
+            unix_socket_group: Some(raw.string("unix_socket_group")?.trim().to_owned())
+                .filter(|g| !g.is_empty()),
             so_reuseport: raw.parse("so_reuseport")?,
             tcp: TcpOptions {
                 keepalive: raw.parse("tcp_keepalive")?,

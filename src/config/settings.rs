@@ -34,6 +34,7 @@ pub const SETTINGS: &[Setting] = &[
     s("metrics_listen", "", "address for HTTP GET /metrics (Prometheus), /health and /ready (empty: off)"),
     s("unix_socket_dir", "", "directory for a Unix socket .s.PGSQL.<port> (empty: none)"),
     s("unix_socket_mode", "0777", "permissions of the Unix socket file, in octal"),
+    s("unix_socket_group", "", "group of the Unix socket file, by name or number (with unix_socket_mode 0770, only that group's members may connect)"),
     s("upstream", "", "PostgreSQL URL of the one database (default: $DATABASE_URL)"),
     s("pool_mode", "transaction", "session or transaction"),
     s("default_pool_size", "20", "backends per (database, user) pool, or auto: (max_connections - superuser_reserved_connections - pool_size_headroom) / fleet_size"),

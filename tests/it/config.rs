@@ -250,10 +250,20 @@ async fn toml_databases_each_with_its_own_pool() {
     .await
 }
 
+/// The socket has `unix_socket_mode` and `unix_socket_group` (as root,
+/// `nogroup` by name; otherwise this user's own group, by number) and
+/// takes clients.
 #[tokio::test]
 async fn unix_socket_accepts_clients() {
     within(60, async {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = scratch_dir("sock");
+        let mine = std::fs::metadata(&dir).unwrap();
+        let (group, gid) = if mine.uid() == 0 {
+            ("nogroup".to_owned(), 65534)
+        } else {
+            (mine.gid().to_string(), mine.gid())
+        };
         let pgdyno = Pgdyno::start(&[
             "--upstream",
             &Cluster::shared().url(APP_DB),
@@ -261,13 +271,15 @@ async fn unix_socket_accepts_clients() {
             dir.to_str().unwrap(),
             "--unix-socket-mode",
             "0770",
+            "--unix-socket-group",
+            &group,
         ])
         .await;
         let socket = pgdyno.wait_for_socket(&dir).await;
         assert!(socket.exists(), "no socket at {}", socket.display());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o770, "unix_socket_mode");
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o770, "unix_socket_mode");
+        assert_eq!(meta.gid(), gid, "unix_socket_group");
         let config = pgdyno.unix_config_as(&dir, APP_DB, APP_USER, APP_PASSWORD);
         let client = connect(&config)
             .await
