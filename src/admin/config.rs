@@ -17,6 +17,8 @@ use crate::pooler::Pooler;
 const RESTART: &[&str] = &[
     "worker_threads",
     "listen",
+    "listen_addr",
+    "listen_port",
     "listen_backlog",
     "so_reuseport",
     "metrics_listen",
@@ -86,6 +88,8 @@ fn shown(c: &Config, name: &str) -> Option<String> {
     Some(match name {
         "worker_threads" => c.worker_threads.to_string(),
         "listen" => c.listen.to_string(),
+        "listen_addr" => c.listen_parts.0.clone(),
+        "listen_port" => c.listen_parts.1.clone(),
         "listen_backlog" => c.listen_backlog.to_string(),
         "so_reuseport" => c.so_reuseport.to_string(),
         "peer_id" => c.peer_id.to_string(),

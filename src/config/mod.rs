@@ -119,6 +119,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// `listen_addr` and `listen_port` as given (already in `listen`).
+    pub listen_parts: (String, String),
     pub listen_backlog: usize,
     pub worker_threads: usize,
     pub unix_socket_dir: Option<PathBuf>,
@@ -300,7 +302,11 @@ impl Config {
 
     fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {
         Ok(Config {
-            listen: raw.parse("listen")?,
+            listen: listen_address(raw)?,
+            listen_parts: (
+                raw.string("listen_addr")?.trim().to_owned(),
+                raw.string("listen_port")?.trim().to_owned(),
+            ),
             listen_backlog: raw.parse("listen_backlog")?,
             worker_threads: raw.parse("worker_threads")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
@@ -606,6 +612,38 @@ fn database_entry(
 /// `[databases]`' `*`: serves any database name without an entry of its
 /// own.
 pub const FALLBACK_DATABASE: &str = "*";
+
+/// `listen`, its address or port replaced by PgBouncer's `listen_addr`
+/// (an address, `*` for every IPv4 one, or `localhost`) and `listen_port`
+/// where they are set.
+fn listen_address(raw: &Raw) -> Result<SocketAddr, ConfigError> {
+    let mut listen: SocketAddr = raw.parse("listen")?;
+    let addr = raw.string("listen_addr")?;
+    let ip = match addr.trim() {
+        "" => None,
+        "*" => Some(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        other => Some(other.parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid value for listen_addr: {other:?} is not one IP address, * or localhost \
+                 (pgdyno listens on one address)"
+            ))
+        })?),
+    };
+    if let Some(ip) = ip {
+        listen.set_ip(ip);
+    }
+    let port = raw.string("listen_port")?;
+    if !port.trim().is_empty() {
+        let port = port.trim().parse().map_err(|_| {
+            ConfigError(format!(
+                "invalid value for listen_port: {port:?} is not a port number"
+            ))
+        })?;
+        listen.set_port(port);
+    }
+    Ok(listen)
+}
 
 /// The most PBKDF2 iterations for `scram_iterations` (a second or so of
 /// CPU at each client's first login).

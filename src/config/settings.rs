@@ -22,6 +22,8 @@ const fn s(name: &'static str, default: &'static str, help: &'static str) -> Set
 pub const SETTINGS: &[Setting] = &[
     s("worker_threads", "0", "threads serving clients (0: one per four cores, at least one)"),
     s("listen", "127.0.0.1:6432", "TCP address clients connect to"),
+    s("listen_addr", "", "PgBouncer's name for listen's address: an IP address, * (every IPv4 one) or localhost; overrides listen's"),
+    s("listen_port", "", "PgBouncer's name for listen's port; overrides listen's"),
     s("listen_backlog", "1024", "connections the kernel queues until pgdyno accepts them (PgBouncer: 128; capped by net.core.somaxconn)"),
     s("peer_id", "0", "this process's id among pgdynos sharing a port (so_reuseport), 1 to 16383, written into cancel keys so that any of them forwards a cancel to the one that issued it ([peers] in the file says where each is; 0: no peering)"),
     s("so_reuseport", "false", "SO_REUSEPORT on the listening socket: several pgdyno processes may listen on one port (the kernel spreads connections)"),

@@ -207,6 +207,34 @@ fn users_table() {
     }
 }
 
+/// `listen_addr` and `listen_port` replace `listen`'s parts; one address only.
+#[test]
+fn listen_addr_and_port_replace_listens_parts() {
+    let load = |pairs: &[(&str, &str)]| {
+        let mut all = vec![("upstream", "postgres://u:p@h/d")];
+        all.extend_from_slice(pairs);
+        Config::load(&Sources {
+            flags: flags(&all),
+            ..Default::default()
+        })
+    };
+    let listen = |pairs: &[(&str, &str)]| load(pairs).unwrap().listen.to_string();
+    assert_eq!(listen(&[]), "127.0.0.1:6432");
+    assert_eq!(listen(&[("listen_port", "6000")]), "127.0.0.1:6000");
+    assert_eq!(listen(&[("listen_addr", "*")]), "0.0.0.0:6432");
+    assert_eq!(
+        listen(&[("listen", "10.0.0.1:7000"), ("listen_addr", "::1")]),
+        "[::1]:7000"
+    );
+    for (bad, want) in [
+        (("listen_addr", "10.0.0.1,10.0.0.2"), "listen_addr"),
+        (("listen_port", "many"), "listen_port"),
+    ] {
+        let e = load(&[bad]).unwrap_err();
+        assert!(e.0.contains(want), "{bad:?}: {e}");
+    }
+}
+
 /// `peer_id` and `[peers]`: ids from 1 to 16383, addresses as connection
 /// strings or URLs.
 #[test]
