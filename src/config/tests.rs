@@ -102,20 +102,21 @@ fn errors_name_the_key() {
     }
 }
 
+/// A configuration from an upstream and `pairs` as flags.
+fn with_flags(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut all = vec![("upstream", "postgres://u@h/d")];
+    all.extend_from_slice(pairs);
+    Config::load(&Sources {
+        flags: flags(&all),
+        ..Default::default()
+    })
+}
+
 /// PgBouncer's units: tcp_user_timeout in milliseconds, the keepalive
 /// times in seconds; units may be given.
 #[test]
 fn tcp_options() {
-    let load = |pairs: &[(&str, &str)]| {
-        let mut all = vec![("upstream", "postgres://u@h/d")];
-        all.extend_from_slice(pairs);
-        Config::load(&Sources {
-            flags: flags(&all),
-            ..Default::default()
-        })
-        .unwrap()
-        .tcp
-    };
+    let load = |pairs: &[(&str, &str)]| with_flags(pairs).unwrap().tcp;
     let defaults = load(&[]);
     assert!(defaults.keepalive);
     assert_eq!(
@@ -210,15 +211,7 @@ fn users_table() {
 /// `listen_addr` and `listen_port` replace `listen`'s parts; one address only.
 #[test]
 fn listen_addr_and_port_replace_listens_parts() {
-    let load = |pairs: &[(&str, &str)]| {
-        let mut all = vec![("upstream", "postgres://u:p@h/d")];
-        all.extend_from_slice(pairs);
-        Config::load(&Sources {
-            flags: flags(&all),
-            ..Default::default()
-        })
-    };
-    let listen = |pairs: &[(&str, &str)]| load(pairs).unwrap().listen.to_string();
+    let listen = |pairs: &[(&str, &str)]| with_flags(pairs).unwrap().listen.to_string();
     assert_eq!(listen(&[]), "127.0.0.1:6432");
     assert_eq!(listen(&[("listen_port", "6000")]), "127.0.0.1:6000");
     assert_eq!(listen(&[("listen_addr", "*")]), "0.0.0.0:6432");
@@ -230,7 +223,7 @@ fn listen_addr_and_port_replace_listens_parts() {
         (("listen_addr", "10.0.0.1,10.0.0.2"), "listen_addr"),
         (("listen_port", "many"), "listen_port"),
     ] {
-        let e = load(&[bad]).unwrap_err();
+        let e = with_flags(&[bad]).unwrap_err();
         assert!(e.0.contains(want), "{bad:?}: {e}");
     }
 }
