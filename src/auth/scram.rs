@@ -13,8 +13,9 @@ pub const MECHANISM: &str = "SCRAM-SHA-256";
 pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 const BINDING_TYPE: &str = "tls-server-end-point";
 const NONCE_LEN: usize = 18;
-/// The most PBKDF2 iterations pgdyno runs for a server (about a second).
-const MAX_ITERATIONS: u32 = 1_000_000;
+/// The most PBKDF2 iterations pgdyno runs (about a second): for a server
+/// that asks for more, or as `scram_iterations`.
+pub const MAX_ITERATIONS: u32 = 1_000_000;
 
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]

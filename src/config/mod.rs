@@ -301,12 +301,13 @@ impl Config {
     }
 
     fn from_raw(raw: &Raw) -> Result<Config, ConfigError> {
+        let listen_parts = (
+            raw.string("listen_addr")?.trim().to_owned(),
+            raw.string("listen_port")?.trim().to_owned(),
+        );
         Ok(Config {
-            listen: listen_address(raw)?,
-            listen_parts: (
-                raw.string("listen_addr")?.trim().to_owned(),
-                raw.string("listen_port")?.trim().to_owned(),
-            ),
+            listen: listen_address(raw.parse("listen")?, &listen_parts)?,
+            listen_parts,
             listen_backlog: raw.parse("listen_backlog")?,
             worker_threads: raw.parse("worker_threads")?,
             unix_socket_dir: raw.path("unix_socket_dir")?,
@@ -431,9 +432,10 @@ impl Config {
                 "invalid value for default_pool_size: must be at least 1".into(),
             ));
         }
-        if !(1..=MAX_SCRAM_ITERATIONS).contains(&self.scram_iterations) {
+        let most = crate::auth::scram::MAX_ITERATIONS;
+        if !(1..=most).contains(&self.scram_iterations) {
             return Err(ConfigError(format!(
-                "invalid value for scram_iterations: must be from 1 to {MAX_SCRAM_ITERATIONS}"
+                "invalid value for scram_iterations: must be from 1 to {most}"
             )));
         }
         if self.max_packet_size < 1024 {
@@ -615,11 +617,12 @@ pub const FALLBACK_DATABASE: &str = "*";
 
 /// `listen`, its address or port replaced by PgBouncer's `listen_addr`
 /// (an address, `*` for every IPv4 one, or `localhost`) and `listen_port`
-/// where they are set.
-fn listen_address(raw: &Raw) -> Result<SocketAddr, ConfigError> {
-    let mut listen: SocketAddr = raw.parse("listen")?;
-    let addr = raw.string("listen_addr")?;
-    let ip = match addr.trim() {
+/// where they are set (`parts`).
+fn listen_address(
+    mut listen: SocketAddr,
+    (addr, port): &(String, String),
+) -> Result<SocketAddr, ConfigError> {
+    let ip = match addr.as_str() {
         "" => None,
         "*" => Some(std::net::Ipv4Addr::UNSPECIFIED.into()),
         "localhost" => Some(std::net::Ipv4Addr::LOCALHOST.into()),
@@ -633,9 +636,8 @@ fn listen_address(raw: &Raw) -> Result<SocketAddr, ConfigError> {
     if let Some(ip) = ip {
         listen.set_ip(ip);
     }
-    let port = raw.string("listen_port")?;
-    if !port.trim().is_empty() {
-        let port = port.trim().parse().map_err(|_| {
+    if !port.is_empty() {
+        let port = port.parse().map_err(|_| {
             ConfigError(format!(
                 "invalid value for listen_port: {port:?} is not a port number"
             ))
@@ -644,10 +646,6 @@ fn listen_address(raw: &Raw) -> Result<SocketAddr, ConfigError> {
     }
     Ok(listen)
 }
-
-/// The most PBKDF2 iterations for `scram_iterations` (a second or so of
-/// CPU at each client's first login).
-pub const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
 
 /// The largest peer id (PgBouncer's): ids are 14 bits of a cancel key.
 pub const MAX_PEER_ID: u16 = 16383;
