@@ -158,6 +158,7 @@ fn shown(c: &Config, name: &str) -> Option<String> {
         "auth_type" => c.auth_type.name().into(),
         "auth_file" => path(&c.auth_file),
         "auth_hba_file" => path(&c.auth_hba_file),
+        "auth_ident_file" => path(&c.auth_ident_file),
         "auth_user" => c.auth_user.clone(),
         "auth_query" => c.auth_query.clone(),
         "auth_dbname" => c.auth_dbname.clone(),

@@ -8,9 +8,10 @@
 //! - addresses: `all`, IPv4 and IPv6 with a prefix length or a mask
 //!   column (an IPv4 range also matches IPv4-mapped IPv6 clients);
 //! - methods: `trust`, `reject`, `password`, `md5`, `scram-sha-256`,
-//!   `cert` (hostssl only), `peer` (local only).
+//!   `cert` (hostssl only), `peer` (local only); `map=` on `cert` and
+//!   `peer` names a user name map of `auth_ident_file` (see [`super::ident`]).
 //!
-//! Anything else (`samerole`, `+group`, host names, `ident`, `map=`...) is
+//! Anything else (`samerole`, `+group`, host names, `ident`...) is
 //! refused when the file is read, naming the line, rather than matching
 //! differently from PostgreSQL. The first record that matches decides;
 //! none matching refuses the client, as PostgreSQL does.
@@ -72,6 +73,8 @@ struct Record {
     /// `None`: `all` (and always for `local`).
     network: Option<Network>,
     method: Method,
+    /// `map=`: the `auth_ident_file` map that says who may be whom.
+    map: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,10 +136,20 @@ impl Hba {
     /// none does (the client is refused as by a `reject` record, in other
     /// words).
     pub fn method(&self, origin: &Origin<'_>) -> Option<Method> {
+        self.rule(origin).map(|(method, _)| method)
+    }
+
+    /// [`Hba::method`], with the record's user name map.
+    pub fn rule(&self, origin: &Origin<'_>) -> Option<(Method, Option<&str>)> {
         self.records
             .iter()
             .find(|r| r.matches(origin))
-            .map(|r| r.method)
+            .map(|r| (r.method, r.map.as_deref()))
+    }
+
+    /// The user name maps the records name.
+    pub fn maps(&self) -> impl Iterator<Item = &str> {
+        self.records.iter().filter_map(|r| r.map.as_deref())
     }
 }
 
@@ -180,11 +193,23 @@ impl Record {
                 ))
             }
         };
-        if let Ok(option) = next("") {
-            let option = option.first().map_or("", |t| t.text.as_str()).to_owned();
-            return Err(format!(
-                "authentication option \"{option}\" is not supported (user name maps neither)"
-            ));
+        let mut map = None;
+        while let Ok(option) = next("") {
+            let option = single(option, "an option")?;
+            let mappable = matches!(method, Method::Peer | Method::Auth(AuthType::Cert));
+            match option.strip_prefix("map=") {
+                Some(name) if mappable && !name.is_empty() => map = Some(name.to_owned()),
+                Some(_) if !mappable => {
+                    return Err(format!(
+                        "\"{option}\": user name maps are for peer and cert records"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "authentication option \"{option}\" is not supported"
+                    ))
+                }
+            }
         }
         Ok(Record {
             kind,
@@ -192,6 +217,7 @@ impl Record {
             users,
             network,
             method,
+            map,
         })
     }
 
@@ -296,9 +322,9 @@ fn mask_prefix(addr: IpAddr, mask: &str) -> Result<u8, String> {
 /// One item of a field: its text, and whether it was quoted (a quoted
 /// keyword is just a name).
 #[derive(Debug)]
-struct Token {
-    text: String,
-    quoted: bool,
+pub(super) struct Token {
+    pub text: String,
+    pub quoted: bool,
 }
 
 /// A field that must be one plain word.
@@ -352,7 +378,7 @@ fn names(
 
 /// The file's lines with comments removed and backslash continuations
 /// joined, each with the number of its first line.
-fn logical_lines(text: &str) -> Vec<(usize, String)> {
+pub(super) fn logical_lines(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut pending: Option<(usize, String)> = None;
     for (i, raw) in text.lines().enumerate() {
@@ -389,7 +415,7 @@ fn strip_comment(line: &str) -> &str {
 
 /// Splits a line into fields (separated by blanks), each a comma list of
 /// tokens; double quotes keep blanks and commas in a token.
-fn tokens(line: &str) -> Result<Vec<Vec<Token>>, String> {
+pub(super) fn tokens(line: &str) -> Result<Vec<Vec<Token>>, String> {
     let mut fields = Vec::new();
     let mut chars = line.chars().peekable();
     loop {
@@ -475,6 +501,17 @@ host    appdb           all      all \
 "#;
 
     #[test]
+    fn peer_and_cert_records_name_their_map() {
+        let h = hba("local all all peer map=ops\nhostssl all all all cert map=certs\n");
+        let local = origin(None, false, "d", "postgres");
+        assert_eq!(h.rule(&local), Some((Method::Peer, Some("ops"))));
+        let tls = origin(Some("10.0.0.1"), true, "d", "carol");
+        let cert = Method::Auth(AuthType::Cert);
+        assert_eq!(h.rule(&tls), Some((cert, Some("certs"))));
+        assert_eq!(h.maps().collect::<Vec<_>>(), ["ops", "certs"]);
+    }
+
+    #[test]
     fn the_first_matching_record_decides() {
         let h = hba(FILE);
         let cases = [
@@ -555,7 +592,8 @@ host    appdb           all      all \
             ("host all all all ident", "\"ident\" is not supported"),
             ("host all all all peer", "only supported on local"),
             ("host all all all cert", "only supported on hostssl"),
-            ("local all all md5 map=x", "option \"map=x\""),
+            ("local all all md5 map=x", "maps are for peer and cert"),
+            ("local all all peer clientcert=1", "option \"clientcert=1\""),
             ("hostgssenc all all all md5", "connection type"),
             ("local all @missing md5", "no file missing"),
             ("local \"all md5", "unterminated"),

@@ -6,11 +6,13 @@
 //!   md5, SCRAM);
 //! - [`query`]: `auth_query`, for users the auth file does not list;
 //! - [`hba`]: `auth_type = hba`, the login method per connection;
+//! - [`ident`]: the user name maps its `peer` and `cert` records name;
 //! - this file: secrets and the user list (PgBouncer's `userlist.txt`
 //!   format, plus the users of upstream URLs).
 
 pub mod client;
 pub mod hba;
+pub mod ident;
 pub mod query;
 pub mod scram;
 pub mod throttle;
@@ -130,6 +132,8 @@ pub struct Users {
     secrets: HashMap<String, Arc<Secret>>,
     /// `auth_hba_file`'s rules, under `auth_type = hba`.
     pub hba: Option<hba::Hba>,
+    /// `auth_ident_file`'s user name maps, for those rules' `map=`.
+    pub ident: Option<ident::Ident>,
 }
 
 impl Users {
@@ -153,6 +157,24 @@ impl Users {
         if config.auth_type == AuthType::Hba {
             if let Some(path) = &config.auth_hba_file {
                 users.hba = Some(hba::Hba::load(path)?);
+            }
+            if let Some(path) = &config.auth_ident_file {
+                users.ident = Some(ident::Ident::load(path)?);
+            }
+            let maps = users.hba.iter().flat_map(|h| h.maps());
+            let missing = maps
+                .filter(|m| !users.ident.as_ref().is_some_and(|i| i.has_map(m)))
+                .collect::<Vec<_>>();
+            if !missing.is_empty() {
+                return Err(ConfigError(format!(
+                    "invalid value for auth_hba_file: map {:?} is not in auth_ident_file{}",
+                    missing[0],
+                    if config.auth_ident_file.is_none() {
+                        " (which is not set)"
+                    } else {
+                        ""
+                    }
+                )));
             }
         }
         // Under hba, records that need no password (trust, peer, cert) may

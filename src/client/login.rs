@@ -106,6 +106,8 @@ pub(super) async fn login(
             "too many failed login attempts from this address; try again later".into(),
         ));
     }
+    // An hba record's user name map, for peer and cert.
+    let mut map = None;
     let auth_type = match pooler.config().auth_type {
         AuthType::Hba => {
             let local = matches!(conn.stream, Stream::Unix(_));
@@ -117,9 +119,14 @@ pub(super) async fn login(
             };
             // Refusals in PostgreSQL's words.
             let refused = |why: &str| Err(Error::AuthUnsupported(format!("{why} {origin}")));
-            match pooler.users().hba.as_ref().and_then(|h| h.method(&origin)) {
+            let users = pooler.users();
+            let rule = users.hba.as_ref().and_then(|h| h.rule(&origin));
+            map = rule.and_then(|(_, m)| m).map(str::to_owned);
+            match rule.map(|(method, _)| method) {
                 Some(Method::Auth(method)) => method,
-                Some(Method::Peer) => return peer_login(conn, user),
+                Some(Method::Peer) => {
+                    return peer_login(conn, user, may_be(pooler, map.as_deref()))
+                }
                 Some(Method::Reject) => return refused("pg_hba.conf rejects connection for"),
                 None => return refused("no pg_hba.conf entry for"),
             }
@@ -129,8 +136,9 @@ pub(super) async fn login(
     if auth_type == AuthType::Cert {
         // Under verify-full the handshake compared the CN already; under
         // hba the sslmode may be verify-ca.
+        let may_be = may_be(pooler, map.as_deref());
         match how.cert_cn {
-            Some(cn) if cn == user => {}
+            Some(cn) if may_be(cn, user) => {}
             cn => {
                 return Err(Error::AuthUnsupported(format!(
                     "certificate authentication failed for user \"{user}\": {}",
@@ -184,15 +192,33 @@ pub(super) async fn login(
     result
 }
 
+/// Whether a client whose system name (operating-system user, or
+/// certificate CN) is the first argument may log in as the second: the
+/// same name, or as `map` in `auth_ident_file` says.
+fn may_be<'a>(pooler: &'a Pooler, map: Option<&'a str>) -> impl Fn(&str, &str) -> bool + 'a {
+    move |system, user| match map {
+        None => system == user,
+        Some(map) => pooler
+            .users()
+            .ident
+            .as_ref()
+            .is_some_and(|i| i.permits(map, system, user)),
+    }
+}
+
 /// `peer`: the Unix-socket client's operating-system user must be the user
-/// it asks to be.
-fn peer_login(conn: &Conn, user: &str) -> Result<crate::auth::client::Proof> {
+/// it asks to be (or one `map` lets in as that user).
+fn peer_login(
+    conn: &Conn,
+    user: &str,
+    may_be: impl Fn(&str, &str) -> bool,
+) -> Result<crate::auth::client::Proof> {
     let uid = match &conn.stream {
         Stream::Unix(s) => s.peer_cred().ok().map(|c| c.uid()),
         _ => None,
     };
     match uid.and_then(crate::auth::hba::system_user) {
-        Some(name) if name == user => Ok(Default::default()),
+        Some(name) if may_be(&name, user) => Ok(Default::default()),
         _ => Err(Error::AuthUnsupported(format!(
             "Peer authentication failed for user \"{user}\""
         ))),

@@ -170,6 +170,8 @@ pub struct Config {
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
     pub auth_hba_file: Option<PathBuf>,
+    /// User name maps for `auth_hba_file`'s `map=` (pg_ident.conf format).
+    pub auth_ident_file: Option<PathBuf>,
     pub auth_user: String,
     pub auth_query: String,
     pub auth_dbname: String,
@@ -368,6 +370,7 @@ impl Config {
             auth_type: raw.parse("auth_type")?,
             auth_file: raw.path("auth_file")?,
             auth_hba_file: raw.path("auth_hba_file")?,
+            auth_ident_file: raw.path("auth_ident_file")?,
             auth_user: raw.string("auth_user")?,
             auth_query: raw.string("auth_query")?,
             auth_dbname: raw.string("auth_dbname")?,

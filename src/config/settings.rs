@@ -88,6 +88,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_tls_protocols", "secure", "TLS versions toward PostgreSQL: secure or all (1.2 and 1.3), or a list of tlsv1.2, tlsv1.3"),
     s("server_tls_ciphers", "default", "cipher suites toward PostgreSQL, as client_tls_ciphers"),
     s("auth_type", "scram-sha-256", "client authentication: scram-sha-256, md5, plain, cert, trust, or hba (per connection, from auth_hba_file)"),
+    s("auth_ident_file", "", "user name maps (pg_ident.conf format) for auth_hba_file's peer and cert records with map= (read again on reload)"),
     s("auth_hba_file", "", "pg_hba.conf-style rules for auth_type = hba (PgBouncer's subset; read again on reload)"),
     s("scram_iterations", "4096", "PBKDF2 iterations of the SCRAM secrets pgdyno makes from plain passwords (auth_file, upstream URL) to log clients in"),
     s("auth_file", "", "PgBouncer userlist.txt: \"user\" \"password, md5... or SCRAM-SHA-256$...\""),

@@ -143,8 +143,11 @@ async fn an_hba_file_pgdyno_cannot_honour_stops_it_at_startup() {
         let dir = scratch_dir("hba-bad");
         let hba = dir.join("hba.conf");
         std::fs::write(&hba, "local all all peer\nhost all all all ident\n").unwrap();
+        let mapped = dir.join("mapped.conf");
+        std::fs::write(&mapped, "local all all peer map=nomap\n").unwrap();
         let url = Cluster::shared().url(APP_DB);
         let hba = hba.to_str().unwrap();
+        let mapped = mapped.to_str().unwrap();
         for (args, want) in [
             (
                 vec![
@@ -161,6 +164,17 @@ async fn an_hba_file_pgdyno_cannot_honour_stops_it_at_startup() {
                 vec!["--upstream", &url, "--auth-type", "hba"],
                 "hba needs auth_hba_file".to_owned(),
             ),
+            (
+                vec![
+                    "--upstream",
+                    &url,
+                    "--auth-type",
+                    "hba",
+                    "--auth-hba-file",
+                    mapped,
+                ],
+                "map \"nomap\" is not in auth_ident_file (which is not set)".to_owned(),
+            ),
         ] {
             let (status, log) = run_to_exit(Launch {
                 args: &args,
@@ -169,6 +183,50 @@ async fn an_hba_file_pgdyno_cannot_honour_stops_it_at_startup() {
             .await;
             assert!(status.is_some_and(|s| !s.success()), "{args:?}: {log}");
             assert!(log.contains(&want), "{args:?}: {log}");
+        }
+    })
+    .await
+}
+
+/// `peer map=ops`: the test's operating-system user may log in over the
+/// socket as the users `auth_ident_file`'s map `ops` gives it, and as no
+/// other; RELOAD reads the map again.
+#[tokio::test]
+async fn a_peer_map_lets_the_os_user_in_as_the_users_it_names() {
+    within(60, async {
+        let dir = scratch_dir("hba-map");
+        let (hba, ident) = (dir.join("hba.conf"), dir.join("ident.conf"));
+        std::fs::write(&hba, "local all all peer map=ops\n").unwrap();
+        let me = os_user();
+        std::fs::write(&ident, format!("# map system user\nops {me} {APP_USER}\n")).unwrap();
+        let pgdyno = hba_pgdyno(
+            &hba,
+            &[
+                "--auth-ident-file",
+                ident.to_str().unwrap(),
+                "--unix-socket-dir",
+                dir.to_str().unwrap(),
+            ],
+        )
+        .await;
+        pgdyno.wait_for_socket(&dir).await;
+        let as_app = pgdyno.unix_config_as(&dir, APP_DB, APP_USER, "");
+        select_one(&as_app, "the OS user as app, by the map").await;
+        for user in [me.as_str(), "carl"] {
+            let (code, message) = refusal(&pgdyno.unix_config_as(&dir, APP_DB, user, "")).await;
+            assert_eq!(code, "28000", "{user}: {message}");
+            assert!(message.contains("Peer authentication failed"), "{message}");
+        }
+
+        std::fs::write(&ident, format!("ops {me} someone_else\n")).unwrap();
+        pgdyno.signal("HUP");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while connect(&as_app).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the map was not read again"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     })
     .await
