@@ -287,6 +287,45 @@ async fn hba_cert_records_check_the_certificates_cn() {
     .await
 }
 
+/// `cert map=certs`: the CN is looked up in `auth_ident_file`'s map, which
+/// here lets mallory's certificate log in as app, and app's not at all.
+#[tokio::test]
+async fn an_hba_cert_map_says_which_cn_may_be_which_user() {
+    within(60, async {
+        let dir = scratch_dir("hba-tls-map");
+        let (hba, ident) = (dir.join("hba.conf"), dir.join("ident.conf"));
+        std::fs::write(&hba, "hostssl all all 127.0.0.1/32 cert map=certs\n").unwrap();
+        std::fs::write(&ident, format!("certs /^mal(.*)$ {APP_USER}\n")).unwrap();
+        let pgdyno = tls_pgdyno(
+            "verify-ca",
+            &[
+                "--auth-type",
+                "hba",
+                "--auth-hba-file",
+                hba.to_str().unwrap(),
+                "--auth-ident-file",
+                ident.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let certs = test_certs();
+        let config = tls_config(&pgdyno);
+        let mallory = ClientTls::new().identity(&certs.mallory).connector();
+        let client = connect_tls(&config, mallory)
+            .await
+            .unwrap_or_else(|e| panic!("mallory as app by the map: {e} ({:?})", e.as_db_error()));
+        assert_select(&client, 1).await;
+        let app = ClientTls::new().identity(&certs.app).connector();
+        let Err(err) = connect_tls(&config, app).await else {
+            panic!("the map has no line for CN app");
+        };
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "28000", "{message}");
+        assert!(message.contains("CN is \"app\""), "{message}");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn channel_binding_over_tls() {
     within(60, async {
