@@ -52,6 +52,8 @@ pub struct Target {
     /// `connect_query`: run on each new backend before a client gets it;
     /// replaced on reload.
     pub connect_query: RwLock<String>,
+    /// Cancels under way for this pool's backends.
+    pub cancels: crate::cancel::CancelCounts,
 }
 
 /// Where a pool's backends connect and how they prove themselves: what a
@@ -99,6 +101,7 @@ impl Target {
             tcp: RwLock::new(tcp),
             scram_cache: Default::default(),
             connect_query: RwLock::new(connect_query),
+            cancels: Default::default(),
         }
     }
 

@@ -149,16 +149,20 @@ fn pools(pooler: &Pooler) -> Table {
         let s = p.snapshot();
         let wait = s.longest_wait;
         let mode = p.settings().mode.name();
+        let cancels = &p.target.cancels;
+        let [waiting, active, held] =
+            [&cancels.waiting, &cancels.active, &cancels.held].map(|c| c.load(Relaxed));
         t.row(vec![
             v(&p.database),
             v(&p.user),
             v(s.clients_active),
             v(s.clients_waiting),
-            v(0),
-            v(0),
-            v(s.backends_active),
-            v(0),
-            v(0),
+            v(active),
+            v(waiting),
+            // A backend held for its cancels is not active.
+            v(s.backends_active.saturating_sub(held)),
+            v(active),
+            v(held),
             v(s.backends_idle),
             v(0),
             v(0),

@@ -29,6 +29,36 @@ mod peer;
 use peer::{issue_secret, issuer, HOPS};
 pub use peer::{PeerCounts, PeerLines};
 
+/// One more in a count while it lives.
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Cancels under way for one pool's backends, as SHOW POOLS counts them.
+#[derive(Debug, Default)]
+pub struct CancelCounts {
+    /// Waiting for their connection to PostgreSQL to open
+    /// (cl_waiting_cancel_req).
+    pub waiting: AtomicUsize,
+    /// Sent, waiting for PostgreSQL to close that connection
+    /// (cl_active_cancel_req, sv_active_cancel: one connection each).
+    pub active: AtomicUsize,
+    /// Backends given back but held until the cancels aimed at them are
+    /// done (sv_being_canceled).
+    pub held: AtomicUsize,
+}
+
 /// How long a backend waits for a cancel aimed at it to be done before it
 /// is closed instead of lent again (twice `cancel_wait_timeout`'s default).
 const GATE_LIMIT: Duration = Duration::from_secs(20);
@@ -232,10 +262,13 @@ async fn forward(server: &ServerEntry) -> std::io::Result<()> {
         .target
         .upgrade()
         .ok_or_else(|| std::io::Error::other("the backend's pool is gone"))?;
+    let waiting = Counted::new(&target.cancels.waiting);
     let (stream, _) = target
         .open(&key.endpoint.upstream)
         .await
         .map_err(std::io::Error::other)?;
+    drop(waiting);
+    let _active = Counted::new(&target.cancels.active);
     send_cancel(stream, server.remote_pid, key.secret_key).await
 }
 

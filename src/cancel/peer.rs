@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
-use super::{send_cancel, within};
+use super::{send_cancel, within, Counted};
 use crate::config::Config;
 
 /// Under peering, a secret key's top 14 bits are the issuing peer's id and
@@ -63,22 +63,6 @@ pub struct PeerCounts {
     pub waiting: usize,
     pub login: usize,
     pub active: usize,
-}
-
-/// One more in a count while it lives.
-struct Counted<'a>(&'a AtomicUsize);
-
-impl<'a> Counted<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Relaxed);
-        Counted(count)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
 }
 
 impl PeerLines {

@@ -207,7 +207,9 @@ fn release(
     }
     let pool = pool.clone();
     tokio::spawn(async move {
+        let held = crate::cancel::Counted::new(&pool.target.cancels.held);
         let settled = backend.cancel_gate.wait().await;
+        drop(held);
         pool.release(backend, reusable && settled);
     });
 }

@@ -506,3 +506,88 @@ async fn a_cancel_past_cancel_wait_timeout_is_given_up() {
     })
     .await
 }
+
+/// SHOW POOLS counts cancels under way: one whose bytes the network holds
+/// is active (cl_active_cancel_req, sv_active_cancel); once the query it
+/// aimed at has ended, its backend is held (sv_being_canceled) and lent to
+/// nobody until the cancel is done.
+#[tokio::test]
+async fn show_pools_counts_cancels_under_way() {
+    within(60, async {
+        let relay = FaultRelay::start(Cluster::shared().port()).await;
+        let url = relay.url(APP_DB);
+        // No TLS negotiation toward PostgreSQL: a cancel's connection is
+        // open as soon as TCP says so, and the stall holds the request.
+        let pgdyno = Pgdyno::start(&[
+            "--upstream",
+            &url,
+            "--admin-users",
+            APP_USER,
+            "--pool-size",
+            "1",
+            "--server-tls-sslmode",
+            "disable",
+        ])
+        .await;
+        let console = console(&pgdyno).await;
+        let counts = || async {
+            let (t, row) = pool_row(&console, APP_DB).await;
+            [
+                "cl_active_cancel_req",
+                "cl_waiting_cancel_req",
+                "sv_active",
+                "sv_active_cancel",
+                "sv_being_canceled",
+            ]
+            .map(|c| t.int(&row, c))
+        };
+        let mut raw = RawConn::connect(pgdyno.port()).await;
+        raw.login(APP_USER, APP_PASSWORD, APP_DB)
+            .await
+            .expect("login");
+        let (pid, key) = raw.backend_key().expect("BackendKeyData");
+        let sleep = Batch::new().query("SELECT pg_sleep(1)");
+        raw.send(&sleep.into_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // The cancel's connection opens; its request is held on the way.
+        relay.stall(Flow::ToServer);
+        let cancel = tokio::spawn(cancel_for(pgdyno.port(), pid, key));
+        eventually(5, "the cancel sent, its query running", || async {
+            counts().await == [1, 0, 1, 1, 0]
+        })
+        .await;
+        // The query ends uncancelled; the backend waits for the cancel.
+        eventually(5, "the backend held for its cancel", || async {
+            counts().await == [1, 0, 0, 1, 1]
+        })
+        .await;
+        let next = pgdyno.connect(APP_DB).await;
+        let held = tokio::time::timeout(Duration::from_millis(300), next.simple_query("SELECT 1"));
+        assert!(held.await.is_err(), "a held backend is lent to nobody");
+
+        relay.resume();
+        cancel.await.unwrap();
+        eventually(5, "nothing under way", || async {
+            counts().await == [0, 0, 0, 0, 0]
+        })
+        .await;
+        next.simple_query("SELECT 1")
+            .await
+            .expect("the backend serves again");
+    })
+    .await
+}
+
+/// Sends pgdyno a CancelRequest and waits for it to close the connection.
+async fn cancel_for(port: u16, pid: i32, key: i32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(pid, key, &mut out);
+    s.write_all(&out).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+}
