@@ -228,6 +228,20 @@ async fn connect_query_runs_on_each_new_backend() {
     .await
 }
 
+/// Whether PostgreSQL still has backend `pid` (asked on `admin`, a direct
+/// connection).
+async fn backend_alive(admin: &Client, pid: i32) -> bool {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+}
+
 /// Session mode: after RECONNECT a client keeps its backend to the end of
 /// its session, unless `server_fast_close`: then the transaction it is in
 /// finishes (and stays committed), and the backend and the client are
@@ -292,16 +306,7 @@ async fn server_fast_close_ends_a_marked_session_after_its_transaction() {
                 "{err} ({code:?})"
             );
             let gone = async {
-                while admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                        &[&pid],
-                    )
-                    .await
-                    .unwrap()
-                    .get::<_, i64>(0)
-                    > 0
-                {
+                while backend_alive(&admin, pid).await {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
@@ -321,20 +326,6 @@ async fn server_fast_close_ends_a_marked_session_after_its_transaction() {
 async fn server_fast_close_ends_an_idle_marked_session_at_once() {
     within(60, async {
         let admin = Cluster::shared().direct(APP_DB).await;
-        let alive = |pid: i32| {
-            let admin = &admin;
-            async move {
-                admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                        &[&pid],
-                    )
-                    .await
-                    .unwrap()
-                    .get::<_, i64>(0)
-                    > 0
-            }
-        };
         for fast in [false, true] {
             let pgdyno = pgdyno(&[
                 "--pool-mode",
@@ -350,15 +341,21 @@ async fn server_fast_close_ends_an_idle_marked_session_at_once() {
             let console = pgdyno.connect("pgbouncer").await;
             console.simple_query("RECONNECT").await.unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while alive(pid).await && std::time::Instant::now() < deadline {
+            while backend_alive(&admin, pid).await && std::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if !fast {
-                assert!(alive(pid).await, "the idle session keeps its backend");
+                assert!(
+                    backend_alive(&admin, pid).await,
+                    "the idle session keeps its backend"
+                );
                 assert_eq!(backend_pid(&client).await, pid);
                 continue;
             }
-            assert!(!alive(pid).await, "the marked backend closed at once");
+            assert!(
+                !backend_alive(&admin, pid).await,
+                "the marked backend closed at once"
+            );
             let err = client
                 .batch_execute("SELECT 1")
                 .await
