@@ -161,14 +161,11 @@ impl Users {
             if let Some(path) = &config.auth_ident_file {
                 users.ident = Some(ident::Ident::load(path)?);
             }
-            let maps = users.hba.iter().flat_map(|h| h.maps());
-            let missing = maps
-                .filter(|m| !users.ident.as_ref().is_some_and(|i| i.has_map(m)))
-                .collect::<Vec<_>>();
-            if !missing.is_empty() {
+            let mut maps = users.hba.iter().flat_map(|h| h.maps());
+            let missing = maps.find(|m| !users.ident.as_ref().is_some_and(|i| i.has_map(m)));
+            if let Some(missing) = missing {
                 return Err(ConfigError(format!(
-                    "invalid value for auth_hba_file: map {:?} is not in auth_ident_file{}",
-                    missing[0],
+                    "invalid value for auth_hba_file: map {missing:?} is not in auth_ident_file{}",
                     if config.auth_ident_file.is_none() {
                         " (which is not set)"
                     } else {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::client::authenticate;
 use crate::auth::hba::{Method, Origin};
+use crate::auth::Users;
 use crate::config::tls::SslMode;
 use crate::config::{AuthType, Config, DatabaseConfig};
 use crate::error::{Error, Result};
@@ -106,7 +107,8 @@ pub(super) async fn login(
             "too many failed login attempts from this address; try again later".into(),
         ));
     }
-    // An hba record's user name map, for peer and cert.
+    // Read once: the hba records, and the name maps peer and cert use.
+    let users = pooler.users();
     let mut map = None;
     let auth_type = match pooler.config().auth_type {
         AuthType::Hba => {
@@ -119,14 +121,11 @@ pub(super) async fn login(
             };
             // Refusals in PostgreSQL's words.
             let refused = |why: &str| Err(Error::AuthUnsupported(format!("{why} {origin}")));
-            let users = pooler.users();
             let rule = users.hba.as_ref().and_then(|h| h.rule(&origin));
-            map = rule.and_then(|(_, m)| m).map(str::to_owned);
+            map = rule.and_then(|(_, m)| m);
             match rule.map(|(method, _)| method) {
                 Some(Method::Auth(method)) => method,
-                Some(Method::Peer) => {
-                    return peer_login(conn, user, may_be(pooler, map.as_deref()))
-                }
+                Some(Method::Peer) => return peer_login(conn, user, may_be(&users, map)),
                 Some(Method::Reject) => return refused("pg_hba.conf rejects connection for"),
                 None => return refused("no pg_hba.conf entry for"),
             }
@@ -136,7 +135,7 @@ pub(super) async fn login(
     if auth_type == AuthType::Cert {
         // Under verify-full the handshake compared the CN already; under
         // hba the sslmode may be verify-ca.
-        let may_be = may_be(pooler, map.as_deref());
+        let may_be = may_be(&users, map);
         match how.cert_cn {
             Some(cn) if may_be(cn, user) => {}
             cn => {
@@ -152,7 +151,7 @@ pub(super) async fn login(
     }
     let exchange = async {
         let mut looked_up = None;
-        let secret = match (pooler.users().get(user), db) {
+        let secret = match (users.get(user), db) {
             (Some(secret), _) => Some(secret),
             (None, Some(db)) if !matches!(auth_type, AuthType::Trust | AuthType::Cert) => {
                 looked_up = Box::pin(crate::auth::query::look_up(pooler, db, user)).await?;
@@ -195,11 +194,10 @@ pub(super) async fn login(
 /// Whether a client whose system name (operating-system user, or
 /// certificate CN) is the first argument may log in as the second: the
 /// same name, or as `map` in `auth_ident_file` says.
-fn may_be<'a>(pooler: &'a Pooler, map: Option<&'a str>) -> impl Fn(&str, &str) -> bool + 'a {
+fn may_be<'a>(users: &'a Users, map: Option<&'a str>) -> impl Fn(&str, &str) -> bool + 'a {
     move |system, user| match map {
         None => system == user,
-        Some(map) => pooler
-            .users()
+        Some(map) => users
             .ident
             .as_ref()
             .is_some_and(|i| i.permits(map, system, user)),
