@@ -73,9 +73,7 @@ impl Stop {
     /// Asks the client to stop (a lower level than already asked is a no-op).
     pub fn raise(&self, level: StopLevel) {
         if self.level.fetch_max(level as u8, SeqCst) < level as u8 {
-            if let Some(waker) = self.waker.lock().unwrap().as_ref() {
-                waker.wake_by_ref();
-            }
+            self.nudge();
         }
     }
 

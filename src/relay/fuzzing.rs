@@ -6,8 +6,9 @@
 //! keep whatever the bytes.
 //!
 //! Input: `[flags, chunk...]`. `flags` bit 0: transaction mode; bit 1:
-//! prepared statements on; bit 2: simple queries refused. Each chunk is a header byte `h` (bit 0: 0 from
-//! the client, 1 from the backend; `h >> 1`: length - 1) and its bytes.
+//! prepared statements on; bit 2: simple queries refused. Each chunk is a
+//! header byte `h` (bit 0: 0 from the client, 1 from the backend; `h >> 1`:
+//! length - 1) and its bytes.
 
 use bytes::BytesMut;
 
