@@ -102,16 +102,14 @@ struct Network {
 impl Hba {
     /// Reads `path`; `@file` names are relative to its directory.
     pub fn load(path: &Path) -> Result<Hba, ConfigError> {
-        let fail = |why: String| ConfigError(format!("invalid value for auth_hba_file: {why}"));
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        Hba::parse(&text, &|name| {
-            let file = dir.join(name);
-            std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        load_file("auth_hba_file", path, |text| {
+            Hba::parse(text, &|name| {
+                let file = dir.join(name);
+                std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))
+            })
         })
-        .map_err(|(line, why)| fail(format!("{}:{line}: {why}", path.display())))
     }
 
     /// Parses the file's text; `include` reads an `@file`. Errors name the
@@ -120,15 +118,7 @@ impl Hba {
         text: &str,
         include: &dyn Fn(&str) -> Result<String, String>,
     ) -> Result<Hba, (usize, String)> {
-        let mut records = Vec::new();
-        for (number, line) in logical_lines(text) {
-            let fields = tokens(&line).map_err(|e| (number, e))?;
-            if fields.is_empty() {
-                continue;
-            }
-            let record = Record::parse(fields, include).map_err(|e| (number, e))?;
-            records.push(record);
-        }
+        let records = parse_lines(text, |fields| Record::parse(fields, include))?;
         Ok(Hba { records })
     }
 
@@ -376,9 +366,38 @@ fn names(
     Ok(out)
 }
 
+/// Reads the file `setting` names and parses it; errors name the setting,
+/// the file and the line.
+pub(super) fn load_file<T>(
+    setting: &str,
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, (usize, String)>,
+) -> Result<T, ConfigError> {
+    let fail = |why: String| ConfigError(format!("invalid value for {setting}: {why}"));
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    parse(&text).map_err(|(line, why)| fail(format!("{}:{line}: {why}", path.display())))
+}
+
+/// Each line of `text` that holds fields, parsed by `parse`; an error
+/// names its line.
+pub(super) fn parse_lines<T>(
+    text: &str,
+    mut parse: impl FnMut(Vec<Vec<Token>>) -> Result<T, String>,
+) -> Result<Vec<T>, (usize, String)> {
+    let mut out = Vec::new();
+    for (number, line) in logical_lines(text) {
+        let fields = tokens(&line).map_err(|e| (number, e))?;
+        if !fields.is_empty() {
+            out.push(parse(fields).map_err(|e| (number, e))?);
+        }
+    }
+    Ok(out)
+}
+
 /// The file's lines with comments removed and backslash continuations
 /// joined, each with the number of its first line.
-pub(super) fn logical_lines(text: &str) -> Vec<(usize, String)> {
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut pending: Option<(usize, String)> = None;
     for (i, raw) in text.lines().enumerate() {
@@ -415,7 +434,7 @@ fn strip_comment(line: &str) -> &str {
 
 /// Splits a line into fields (separated by blanks), each a comma list of
 /// tokens; double quotes keep blanks and commas in a token.
-pub(super) fn tokens(line: &str) -> Result<Vec<Vec<Token>>, String> {
+fn tokens(line: &str) -> Result<Vec<Vec<Token>>, String> {
     let mut fields = Vec::new();
     let mut chars = line.chars().peekable();
     loop {

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use regex::Regex;
 
-use super::hba::{logical_lines, tokens};
+use super::hba::{load_file, parse_lines, Token};
 use crate::config::ConfigError;
 
 /// The maps, line by line.
@@ -44,23 +44,12 @@ enum User {
 
 impl Ident {
     pub fn load(path: &Path) -> Result<Ident, ConfigError> {
-        let fail = |why: String| ConfigError(format!("invalid value for auth_ident_file: {why}"));
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-        Ident::parse(&text).map_err(|(line, why)| fail(format!("{}:{line}: {why}", path.display())))
+        load_file("auth_ident_file", path, Ident::parse)
     }
 
     /// Errors name the line.
     pub fn parse(text: &str) -> Result<Ident, (usize, String)> {
-        let mut entries = Vec::new();
-        for (number, line) in logical_lines(text) {
-            let fields = tokens(&line).map_err(|e| (number, e))?;
-            if fields.is_empty() {
-                continue;
-            }
-            let entry = Entry::parse(fields).map_err(|e| (number, e))?;
-            entries.push(entry);
-        }
+        let entries = parse_lines(text, Entry::parse)?;
         Ok(Ident { entries })
     }
 
@@ -80,7 +69,7 @@ impl Ident {
 }
 
 impl Entry {
-    fn parse(fields: Vec<Vec<super::hba::Token>>) -> Result<Entry, String> {
+    fn parse(fields: Vec<Vec<Token>>) -> Result<Entry, String> {
         let words: Vec<_> = fields
             .into_iter()
             .map(|field| match <[_; 1]>::try_from(field) {
