@@ -77,9 +77,9 @@ impl Listeners {
         self.tcp.local_addr()
     }
 
-    /// Serves until the pooler's shutdown drains, then waits for clients
-    /// to leave: they close themselves at their next idle moment, or at the
-    /// shutdown's close.
+    /// Serves until the pooler's shutdown begins, then waits for clients
+    /// to leave: on their own, at their next idle moment when the shutdown
+    /// drains, or at its close.
     pub async fn serve(self, pooler: Arc<Pooler>) {
         let mut tasks = JoinSet::new();
         let shutdown = pooler.shutdown.clone();
@@ -90,7 +90,7 @@ impl Listeners {
                     (Stream::tcp(s, &pooler.config().tcp), peer.to_string())
                 }),
                 r = accept_unix(&self.unix) => r.map(|s| (Ok(Stream::Unix(s)), "unix".to_owned())),
-                _ = shutdown.drain.cancelled() => break,
+                _ = shutdown.begun.cancelled() => break,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             };
             match accepted {
@@ -124,10 +124,18 @@ impl Listeners {
             drop(listener);
             let _ = std::fs::remove_file(path);
         }
-        tracing::info!(
-            clients = pooler.clients.load(Ordering::Relaxed),
-            "stopped accepting; closing clients as their transactions end"
-        );
+        let clients = pooler.clients.load(Ordering::Relaxed);
+        if shutdown.drain.is_cancelled() {
+            tracing::info!(
+                clients,
+                "stopped accepting; closing clients as their transactions end"
+            );
+        } else {
+            tracing::info!(
+                clients,
+                "stopped accepting; serving the clients connected until they leave"
+            );
+        }
         let all_done = async { while tasks.join_next().await.is_some() {} };
         let closed = async {
             shutdown.close.cancelled().await;

@@ -131,11 +131,24 @@ fn parse_args(args: impl Iterator<Item = String>) -> anyhow::Result<Sources> {
     Ok(sources)
 }
 
-/// The first SIGTERM/SIGINT drains; a second one closes at once.
-fn stop_signal(shutdown: &pgdyno::shutdown::Shutdown, name: &str, timeout: Duration) {
-    if shutdown.drain.is_cancelled() {
-        tracing::warn!("second {name}: closing everything now");
+/// As PgBouncer: SIGTERM waits for the clients to leave
+/// (`wait_for_clients`), SIGINT closes each client after its transaction;
+/// a signal during a shutdown closes everything at once.
+fn stop_signal(
+    shutdown: &pgdyno::shutdown::Shutdown,
+    name: &str,
+    wait_for_clients: bool,
+    timeout: Duration,
+) {
+    if shutdown.has_begun() {
+        tracing::warn!("{name} during the shutdown: closing everything now");
         shutdown.now();
+    } else if wait_for_clients {
+        tracing::info!(
+            ?timeout,
+            "{name}: no new clients; serving those connected until they leave"
+        );
+        shutdown.wait_for_clients(timeout);
     } else {
         tracing::info!(
             ?timeout,
@@ -222,8 +235,8 @@ async fn serve(mut config: Config, sources: Sources) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut server => break,
-            _ = term.recv() => stop_signal(&shutdown, "SIGTERM", timeout),
-            _ = int.recv() => stop_signal(&shutdown, "SIGINT", timeout),
+            _ = term.recv() => stop_signal(&shutdown, "SIGTERM", true, timeout),
+            _ = int.recv() => stop_signal(&shutdown, "SIGINT", false, timeout),
             _ = hup.recv() => {
                 if let Err(e) = pooler.reload() {
                     tracing::error!(event = "reload_failed", error = %e, "SIGHUP: the new configuration is refused; the old one stays");

@@ -211,7 +211,7 @@ async fn answer(
 /// Ready: listening, not shutting down, and no pool whose last backend
 /// login failed without a success since.
 fn readiness(pooler: &Pooler) -> Result<(), String> {
-    if pooler.shutdown.drain.is_cancelled() {
+    if pooler.shutdown.has_begun() {
         return Err("shutting down".into());
     }
     for pool in pooler.pools() {

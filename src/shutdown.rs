@@ -1,7 +1,13 @@
-//! Stopping without losing work: first drain (no new clients; each client is
-//! closed once it is between transactions), then, at the deadline, close
-//! (clients still in a transaction get `57P01` and their backends are closed,
-//! so PostgreSQL rolls the transaction back).
+//! Stopping without losing work, in PgBouncer's two ways. Either way no
+//! new client is let in, and at the deadline (`shutdown_timeout`) the
+//! clients still there are closed: those in a transaction get `57P01` and
+//! their backends are closed, so PostgreSQL rolls the transaction back.
+//!
+//! - Waiting for clients (SIGTERM, `SHUTDOWN WAIT_FOR_CLIENTS`): connected
+//!   clients go on being served, new transactions too, until they leave;
+//!   a rolling restart behind `so_reuseport` is this.
+//! - Draining (SIGINT, `SHUTDOWN WAIT_FOR_SERVERS`, `SHUTDOWN`): each client
+//!   is closed once it is between transactions, so backends are released.
 //!
 //! Each client has a [`Stop`]: the registry raises every client's as the
 //! shutdown proceeds (see `registry.rs`), KILL raises one client's.
@@ -17,33 +23,58 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    /// Stop accepting; close clients at their next idle moment.
+    /// A shutdown has begun, of either kind: stop accepting.
+    pub begun: CancellationToken,
+    /// Close clients at their next idle moment.
     pub drain: CancellationToken,
     /// Close everyone now.
     pub close: CancellationToken,
 }
 
 impl Shutdown {
-    /// Starts draining and schedules the close for `timeout` from now.
+    /// Drains (PgBouncer's WAIT_FOR_SERVERS), and closes everyone left
+    /// `timeout` after the shutdown began. A drain may follow a wait for
+    /// clients: the first deadline stays.
     pub fn begin(&self, timeout: Duration) {
         if self.drain.is_cancelled() {
             return;
         }
         self.drain.cancel();
-        let close = self.close.clone();
+        self.close_after(timeout);
+    }
+
+    /// Stops accepting and waits for the clients to leave (PgBouncer's
+    /// WAIT_FOR_CLIENTS); closes everyone left after `timeout`.
+    pub fn wait_for_clients(&self, timeout: Duration) {
+        self.close_after(timeout);
+    }
+
+    /// Whether a shutdown of either kind has begun.
+    pub fn has_begun(&self) -> bool {
+        self.begun.is_cancelled()
+    }
+
+    /// Begins, unless begun already, and schedules the close.
+    fn close_after(&self, timeout: Duration) {
+        if self.begun.is_cancelled() {
+            return;
+        }
+        self.begun.cancel();
+        let this = self.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(timeout) => {
-                    tracing::warn!(?timeout, "shutdown_timeout reached: closing clients still in a transaction");
-                    close.cancel();
+                    tracing::warn!(?timeout, "shutdown_timeout reached: closing the clients still connected");
+                    this.now();
                 }
-                _ = close.cancelled() => {}
+                _ = this.close.cancelled() => {}
             }
         });
     }
 
     /// Closes everyone at once (a second signal, or SIGQUIT).
     pub fn now(&self) {
+        self.begun.cancel();
         self.drain.cancel();
         self.close.cancel();
     }

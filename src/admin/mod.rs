@@ -46,7 +46,7 @@ pub async fn serve(conn: &mut Conn, pooler: &Arc<Pooler>, role: Role) -> Result<
         let message = tokio::select! {
             m = conn.read_message(64 * 1024) => m,
             // An idle console session must not hold up a shutdown.
-            _ = pooler.shutdown.drain.cancelled() => return Err(Error::ShuttingDown),
+            _ = pooler.shutdown.begun.cancelled() => return Err(Error::ShuttingDown),
         };
         let msg = match message {
             Ok(m) => m,
@@ -138,7 +138,7 @@ async fn run(
                 while stale() {
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                        _ = pooler.shutdown.drain.cancelled() => {
+                        _ = pooler.shutdown.begun.cancelled() => {
                             return Err("pgdyno is shutting down".into())
                         }
                     }
@@ -194,9 +194,21 @@ async fn run(
                     .map_err(|e| format!("RELOAD refused, the old configuration stays: {e}"))?;
                 write::command_complete(out, "RELOAD");
             }
-            (Some("shutdown"), _) => {
-                tracing::info!("SHUTDOWN from the admin console");
-                pooler.shutdown.begin(pooler.config().shutdown_timeout);
+            (Some("shutdown"), how) => {
+                let timeout = pooler.config().shutdown_timeout;
+                match how {
+                    // PgBouncer's bare SHUTDOWN exits at once; here it
+                    // lets transactions end (SIGQUIT exits at once).
+                    None | Some("wait_for_servers") => pooler.shutdown.begin(timeout),
+                    Some("wait_for_clients") => pooler.shutdown.wait_for_clients(timeout),
+                    Some(_) => {
+                        return Err(
+                            "use SHUTDOWN, SHUTDOWN WAIT_FOR_SERVERS or SHUTDOWN WAIT_FOR_CLIENTS"
+                                .into(),
+                        )
+                    }
+                }
+                tracing::info!(command, "shutdown from the admin console");
                 write::command_complete(out, "SHUTDOWN");
             }
             _ => {

@@ -68,7 +68,7 @@ fn help() -> Table {
         "RELOAD",
         "KILL [<db>]",
         "KILL_CLIENT <id>",
-        "SHUTDOWN",
+        "SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]",
     ] {
         t.row(vec![v(line)]);
     }
@@ -81,7 +81,7 @@ fn state(pooler: &Pooler) -> Table {
     let mut t = Table::new(&[("key", Text), ("value", Text)]);
     let pools = pooler.pools();
     let paused = !pools.is_empty() && pools.iter().all(|p| p.is_paused());
-    let active = !pooler.shutdown.drain.is_cancelled() && !paused;
+    let active = !pooler.shutdown.has_begun() && !paused;
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     for (key, value) in [
         ("active", yes_no(active)),

@@ -64,7 +64,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server_idle_timeout", "600", "seconds an idle backend is kept (0: forever)"),
     s("autodb_idle_timeout", "3600", "seconds a pool of a database the [databases] `*` entry serves is kept once no client uses it (0: forever)"),
     s("server_lifetime", "3600", "seconds after which a released backend is closed (0: never)"),
-    s("shutdown_timeout", "25", "seconds transactions get to finish after SIGTERM before clients are closed"),
+    s("shutdown_timeout", "25", "seconds a shutdown waits for clients to leave (SIGTERM) or for transactions to end (SIGINT) before the clients still connected are closed"),
     s("server_reset_query", "DISCARD ALL", "run on a backend when a session-mode client leaves"),
     s("connect_query", "", "run on each new backend before any client gets it (a database may set its own)"),
     s("server_reset_query_always", "false", "run server_reset_query in transaction mode too, after every transaction"),

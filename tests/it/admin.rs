@@ -6,7 +6,7 @@
 //! - `views`: SHOW POOLS, CLIENTS and SERVERS agreeing with what is going
 //!   on; stats_users limited to SHOW; what the console refuses;
 //! - `control`: PAUSE/RESUME under load losing nothing, RECONNECT,
-//!   KILL <db>, SHUTDOWN, the console past max_client_conn;
+//!   KILL <db>, SHUTDOWN and SIGTERM/SIGINT, the console past max_client_conn;
 //! - `maintenance`: DISABLE/ENABLE, WAIT_CLOSE, KILL_CLIENT, SHOW STATE;
 //! - `throttle`: failed logins slowed, then refused for a while.
 //!

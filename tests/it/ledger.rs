@@ -5,7 +5,7 @@
 //! (SIGHUP, the pool resized 5 -> 4 -> 5 -> 4), restarts PostgreSQL,
 //! cancels queries (half of them aimed at a client asleep inside its
 //! transaction, so that they land) and drops client sockets at random, and
-//! finally sends SIGTERM and lets pgdyno drain.
+//! finally sends SIGINT and lets pgdyno drain.
 //!
 //! Each client keeps a ledger of what it saw: committed (COMMIT answered
 //! without error), rolled back, failed (an error before COMMIT was sent),
@@ -50,7 +50,7 @@ struct Shared {
     /// backend, and a cancel would land).
     sleeping: Vec<AtomicBool>,
     restarted: AtomicBool,
-    /// SIGTERM was sent: a failed connect now ends the client.
+    /// SIGINT was sent: a failed connect now ends the client.
     draining: AtomicBool,
     /// Start no more transactions.
     stop: AtomicBool,
@@ -366,7 +366,7 @@ fn write_config(path: &Path, url: &str, pool_size: u32) {
 }
 
 /// Reloads, one PostgreSQL restart, random cancels and dropped sockets;
-/// then SIGTERM.
+/// then SIGINT.
 async fn chaos(pgdyno: &Pgdyno, cluster: &Cluster, shared: &Shared, config: &Path) {
     let mut rng = StdRng::seed_from_u64(SEED);
     let url = cluster.url(APP_DB);
@@ -411,7 +411,7 @@ async fn chaos(pgdyno: &Pgdyno, cluster: &Cluster, shared: &Shared, config: &Pat
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
     }
     shared.draining.store(true, Ordering::SeqCst);
-    pgdyno.signal("TERM");
+    pgdyno.signal("INT");
 }
 
 /// Rows per (tag, txn) as PostgreSQL has them.
@@ -510,7 +510,7 @@ async fn nothing_lost_nothing_mixed_under_chaos() {
         while pgdyno.is_running() {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "pgdyno still running 20 s after SIGTERM"
+                "pgdyno still running 20 s after SIGINT"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

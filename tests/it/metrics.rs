@@ -3,7 +3,7 @@
 //! ReadyForQuery reporting idle, a query at each ReadyForQuery answering a
 //! client request), errors by SQLSTATE class, the saturation gauges while
 //! clients wait for a full pool, histograms that grow, every documented
-//! metric name, `/health`, and `/ready` turning 503 on SIGTERM or when
+//! metric name, `/health`, and `/ready` turning 503 on SIGINT's drain or when
 //! PostgreSQL cannot be reached.
 //!
 //! `endpoint` reads the endpoint with a hand-written HTTP/1.1 GET and
@@ -431,16 +431,16 @@ fn parent_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-fn sigterm(pid: u32) {
+fn sigint(pid: u32) {
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args(["-INT", &pid.to_string()])
         .status()
         .expect("run kill");
-    assert!(status.success(), "kill -TERM {pid} failed");
+    assert!(status.success(), "kill -INT {pid} failed");
 }
 
 #[tokio::test]
-async fn health_and_ready_then_not_ready_once_sigterm_drains() {
+async fn health_and_ready_then_not_ready_once_sigint_drains() {
     within(60, async {
         let mut m = metered(
             &Cluster::shared().url(APP_DB),
@@ -460,7 +460,7 @@ async fn health_and_ready_then_not_ready_once_sigterm_drains() {
         // A transaction under way keeps pgdyno draining, not gone.
         simple(&client, "BEGIN").await;
         simple(&client, "SELECT 1").await;
-        sigterm(pgdyno_pid(m.pgdyno.port()));
+        sigint(pgdyno_pid(m.pgdyno.port()));
         let deadline = Instant::now() + Duration::from_secs(5);
         let status = loop {
             let ready = http_get(m.metrics_port, "/ready").await;
@@ -469,7 +469,7 @@ async fn health_and_ready_then_not_ready_once_sigterm_drains() {
                 Ok(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Ok(r) => panic!("/ready still {} 5 s after SIGTERM: {}", r.status, r.body),
+                Ok(r) => panic!("/ready still {} 5 s after SIGINT: {}", r.status, r.body),
                 Err(e) => panic!("/ready unreachable while a transaction drains: {e}"),
             }
         };

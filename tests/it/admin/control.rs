@@ -1,6 +1,8 @@
 //! The console's commands that change things: PAUSE waits for the
 //! transactions under way and RESUME loses nothing, RECONNECT, KILL <db>,
-//! SHUTDOWN; the console stays open past max_client_conn.
+//! SHUTDOWN and its two kinds, with the signals that start them (SIGTERM
+//! waits for the clients, SIGINT for the transactions); the console stays
+//! open past max_client_conn.
 
 use super::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,15 +274,130 @@ async fn shutdown_exits_once_clients_are_idle() {
         simple(&client, "SELECT 2").await;
         simple(&client, "COMMIT").await;
 
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pgdyno.is_running() {
-            assert!(
-                Instant::now() < deadline,
-                "pgdyno still running 10 s after its last client went idle \
-                 (the console session that sent SHUTDOWN is open, and idle)"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // The console session that sent SHUTDOWN is open, and idle.
+        exits_within(&mut pgdyno, 10, "after its last client went idle").await;
+    })
+    .await
+}
+
+/// Waits up to `secs` for pgdyno to exit.
+async fn exits_within(pgdyno: &mut Pgdyno, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while pgdyno.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "pgdyno still running {secs} s {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PgBouncer's SIGTERM (1.23 on): nobody new is let in, the clients
+/// connected go on, new transactions and all, and pgdyno exits after the
+/// last one leaves. (A drain would close the idle client at once and the
+/// other after its COMMIT.)
+#[tokio::test]
+async fn sigterm_serves_the_clients_connected_until_they_leave() {
+    within(60, async {
+        let mut pgdyno = pgdyno(&["--shutdown-timeout", "30"]).await;
+        let busy = pgdyno.connect(APP_DB).await;
+        let idle = pgdyno.connect(APP_DB).await;
+        simple(&idle, "SELECT 1").await;
+        simple(&busy, "BEGIN").await;
+        simple(&busy, "SELECT 1").await;
+
+        pgdyno.signal("TERM");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            connect(&pgdyno.config(APP_DB)).await.is_err(),
+            "a new client was admitted after SIGTERM"
+        );
+        simple(&busy, "COMMIT").await;
+        for sql in ["BEGIN", "SELECT 2", "COMMIT", "SELECT 3"] {
+            simple(&busy, sql).await;
         }
+        simple(&idle, "SELECT 4").await;
+
+        drop(busy);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(pgdyno.is_running(), "pgdyno left with a client connected");
+        simple(&idle, "SELECT 5").await;
+        drop(idle);
+        exits_within(&mut pgdyno, 10, "after its last client left").await;
+        let log = pgdyno.log();
+        assert!(
+            log.contains("serving the clients connected until they leave"),
+            "{log}"
+        );
+    })
+    .await
+}
+
+/// `SHUTDOWN WAIT_FOR_CLIENTS` from the console is SIGTERM's shutdown;
+/// `shutdown_timeout` bounds it: a client that stays is closed then.
+#[tokio::test]
+async fn shutdown_wait_for_clients_ends_at_shutdown_timeout() {
+    within(60, async {
+        let mut pgdyno = pgdyno(&["--shutdown-timeout", "2"]).await;
+        let console = console(&pgdyno).await;
+        let err = console
+            .simple_query("SHUTDOWN SOMEHOW")
+            .await
+            .expect_err("an unknown kind of SHUTDOWN");
+        assert!(err.as_db_error().is_some(), "{err}");
+        assert!(pgdyno.is_running(), "SHUTDOWN SOMEHOW stopped pgdyno");
+
+        let client = pgdyno.connect(APP_DB).await;
+        let started = Instant::now();
+        console
+            .simple_query("SHUTDOWN WAIT_FOR_CLIENTS")
+            .await
+            .expect("SHUTDOWN WAIT_FOR_CLIENTS");
+        for sql in ["BEGIN", "SELECT 1", "COMMIT", "BEGIN", "SELECT 2"] {
+            simple(&client, sql).await;
+        }
+        // In a transaction at the deadline: closed with 57P01.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match client.simple_query("SELECT 3").await {
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(_) => panic!("still served 10 s into a 2 s shutdown_timeout"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "closed after {:?}, before shutdown_timeout",
+            started.elapsed()
+        );
+        let code = err.as_db_error().map(|e| e.code().code().to_owned());
+        assert!(
+            code.as_deref() == Some("57P01") || client.is_closed(),
+            "{err} ({code:?})"
+        );
+        exits_within(&mut pgdyno, 10, "after shutdown_timeout").await;
+    })
+    .await
+}
+
+/// A signal during a shutdown closes everything at once.
+#[tokio::test]
+async fn a_second_signal_during_a_shutdown_closes_everything() {
+    within(60, async {
+        let mut pgdyno = pgdyno(&["--shutdown-timeout", "30"]).await;
+        let client = pgdyno.connect(APP_DB).await;
+        simple(&client, "BEGIN").await;
+        pgdyno.signal("TERM");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        simple(&client, "SELECT 1").await;
+        pgdyno.signal("INT");
+        exits_within(&mut pgdyno, 5, "after SIGTERM then SIGINT").await;
+        assert!(
+            client.simple_query("SELECT 2").await.is_err(),
+            "the transaction went on after pgdyno exited"
+        );
     })
     .await
 }

@@ -274,6 +274,7 @@ async fn stats_users_may_only_show() {
             "RECONNECT",
             "KILL appdb",
             "SHUTDOWN",
+            "SHUTDOWN WAIT_FOR_CLIENTS",
         ] {
             let err = watcher
                 .simple_query(sql)
