@@ -111,6 +111,12 @@ def derive_run(r, hz, ncpu):
         "others": r["top_other_processes"],
         "attempts": r["attempts"],
     }
+    # pgbench does the same work per transaction whatever it talks to, so
+    # its CPU per transaction is a yardstick of the machine's speed in that
+    # run: measured against it, a pooler's CPU no longer moves with the
+    # whole machine's drift from one run to the next.
+    d["pooler_per_pgbench"] = (d["pooler_us"] / d["pgbench_us"]
+                               if d["pooler_us"] is not None and d["pgbench_us"] else None)
     pt, ps = num(r["pooler_ticks"]), num(r["pooler_sys_ticks"])
     d["pooler_sys_pct"] = 100 * ps / pt if r["has_pooler"] == "1" and pt and pt > 0 and ps is not None else None
     return d
@@ -118,7 +124,8 @@ def derive_run(r, hz, ncpu):
 
 # Each ratio to PgBouncer and the figure it compares; those figures are
 # also compared repetition by repetition.
-PAIRED = {"tps_vs_pgb": "tps", "cpu_vs_pgb": "pooler_us", "p99_vs_pgb": "p99_ms"}
+PAIRED = {"tps_vs_pgb": "tps", "cpu_vs_pgb": "pooler_us", "cpu_norm_vs_pgb": "pooler_per_pgbench",
+          "p99_vs_pgb": "p99_ms"}
 
 
 def summarize(runs, hz, ncpu):
@@ -143,7 +150,7 @@ def summarize(runs, hz, ncpu):
             "status": "ok" if len(good) == len(rows) else ";".join(sorted({d["status"] for _, d in rows if not d["ok"]})),
         }
         for k in ("tps", "latency_ms", "p99_ms", "conn_ms", "pooler_us", "postgres_us", "pgbench_us", "total_us",
-                  "other_pct", "steal_pct", "pooler_sys_pct"):
+                  "other_pct", "steal_pct", "pooler_sys_pct", "pooler_per_pgbench"):
             s[k] = median([d[k] for d in good])
         s["failed"] = sum(d["failed"] for _, d in rows if d["failed"] is not None) if rows else None
         s["transactions"] = sum(d["transactions"] for d in good)
@@ -158,6 +165,7 @@ def summarize(runs, hz, ncpu):
         direct = out.get((scen, tls, "direct"))
         s["tps_vs_pgb"] = ratio(s["tps"], pgb["tps"]) if pgb else None
         s["cpu_vs_pgb"] = ratio(s["pooler_us"], pgb["pooler_us"]) if pgb else None
+        s["cpu_norm_vs_pgb"] = ratio(s["pooler_per_pgbench"], pgb["pooler_per_pgbench"]) if pgb else None
         s["p99_vs_pgb"] = ratio(s["p99_ms"], pgb["p99_ms"]) if pgb else None
         s["tps_vs_direct"] = ratio(s["tps"], direct["tps"]) if direct else None
     # Each repetition's run against PgBouncer's run of the same repetition
@@ -322,13 +330,14 @@ def x(v):
 
 def summary_rows(s, multi_tls):
     head = ["scenario", "target", "tps", "lat_ms", "p99_ms", "failed", "pooler_us", "peak_MiB",
-            "tps_vs_pgb", "by_rep", "cpu_vs_pgb", "p99_vs_pgb", "other%", "status"]
+            "tps_vs_pgb", "by_rep", "cpu_vs_pgb", "cpu_norm", "p99_vs_pgb", "other%", "status"]
     rows = [head]
     for k, v in s.items():
         rows.append([unit_label(k[0], k[1], multi_tls), k[2], fmt(v["tps"], 0), fmt(v["latency_ms"], 3),
                      fmt(v["p99_ms"], 3), fmt(v["failed"], 0), fmt(v["pooler_us"]), fmt(v["hwm_mib"]),
                      x(v["tps_vs_pgb"]) if k[2] != "pgbouncer" else "1.00x", spread_text(v, "tps"),
                      x(v["cpu_vs_pgb"]) if k[2] in ("floor", "pgdyno") else ("1.00x" if k[2] == "pgbouncer" else "-"),
+                     x(v["cpu_norm_vs_pgb"]) if k[2] in ("floor", "pgdyno") else ("1.00x" if k[2] == "pgbouncer" else "-"),
                      x(v["p99_vs_pgb"]) if k[2] != "pgbouncer" else "1.00x", fmt(v["max_other_pct"]), v["status"]])
     return rows
 
@@ -408,7 +417,7 @@ def markdown(meta, s, idle, targets, runs, tls_notes, svg_path, multi_tls, noisy
     L += [md_table(scen_rows), ""]
     rows = [["scenario", "target", "tps", "avg latency ms", "p99 latency ms", "failed", "pooler CPU µs/txn",
              "pooler peak RSS MiB", "tps vs PgBouncer", "… by repetition", "CPU/txn vs PgBouncer",
-             "… by repetition", "p99 vs PgBouncer", "tps vs direct",
+             "… by repetition", "… per pgbench's CPU", "… by repetition", "p99 vs PgBouncer", "tps vs direct",
              "postgres µs/txn", "pgbench µs/txn", "other CPU %"]]
     for k, v in s.items():
         rows.append([unit_label(k[0], k[1], multi_tls), k[2], fmt(v["tps"], 0), fmt(v["latency_ms"], 3),
@@ -416,6 +425,8 @@ def markdown(meta, s, idle, targets, runs, tls_notes, svg_path, multi_tls, noisy
                      fmt(v["pooler_us"]), fmt(v["hwm_mib"]),
                      x(v["tps_vs_pgb"]), spread_text(v, "tps"),
                      x(v["cpu_vs_pgb"]) if k[2] in ("floor", "pgdyno") else "-", spread_text(v, "pooler_us"),
+                     x(v["cpu_norm_vs_pgb"]) if k[2] in ("floor", "pgdyno") else "-",
+                     spread_text(v, "pooler_per_pgbench"),
                      x(v["p99_vs_pgb"]),
                      x(v["tps_vs_direct"]), fmt(v["postgres_us"]), fmt(v["pgbench_us"]), fmt(v["max_other_pct"])])
     L += [md_table(rows), ""]
@@ -426,6 +437,9 @@ def markdown(meta, s, idle, targets, runs, tls_notes, svg_path, multi_tls, noisy
           "(the two are minutes apart at most). PostgreSQL's and pgbench's CPU per transaction, which no pooler "
           "controls, move between repetitions by more than the poolers differ, and tps follows the machine's "
           "total CPU per transaction; a ratio of the medians inside this range is within that noise.",
+          "- … per pgbench's CPU: the same comparison with each pooler's CPU per transaction divided by pgbench's "
+          "in the same run. pgbench does the same work whatever it talks to, so this takes out the drift of the "
+          "whole machine's speed between runs, which moves every process's CPU per transaction together.",
           "- p99 latency: from pgbench's per-transaction log (`--log --sampling-rate`, "
           f"{int(sum(v['samples'] for v in s.values())):,} sampled transactions in all); "
           "average latency and failed transactions: pgbench's summary.",
@@ -611,7 +625,8 @@ def main():
 
     if a.csv:
         cols = ["scenario", "tls", "target", "mode", "clients", "jobs", "pool", "tps", "latency_ms", "p99_ms", "failed",
-                "transactions", "samples", "conn_ms", "pooler_us", "hwm_mib", "tps_vs_pgb", "cpu_vs_pgb", "p99_vs_pgb",
+                "transactions", "samples", "conn_ms", "pooler_us", "hwm_mib", "tps_vs_pgb", "cpu_vs_pgb", "cpu_norm_vs_pgb",
+                "p99_vs_pgb",
                 "tps_vs_direct", "postgres_us", "pgbench_us", "total_us", "other_pct", "max_other_pct", "steal_pct",
                 "pooler_sys_pct", "runs", "good_runs", "status"]
         with open(a.csv, "w", newline="") as f:
