@@ -410,7 +410,7 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$BENCH_PID" pgbench TERM
   stop_pid "$IDLE_PID" idle_clients TERM
-  stop_pid "$DYN_PID" pgdyno TERM
+  stop_pid "$DYN_PID" pgdyno INT # SIGTERM would wait for clients to leave
   stop_pid "$FLOOR_PID" floor TERM
   stop_pid "$PGB_PID" pgbouncer TERM
   stop_pid "$PG_PID" postgres INT # fast shutdown
@@ -1090,7 +1090,7 @@ start_target() {
 stop_target() {
   case $1 in
     pgbouncer) stop_pid "$PGB_PID" pgbouncer TERM; PGB_PID="" ;;
-    pgdyno) stop_pid "$DYN_PID" pgdyno TERM; DYN_PID="" ;;
+    pgdyno) stop_pid "$DYN_PID" pgdyno INT; DYN_PID="" ;;
     floor) stop_pid "$FLOOR_PID" floor TERM; FLOOR_PID="" ;;
   esac
 }

@@ -31,7 +31,9 @@ TMP=$(mktemp -d /tmp/pgdyno-quickstart.XXXXXX)
 chmod 755 "$TMP"
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # SIGINT: pgdyno closes its clients as their transactions end (SIGTERM
+  # would serve them until they leave).
+  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
   [[ -f $TMP/data/postmaster.pid ]] && kill -INT "$(head -1 "$TMP/data/postmaster.pid")" 2>/dev/null || true
   sleep 1
   rm -rf "$TMP"
