@@ -1,6 +1,7 @@
 //! Socket options as the kernel sees them: TCP keepalive on the clients'
 //! and the backends' sockets (`tcp_keepalive`, `tcp_keepidle`), and
-//! `so_reuseport` letting two pgdyno processes share a port.
+//! `so_reuseport` letting two pgdyno processes share a port, and a rolling
+//! restart through it.
 //!
 //! The keepalive timer of an idle connection shows in `/proc/net/tcp`
 //! (timer kind 2, its expiry in hundredths of a second); pgdyno's own
@@ -154,6 +155,63 @@ async fn so_reuseport_lets_two_pgdynos_share_a_port() {
         let (a, b) = (logins(&first.log()), logins(&second.log()));
         assert_eq!(a + b, 24, "every login in one of the logs");
         assert!(a > 0 && b > 0, "both served clients: {a} and {b}");
+    })
+    .await
+}
+
+/// PgBouncer's rolling restart: a new pgdyno joins the port with
+/// `so_reuseport`, the old one gets SIGTERM. The old one's client goes on
+/// unharmed (new transactions too), every new connection goes to the new
+/// one, and the old one exits once its client leaves.
+#[tokio::test]
+async fn a_rolling_restart_with_so_reuseport_drops_nobody() {
+    within(90, async {
+        let url = Cluster::shared().url(APP_DB);
+        let args = [
+            "--upstream",
+            url.as_str(),
+            "--so-reuseport",
+            "true",
+            "--log-format",
+            "json",
+        ];
+        let mut old = Pgdyno::start(&args).await;
+        let port = old.port();
+        let stays = old.connect(APP_DB).await;
+        stays.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
+        let launch = Launch {
+            args: &args,
+            ..Launch::default()
+        };
+        let new = Pgdyno::launch_on(port, &launch)
+            .await
+            .expect("the new pgdyno on the same port");
+
+        old.signal("TERM");
+        eventually(10, "the old pgdyno stops listening", || async {
+            old.log().contains("stopped accepting")
+        })
+        .await;
+        for i in 0..10 {
+            let client = new.connect(APP_DB).await;
+            let row = client.query_one("SELECT $1::int", &[&i]).await;
+            assert_eq!(row.expect("query").get::<_, i32>(0), i);
+        }
+        assert_eq!(logins(&new.log()), 10, "every new client on the new pgdyno");
+        stays
+            .batch_execute("COMMIT; BEGIN; SELECT 2; COMMIT")
+            .await
+            .expect("the old pgdyno's client goes on");
+        assert!(
+            old.is_running(),
+            "the old pgdyno left with a client connected"
+        );
+        drop(stays);
+        let old = std::cell::RefCell::new(old);
+        eventually(10, "the old pgdyno exits after its client left", || async {
+            !old.borrow_mut().is_running()
+        })
+        .await;
     })
     .await
 }
