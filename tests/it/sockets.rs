@@ -110,18 +110,23 @@ fn logins(log: &str) -> usize {
         .count()
 }
 
+/// Flags of a pgdyno that shares its port, logging JSON.
+fn sharing_a_port(upstream: &str) -> [&str; 6] {
+    [
+        "--upstream",
+        upstream,
+        "--so-reuseport",
+        "true",
+        "--log-format",
+        "json",
+    ]
+}
+
 #[tokio::test]
 async fn so_reuseport_lets_two_pgdynos_share_a_port() {
     within(90, async {
         let url = Cluster::shared().url(APP_DB);
-        let args = [
-            "--upstream",
-            url.as_str(),
-            "--so-reuseport",
-            "true",
-            "--log-format",
-            "json",
-        ];
+        let args = sharing_a_port(&url);
         let first = Pgdyno::start(&args).await;
         let port = first.port();
         let launch = Launch {
@@ -167,14 +172,7 @@ async fn so_reuseport_lets_two_pgdynos_share_a_port() {
 async fn a_rolling_restart_with_so_reuseport_drops_nobody() {
     within(90, async {
         let url = Cluster::shared().url(APP_DB);
-        let args = [
-            "--upstream",
-            url.as_str(),
-            "--so-reuseport",
-            "true",
-            "--log-format",
-            "json",
-        ];
+        let args = sharing_a_port(&url);
         let mut old = Pgdyno::start(&args).await;
         let port = old.port();
         let stays = old.connect(APP_DB).await;
