@@ -3,7 +3,7 @@
 //!
 //! What a backend is used for is the pool's and the relay's business.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::auth::scram::{
 use crate::cancel::{BackendKey, CancelGate};
 use crate::clock::{self, Micros};
 use crate::config::tls::ChannelBinding as BindingMode;
-use crate::config::{Host, TcpOptions, Upstream};
+use crate::config::{Host, LoadBalance, TcpOptions, Upstream};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::fields;
@@ -54,12 +54,15 @@ pub struct Target {
     pub connect_query: RwLock<String>,
     /// Cancels under way for this pool's backends.
     pub cancels: crate::cancel::CancelCounts,
+    /// Where the next backend starts on a list of several hosts
+    /// (`load_balance_hosts = round-robin`).
+    next_host: AtomicUsize,
 }
 
 /// Where a pool's backends connect and how they prove themselves: what a
 /// reload may change under a pool (the database's upstream, the user's
 /// password).
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub upstream: Upstream,
     /// The database to ask PostgreSQL for.
@@ -102,6 +105,7 @@ impl Target {
             scram_cache: Default::default(),
             connect_query: RwLock::new(connect_query),
             cancels: Default::default(),
+            next_host: AtomicUsize::new(0),
         }
     }
 
@@ -222,14 +226,53 @@ impl Live {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Backend {
-    /// Connects and logs in, all within `timeout`. `generation`: the pool's
-    /// as the connection began (see RECONNECT).
+    /// Connects and logs in, within `timeout` for each host tried.
+    /// `generation`: the pool's as the connection began (see RECONNECT).
+    ///
+    /// Of several hosts, it starts where `load_balance_hosts` says and goes
+    /// on down the list past one it cannot reach or that cannot take a
+    /// connection now (as libpq does; a refused login stops it).
     pub async fn connect(
         target: Arc<Target>,
         timeout: Duration,
         generation: u64,
     ) -> Result<Backend> {
-        let at = target.endpoint();
+        let all = target.endpoint();
+        let hosts = 1 + all.upstream.more_hosts.len();
+        if hosts == 1 {
+            return Backend::connect_to(target, all, timeout, generation).await;
+        }
+        let first = match all.upstream.load_balance {
+            LoadBalance::RoundRobin => target.next_host.fetch_add(1, Ordering::Relaxed),
+            LoadBalance::Disable => 0,
+        };
+        let mut tried = 0;
+        loop {
+            let at = Arc::new(Endpoint {
+                upstream: all.upstream.only_host(first + tried),
+                ..(*all).clone()
+            });
+            let failed =
+                match Backend::connect_to(target.clone(), at.clone(), timeout, generation).await {
+                    Err(e) if tried + 1 < hosts && e.another_host_may_do() => e,
+                    done => return done,
+                };
+            tracing::warn!(
+                upstream = %at.upstream.redacted(),
+                error = %failed,
+                "backend connection failed; trying the next host"
+            );
+            tried += 1;
+        }
+    }
+
+    /// [`Backend::connect`] to one host.
+    async fn connect_to(
+        target: Arc<Target>,
+        at: Arc<Endpoint>,
+        timeout: Duration,
+        generation: u64,
+    ) -> Result<Backend> {
         let login = async {
             let (stream, binding) = target.open(&at.upstream).await?;
             let mut backend = login(Conn::new(stream), target.clone(), &at, binding).await?;

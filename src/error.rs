@@ -80,6 +80,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether a backend login that failed so might succeed on another
+    /// server of the same database: it could not be reached, or it cannot
+    /// take a connection now (shutting down, starting up, full). A refused
+    /// login or an unknown database would be refused there too.
+    pub fn another_host_may_do(&self) -> bool {
+        match self {
+            Error::BackendIo(_) | Error::BackendConnect(_) | Error::BackendGone => true,
+            Error::BackendRejected { code, .. } => code.starts_with("57P") || code == "53300",
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE a client receives for this error.
     pub fn sqlstate(&self) -> &str {
         match self {

@@ -170,7 +170,7 @@ fn pools(pooler: &Pooler) -> Table {
             v(wait.as_secs()),
             v(wait.subsec_micros()),
             v(mode),
-            None,
+            load_balance_hosts(&p.target.endpoint().upstream),
         ]);
     }
     t
@@ -517,7 +517,7 @@ fn databases(pooler: &Pooler) -> Table {
         let mode = d.pool_mode.name();
         t.row(vec![
             v(&d.name),
-            v(d.upstream.host.to_string()),
+            v(d.upstream.host_list()),
             v(d.upstream.port),
             v(d.upstream.dbname.as_deref().unwrap_or(&d.name)),
             d.upstream.user.as_ref().map(v).unwrap_or(None),
@@ -530,7 +530,7 @@ fn databases(pooler: &Pooler) -> Table {
                 .map(|l| l.as_secs())
                 .unwrap_or(0)),
             v(mode),
-            None,
+            load_balance_hosts(&d.upstream),
             v(d.max_db_connections),
             v(current),
             v(d.max_db_client_connections),
@@ -540,6 +540,12 @@ fn databases(pooler: &Pooler) -> Table {
         ]);
     }
     t
+}
+
+/// The `load_balance_hosts` column: how new backends pick among several
+/// hosts; NULL for one.
+fn load_balance_hosts(upstream: &crate::config::Upstream) -> Option<String> {
+    (!upstream.more_hosts.is_empty()).then(|| upstream.load_balance.name().to_owned())
 }
 
 /// The `[peers]` table: where each peer takes cancels.

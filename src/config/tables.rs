@@ -177,6 +177,9 @@ pub(super) fn peer_entry(
         }
     };
     let mut upstream = url::parse(text).map_err(err)?;
+    if !upstream.more_hosts.is_empty() {
+        return Err(err("a peer is one pgdyno: give one host".into()));
+    }
     // In the connection string, as PgBouncer writes it; the table's wins.
     let in_string = upstream
         .params

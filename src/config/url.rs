@@ -1,6 +1,8 @@
 //! Upstream connection strings: `postgres://user:pass@host:port/db?k=v` URLs
 //! (DATABASE_URL, Heroku style) and libpq's `host=... dbname=...` form
-//! (PgBouncer's `[databases]` style).
+//! (PgBouncer's `[databases]` style). Either may name several hosts, as
+//! libpq's do (`host=a,b port=5432,5433`, `postgres://a:5432,b:5433/db`),
+//! with PgBouncer's `load_balance_hosts` saying how new backends pick one.
 
 use std::path::PathBuf;
 
@@ -12,11 +14,37 @@ use super::value::Parse;
 pub struct Upstream {
     pub host: Host,
     pub port: u16,
+    /// The hosts after the first, with their ports, for a database that
+    /// names several (each a server of the same database: replicas, or a
+    /// primary and its standbys).
+    pub more_hosts: Vec<(Host, u16)>,
+    pub load_balance: LoadBalance,
     pub dbname: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
     /// Other parameters (`sslmode`, `options`, `application_name`, ...).
     pub params: Vec<(String, String)>,
+}
+
+/// PgBouncer's `load_balance_hosts`: which of several hosts a new backend
+/// tries first. Either way it goes on down the list past a host it cannot
+/// connect to (as libpq does), before giving up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadBalance {
+    /// Each new backend starts at the host after the last one's.
+    #[default]
+    RoundRobin,
+    /// Each new backend starts at the first host.
+    Disable,
+}
+
+impl LoadBalance {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadBalance::RoundRobin => "round-robin",
+            LoadBalance::Disable => "disable",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +74,36 @@ impl Upstream {
 
     /// A display form without the password, for logs and SHOW DATABASES.
     pub fn redacted(&self) -> String {
+        let hosts: Vec<String> = self.hosts().map(|(h, p)| format!("{h}:{p}")).collect();
         format!(
-            "postgres://{}@{}:{}/{}",
+            "postgres://{}@{}/{}",
             self.user.as_deref().unwrap_or(""),
-            self.host,
-            self.port,
+            hosts.join(","),
             self.dbname.as_deref().unwrap_or("")
         )
+    }
+
+    /// Every host with its port, in the order given.
+    pub fn hosts(&self) -> impl Iterator<Item = (&Host, u16)> {
+        std::iter::once((&self.host, self.port)).chain(self.more_hosts.iter().map(|(h, p)| (h, *p)))
+    }
+
+    /// The hosts as PgBouncer's SHOW DATABASES lists them: `a,b`.
+    pub fn host_list(&self) -> String {
+        let hosts: Vec<String> = self.hosts().map(|(h, _)| h.to_string()).collect();
+        hosts.join(",")
+    }
+
+    /// The same upstream with only its `i`th host (modulo their number),
+    /// for one connection.
+    pub fn only_host(&self, i: usize) -> Upstream {
+        let (host, port) = self.hosts().nth(i % (1 + self.more_hosts.len())).unwrap();
+        Upstream {
+            host: host.clone(),
+            port,
+            more_hosts: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 
@@ -85,15 +136,42 @@ pub fn parse(s: &str) -> Result<Upstream, String> {
         pairs.retain(|(k, _)| k != key);
         Some(value)
     };
-    let host = take("host").filter(|h| !h.is_empty());
-    let port = match take("port").filter(|p| !p.is_empty()) {
-        None => 5432,
-        Some(p) => p.parse().map_err(|_| format!("invalid port \"{p}\""))?,
-    };
-    let host = match host {
-        Some(h) if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
-        Some(h) => Host::Tcp(h),
-        None => Host::Tcp("localhost".into()),
+    let hosts = take("host").unwrap_or_default();
+    let hosts: Vec<&str> = hosts.split(',').collect();
+    let ports = take("port").unwrap_or_default();
+    let ports = ports
+        .split(',')
+        .map(|p| match p.trim() {
+            "" => Ok(5432),
+            p => p.parse().map_err(|_| format!("invalid port \"{p}\"")),
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    // As libpq: one port for every host, or one per host.
+    if ports.len() != 1 && ports.len() != hosts.len() {
+        return Err(format!(
+            "{} hosts and {} ports: give one port, or one per host",
+            hosts.len(),
+            ports.len()
+        ));
+    }
+    let mut hosts = hosts.iter().enumerate().map(|(i, h)| {
+        let host = match h.trim() {
+            "" => Host::Tcp("localhost".into()),
+            h if h.starts_with('/') => Host::Unix(PathBuf::from(h)),
+            h => Host::Tcp(h.to_owned()),
+        };
+        (host, ports[i.min(ports.len() - 1)])
+    });
+    let (host, port) = hosts.next().expect("split gives at least one");
+    let more_hosts = hosts.collect();
+    let load_balance = match take("load_balance_hosts").as_deref() {
+        None | Some("round-robin") => LoadBalance::RoundRobin,
+        Some("disable") => LoadBalance::Disable,
+        Some(other) => {
+            return Err(format!(
+                "invalid load_balance_hosts=\"{other}\": use round-robin or disable"
+            ))
+        }
     };
     let dbname = take("dbname").filter(|d| !d.is_empty());
     let user = take("user").filter(|u| !u.is_empty());
@@ -101,6 +179,8 @@ pub fn parse(s: &str) -> Result<Upstream, String> {
     Ok(Upstream {
         host,
         port,
+        more_hosts,
+        load_balance,
         dbname,
         user,
         password,
@@ -126,20 +206,27 @@ fn parse_url(rest: &str) -> Result<Vec<(String, String)>, String> {
             pairs.push(("password".into(), decode(p)?));
         }
     }
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unterminated [ in host")?;
-        (h.to_owned(), after.strip_prefix(':').unwrap_or(""))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (decode(h)?, p),
-            None => (decode(hostport)?, ""),
+    // libpq's `host1:port1,host2:port2`, each perhaps an [IPv6] address.
+    let (mut hosts, mut ports) = (Vec::new(), Vec::new());
+    for one in hostport.split(',') {
+        let (host, port) = if let Some(v6) = one.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("unterminated [ in host")?;
+            (h.to_owned(), after.strip_prefix(':').unwrap_or(""))
+        } else {
+            match one.rsplit_once(':') {
+                Some((h, p)) => (decode(h)?, p),
+                None => (decode(one)?, ""),
+            }
+        };
+        if host.contains(',') {
+            return Err("a host name may not contain a comma".into());
         }
-    };
-    if host.contains(',') {
-        return Err("several hosts in one URL are not supported".into());
+        hosts.push(host);
+        ports.push(port);
     }
-    pairs.push(("host".into(), host));
-    pairs.push(("port".into(), port.to_owned()));
+    // Each host its own port (5432 where none is given).
+    pairs.push(("host".into(), hosts.join(",")));
+    pairs.push(("port".into(), ports.join(",")));
     pairs.push(("dbname".into(), decode(path)?));
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv
@@ -267,6 +354,45 @@ mod tests {
         assert_eq!(u.dbname.as_deref(), Some("my db"));
         assert_eq!(u.password.as_deref(), Some("it's"));
         assert_eq!(u.port, 6000);
+    }
+
+    #[test]
+    fn several_hosts_as_libpq_gives_them() {
+        let u = parse("postgres://u@a:5433,[::1],c:6000/d?load_balance_hosts=disable").unwrap();
+        let hosts: Vec<(String, u16)> = u.hosts().map(|(h, p)| (h.to_string(), p)).collect();
+        let want = [("a", 5433), ("::1", 5432), ("c", 6000)].map(|(h, p)| (h.to_owned(), p));
+        assert_eq!(hosts, want);
+        assert_eq!(u.load_balance, LoadBalance::Disable);
+        assert!(u.params.is_empty(), "{:?}", u.params);
+        assert_eq!(u.host_list(), "a,::1,c");
+        assert_eq!(u.redacted(), "postgres://u@a:5433,::1:5432,c:6000/d");
+        let second = u.only_host(4);
+        assert_eq!(
+            (second.host.clone(), second.port),
+            (Host::Tcp("::1".into()), 5432)
+        );
+        assert!(second.more_hosts.is_empty());
+
+        // One port for all, or one each.
+        let k = parse("host=a,/run/pg port=6001 dbname=d").unwrap();
+        assert_eq!(k.load_balance, LoadBalance::RoundRobin);
+        let hosts: Vec<(Host, u16)> = k.hosts().map(|(h, p)| (h.clone(), p)).collect();
+        assert_eq!(
+            hosts,
+            [
+                (Host::Tcp("a".into()), 6001),
+                (Host::Unix("/run/pg".into()), 6001)
+            ]
+        );
+        let each = parse("host=a,b port=1,2 load_balance_hosts=round-robin").unwrap();
+        assert_eq!(each.more_hosts, [(Host::Tcp("b".into()), 2)]);
+        assert!(parse("host=a,b,c port=1,2")
+            .unwrap_err()
+            .contains("3 hosts and 2 ports"));
+        assert!(parse("host=a,b load_balance_hosts=random")
+            .unwrap_err()
+            .contains("round-robin or disable"));
+        assert!(parse("postgres://a%2Cb/d").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod config;
 mod copy;
 mod faults;
 mod hba;
+mod hosts;
 mod interleave;
 mod ledger;
 mod lifecycle;
