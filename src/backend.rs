@@ -249,7 +249,7 @@ impl Backend {
         let mut tried = 0;
         loop {
             let at = Arc::new(Endpoint {
-                upstream: all.upstream.only_host(first + tried),
+                upstream: all.upstream.only_host(first.wrapping_add(tried)),
                 ..(*all).clone()
             });
             let failed =
