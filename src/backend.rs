@@ -18,7 +18,7 @@ use crate::auth::scram::{
 use crate::cancel::{BackendKey, CancelGate};
 use crate::clock::{self, Micros};
 use crate::config::tls::ChannelBinding as BindingMode;
-use crate::config::{Host, LoadBalance, TcpOptions, Upstream};
+use crate::config::{Host, LoadBalance, SessionAttrs, TcpOptions, Upstream};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
 use crate::protocol::fields;
@@ -230,8 +230,9 @@ impl Backend {
     /// `generation`: the pool's as the connection began (see RECONNECT).
     ///
     /// Of several hosts, it starts where `load_balance_hosts` says and goes
-    /// on down the list past one it cannot reach or that cannot take a
-    /// connection now (as libpq does; a refused login stops it).
+    /// on down the list past one it cannot reach, that cannot take a
+    /// connection now, or that is not what `target_session_attrs` asks for
+    /// (as libpq does; a refused login stops it).
     pub async fn connect(
         target: Arc<Target>,
         timeout: Duration,
@@ -239,43 +240,59 @@ impl Backend {
     ) -> Result<Backend> {
         let all = target.endpoint();
         let hosts = 1 + all.upstream.more_hosts.len();
-        if hosts == 1 {
-            return Backend::connect_to(target, all, timeout, generation).await;
+        let wanted = all.upstream.session_attrs;
+        if hosts == 1 && wanted == SessionAttrs::Any {
+            return Backend::connect_to(target, all, timeout, generation, wanted).await;
         }
         let first = match all.upstream.load_balance {
             LoadBalance::RoundRobin => target.next_host.fetch_add(1, Ordering::Relaxed),
             LoadBalance::Disable => 0,
         };
+        // prefer-standby: a standby on any host, else any server.
+        let passes = match wanted {
+            SessionAttrs::PreferStandby => [Some(SessionAttrs::Standby), Some(SessionAttrs::Any)],
+            one => [Some(one), None],
+        };
+        let total = passes.iter().flatten().count() * hosts;
         let mut tried = 0;
-        loop {
-            let at = Arc::new(Endpoint {
-                upstream: all.upstream.only_host(first.wrapping_add(tried)),
-                ..(*all).clone()
-            });
-            let failed =
-                match Backend::connect_to(target.clone(), at.clone(), timeout, generation).await {
-                    Err(e) if tried + 1 < hosts && e.another_host_may_do() => e,
+        for attrs in passes.into_iter().flatten() {
+            for i in 0..hosts {
+                tried += 1;
+                let at = Arc::new(Endpoint {
+                    upstream: all.upstream.only_host(first.wrapping_add(i)),
+                    ..(*all).clone()
+                });
+                let attempt =
+                    Backend::connect_to(target.clone(), at.clone(), timeout, generation, attrs);
+                match attempt.await {
+                    Err(e) if tried < total && e.another_host_may_do() => {
+                        tracing::warn!(
+                            upstream = %at.upstream.redacted(),
+                            error = %e,
+                            "backend connection failed; trying the next host"
+                        );
+                    }
                     done => return done,
-                };
-            tracing::warn!(
-                upstream = %at.upstream.redacted(),
-                error = %failed,
-                "backend connection failed; trying the next host"
-            );
-            tried += 1;
+                }
+            }
         }
+        unreachable!("every pass tries at least one host")
     }
 
-    /// [`Backend::connect`] to one host.
+    /// [`Backend::connect`] to one host, which must be as `attrs` says.
     async fn connect_to(
         target: Arc<Target>,
         at: Arc<Endpoint>,
         timeout: Duration,
         generation: u64,
+        attrs: SessionAttrs,
     ) -> Result<Backend> {
         let login = async {
             let (stream, binding) = target.open(&at.upstream).await?;
             let mut backend = login(Conn::new(stream), target.clone(), &at, binding).await?;
+            if attrs != SessionAttrs::Any {
+                backend.check_session_attrs(attrs)?;
+            }
             let query = target.connect_query.read().unwrap().clone();
             if !query.is_empty() {
                 backend.simple_query(&query).await?;
@@ -321,6 +338,35 @@ impl Backend {
     /// Costs no system call: it reads the reactor's readiness state.
     pub fn has_pending_input(&self) -> bool {
         !self.conn.rbuf.is_empty() || self.conn.stream.readable()
+    }
+
+    /// Whether the server is what `target_session_attrs` asks for, from
+    /// what it reported at login. A server that is not: the next host may
+    /// be. One that reports neither (before PostgreSQL 14) cannot tell.
+    fn check_session_attrs(&self, attrs: SessionAttrs) -> Result<()> {
+        let on = |name| self.param(name).map(|v| v == "on");
+        let (Some(standby), Some(read_only)) =
+            (on("in_hot_standby"), on("default_transaction_read_only"))
+        else {
+            return Err(Error::BackendRejected {
+                code: "08004".into(),
+                message: "target_session_attrs needs PostgreSQL 14 or later \
+                          (the server did not report in_hot_standby)"
+                    .into(),
+            });
+        };
+        if attrs.accepts(standby, read_only) {
+            return Ok(());
+        }
+        let is = match (standby, read_only) {
+            (true, _) => "a hot standby",
+            (false, true) => "read-only (default_transaction_read_only)",
+            (false, false) => "a read-write primary",
+        };
+        Err(Error::BackendConnect(format!(
+            "the server is {is}, not {} (target_session_attrs)",
+            attrs.name()
+        )))
     }
 
     /// Marks the backend lent (true) or idle (false) in SHOW SERVERS.

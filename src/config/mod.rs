@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use settings::{canonical, Setting, SETTINGS};
 use tables::{databases, peer_entry, user_entry};
 pub use tables::{Peer, FALLBACK_DATABASE, MAX_PEER_ID};
-pub use url::{parse as parse_upstream, Host, LoadBalance, Upstream};
+pub use url::{parse as parse_upstream, Host, LoadBalance, SessionAttrs, Upstream};
 pub use value::Parse;
 use value::{Origin, Raw};
 

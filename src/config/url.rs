@@ -19,6 +19,8 @@ pub struct Upstream {
     /// primary and its standbys).
     pub more_hosts: Vec<(Host, u16)>,
     pub load_balance: LoadBalance,
+    /// libpq's `target_session_attrs`: what a server must be to be used.
+    pub session_attrs: SessionAttrs,
     pub dbname: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -43,6 +45,59 @@ impl LoadBalance {
         match self {
             LoadBalance::RoundRobin => "round-robin",
             LoadBalance::Disable => "disable",
+        }
+    }
+}
+
+/// libpq's `target_session_attrs`: which servers of a database's hosts a
+/// backend may use, from what the server reports at login
+/// (`in_hot_standby`, `default_transaction_read_only`: PostgreSQL 14 on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionAttrs {
+    #[default]
+    Any,
+    /// Takes read-write transactions by default: not a standby, and
+    /// `default_transaction_read_only` off.
+    ReadWrite,
+    /// The opposite.
+    ReadOnly,
+    /// Not a standby.
+    Primary,
+    Standby,
+    /// A standby if any host is one, else any.
+    PreferStandby,
+}
+
+impl SessionAttrs {
+    const ALL: [SessionAttrs; 6] = [
+        SessionAttrs::Any,
+        SessionAttrs::ReadWrite,
+        SessionAttrs::ReadOnly,
+        SessionAttrs::Primary,
+        SessionAttrs::Standby,
+        SessionAttrs::PreferStandby,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionAttrs::Any => "any",
+            SessionAttrs::ReadWrite => "read-write",
+            SessionAttrs::ReadOnly => "read-only",
+            SessionAttrs::Primary => "primary",
+            SessionAttrs::Standby => "standby",
+            SessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// Whether a server in hot standby or not (`standby`), read-only by
+    /// default or not (`read_only`), will do.
+    pub fn accepts(self, standby: bool, read_only: bool) -> bool {
+        match self {
+            SessionAttrs::Any | SessionAttrs::PreferStandby => true,
+            SessionAttrs::ReadWrite => !standby && !read_only,
+            SessionAttrs::ReadOnly => standby || read_only,
+            SessionAttrs::Primary => !standby,
+            SessionAttrs::Standby => standby,
         }
     }
 }
@@ -173,6 +228,19 @@ pub fn parse(s: &str) -> Result<Upstream, String> {
             ))
         }
     };
+    let session_attrs = match take("target_session_attrs") {
+        None => SessionAttrs::Any,
+        Some(text) => SessionAttrs::ALL
+            .into_iter()
+            .find(|a| a.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SessionAttrs::ALL.iter().map(|a| a.name()).collect();
+                format!(
+                    "invalid target_session_attrs=\"{text}\": use one of {}",
+                    names.join(", ")
+                )
+            })?,
+    };
     let dbname = take("dbname").filter(|d| !d.is_empty());
     let user = take("user").filter(|u| !u.is_empty());
     let password = take("password");
@@ -181,6 +249,7 @@ pub fn parse(s: &str) -> Result<Upstream, String> {
         port,
         more_hosts,
         load_balance,
+        session_attrs,
         dbname,
         user,
         password,
@@ -393,6 +462,27 @@ mod tests {
             .unwrap_err()
             .contains("round-robin or disable"));
         assert!(parse("postgres://a%2Cb/d").is_err());
+    }
+
+    #[test]
+    fn target_session_attrs_as_libpq_names_them() {
+        let u = parse("host=a,b target_session_attrs=read-write").unwrap();
+        assert_eq!(u.session_attrs, SessionAttrs::ReadWrite);
+        assert!(u.params.is_empty(), "{:?}", u.params);
+        assert_eq!(parse("host=a").unwrap().session_attrs, SessionAttrs::Any);
+        let e = parse("postgres://a/d?target_session_attrs=master").unwrap_err();
+        assert!(
+            e.contains("read-write") && e.contains("prefer-standby"),
+            "{e}"
+        );
+        // (standby, read_only) of a primary, a read-only primary, a standby.
+        let kinds = [(false, false), (false, true), (true, true)];
+        let accepted = |a: SessionAttrs| kinds.map(|(s, r)| a.accepts(s, r));
+        assert_eq!(accepted(SessionAttrs::ReadWrite), [true, false, false]);
+        assert_eq!(accepted(SessionAttrs::ReadOnly), [false, true, true]);
+        assert_eq!(accepted(SessionAttrs::Primary), [true, true, false]);
+        assert_eq!(accepted(SessionAttrs::Standby), [false, false, true]);
+        assert_eq!(accepted(SessionAttrs::Any), [true, true, true]);
     }
 
     #[test]

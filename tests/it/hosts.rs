@@ -2,7 +2,8 @@
 //! (`postgres://…@a:5432,b:5433/db`, `host=a,b port=…`): new backends
 //! start where `load_balance_hosts` says (round-robin by default, or the
 //! first host with `disable`) and go on past a host that does not answer;
-//! a cancel goes to the host its backend is on; the console shows the list.
+//! a cancel goes to the host its backend is on; the console shows the list;
+//! `target_session_attrs` passes over servers that are not what it asks for.
 //!
 //! The hosts are the shared cluster under two names (`127.0.0.1` and
 //! `localhost`, told apart in SHOW SERVERS' `addr`) and a port nothing
@@ -169,6 +170,72 @@ async fn a_cancel_goes_to_the_host_its_backend_is_on() {
             "the cancel took {:?}",
             started.elapsed()
         );
+    })
+    .await
+}
+
+/// libpq's `target_session_attrs`: a server read-only by default (a
+/// cluster of its own with `default_transaction_read_only = on`, as a
+/// standby would be) is passed over for `read-write` and chosen for
+/// `read-only`; `standby` finds none and says why; `prefer-standby` then
+/// takes any.
+#[tokio::test]
+async fn target_session_attrs_picks_the_server_it_asks_for() {
+    within(90, async {
+        let read_only = Cluster::dedicated();
+        let admin = read_only.admin().await;
+        for sql in [
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.expect(sql);
+        }
+        let (ro, rw) = (read_only.port(), Cluster::shared().port());
+        let start = |attrs: &str| {
+            let url = several_hosts(
+                &format!("127.0.0.1:{ro},127.0.0.1:{rw}"),
+                &format!("?load_balance_hosts=disable&target_session_attrs={attrs}"),
+            );
+            async move { Pgdyno::start(&["--upstream", &url, "--admin-users", APP_USER]).await }
+        };
+        let on = |port: u16| vec![("127.0.0.1".to_owned(), port.to_string()); 2];
+
+        let pgdyno = start("read-write").await;
+        assert_eq!(open_backends(&pgdyno, 2).await, on(rw));
+        let client = pgdyno.connect(APP_DB).await;
+        client
+            .batch_execute("CREATE TEMP TABLE w (x int)")
+            .await
+            .expect("a write on the read-write server");
+        drop(pgdyno);
+
+        let pgdyno = start("read-only").await;
+        assert_eq!(open_backends(&pgdyno, 2).await, on(ro));
+        let client = pgdyno.connect(APP_DB).await;
+        let err = client
+            .batch_execute("CREATE TEMP TABLE w (x int)")
+            .await
+            .expect_err("a write on the read-only server");
+        assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err}");
+        drop(pgdyno);
+
+        let pgdyno = start("standby").await;
+        let err = match connect(&pgdyno.config(APP_DB)).await {
+            Ok(client) => client
+                .batch_execute("SELECT 1")
+                .await
+                .expect_err("no standby"),
+            Err(e) => e,
+        };
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(message.contains("target_session_attrs"), "{err}: {message}");
+        drop(pgdyno);
+
+        let pgdyno = start("prefer-standby").await;
+        assert_eq!(open_backends(&pgdyno, 2).await, on(ro));
     })
     .await
 }
