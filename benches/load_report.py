@@ -439,7 +439,9 @@ def markdown(meta, s, idle, targets, runs, tls_notes, svg_path, multi_tls, noisy
           "total CPU per transaction; a ratio of the medians inside this range is within that noise.",
           "- … per pgbench's CPU: the same comparison with each pooler's CPU per transaction divided by pgbench's "
           "in the same run. pgbench does the same work whatever it talks to, so this takes out the drift of the "
-          "whole machine's speed between runs, which moves every process's CPU per transaction together.",
+          "whole machine's speed between runs, which moves every process's CPU per transaction together "
+          "(pgbench's own figure moves a little with the pooler too: a quicker answer can find more sockets "
+          "ready per wake-up, so read the two ratios together).",
           "- p99 latency: from pgbench's per-transaction log (`--log --sampling-rate`, "
           f"{int(sum(v['samples'] for v in s.values())):,} sampled transactions in all); "
           "average latency and failed transactions: pgbench's summary.",
