@@ -30,9 +30,10 @@
 #   cpu_vs_pgb   pooler_us relative to PgBouncer's in the same scenario: the
 #                machine-independent form of it
 #   cpu_norm     the same with each pooler_us divided first by pgbench_us of
-#                its run: pgbench's work per transaction is the same whatever
-#                it talks to, so this takes out the drift of the machine's
-#                speed between runs (all processes' CPU moves together)
+#                its run: pgbench's work per transaction is about the same
+#                whatever it talks to, so this takes out most of the drift of
+#                the machine's speed between runs (all processes' CPU moves
+#                together); read it with cpu_vs_pgb
 #   postgres_us  postmaster + all backends, per transaction
 #   pgbench_us   the pgbench client, per transaction
 #   other_cpu%   busy CPU on the machine that is none of the above, as a share
