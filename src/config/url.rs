@@ -129,7 +129,13 @@ impl Upstream {
 
     /// A display form without the password, for logs and SHOW DATABASES.
     pub fn redacted(&self) -> String {
-        let hosts: Vec<String> = self.hosts().map(|(h, p)| format!("{h}:{p}")).collect();
+        let hosts: Vec<String> = self
+            .hosts()
+            .map(|(h, p)| match h {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{p}"),
+                h => format!("{h}:{p}"),
+            })
+            .collect();
         format!(
             "postgres://{}@{}/{}",
             self.user.as_deref().unwrap_or(""),
@@ -434,7 +440,7 @@ mod tests {
         assert_eq!(u.load_balance, LoadBalance::Disable);
         assert!(u.params.is_empty(), "{:?}", u.params);
         assert_eq!(u.host_list(), "a,::1,c");
-        assert_eq!(u.redacted(), "postgres://u@a:5433,::1:5432,c:6000/d");
+        assert_eq!(u.redacted(), "postgres://u@a:5433,[::1]:5432,c:6000/d");
         let second = u.only_host(4);
         assert_eq!(
             (second.host.clone(), second.port),
