@@ -265,6 +265,10 @@ impl Backend {
                 let attempt =
                     Backend::connect_to(target.clone(), at.clone(), timeout, generation, attrs);
                 match attempt.await {
+                    // Passing over a server of the wrong kind is routine.
+                    Err(e @ Error::BackendUnsuitable(_)) if tried < total => {
+                        tracing::debug!(upstream = %at.upstream.redacted(), error = %e, "trying the next host");
+                    }
                     Err(e) if tried < total && e.another_host_may_do() => {
                         tracing::warn!(
                             upstream = %at.upstream.redacted(),
@@ -363,7 +367,7 @@ impl Backend {
             (false, true) => "read-only (default_transaction_read_only)",
             (false, false) => "a read-write primary",
         };
-        Err(Error::BackendConnect(format!(
+        Err(Error::BackendUnsuitable(format!(
             "the server is {is}, not {} (target_session_attrs)",
             attrs.name()
         )))

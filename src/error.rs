@@ -68,6 +68,9 @@ pub enum Error {
     BackendIo(#[source] io::Error),
     #[error("could not connect to server: {0}")]
     BackendConnect(String),
+    /// A server that is not what `target_session_attrs` asks for.
+    #[error("could not connect to a suitable server: {0}")]
+    BackendUnsuitable(String),
     #[error("server closed the connection unexpectedly")]
     BackendGone,
     #[error("{0}")]
@@ -86,7 +89,10 @@ impl Error {
     /// login or an unknown database would be refused there too.
     pub fn another_host_may_do(&self) -> bool {
         match self {
-            Error::BackendIo(_) | Error::BackendConnect(_) | Error::BackendGone => true,
+            Error::BackendIo(_)
+            | Error::BackendConnect(_)
+            | Error::BackendUnsuitable(_)
+            | Error::BackendGone => true,
             Error::BackendRejected { code, .. } => code.starts_with("57P") || code == "53300",
             _ => false,
         }
@@ -113,7 +119,10 @@ impl Error {
             | Error::LoginRetry(_)
             | Error::ServerFastClose => "08P01",
             Error::ShuttingDown | Error::Killed => "57P01",
-            Error::BackendIo(_) | Error::BackendGone | Error::BackendConnect(_) => "08006",
+            Error::BackendIo(_)
+            | Error::BackendGone
+            | Error::BackendConnect(_)
+            | Error::BackendUnsuitable(_) => "08006",
             Error::BackendProtocol(_) => "08P01",
             Error::BackendRejected { code, .. } => code,
         }
@@ -145,6 +154,7 @@ impl Error {
             | Error::ServerFastClose => Side::Pooler,
             Error::BackendIo(_)
             | Error::BackendConnect(_)
+            | Error::BackendUnsuitable(_)
             | Error::BackendGone
             | Error::BackendProtocol(_)
             | Error::BackendRejected { .. } => Side::Backend,
