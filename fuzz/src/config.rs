@@ -81,12 +81,24 @@ fn keywords(u: &Upstream) -> Option<String> {
         }
         out.push(format!("{k}={}", quote(v)));
     }
-    let host = match &u.host {
-        Host::Tcp(h) => h.clone(),
-        Host::Unix(p) => p.to_str()?.to_owned(),
-    };
-    out.push(format!("host={}", quote(&host)));
-    out.push(format!("port={}", u.port));
+    // Every host, and a port each; a host with a comma cannot be listed.
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for (host, port) in u.hosts() {
+        let host = match host {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(p) => p.to_str()?.to_owned(),
+        };
+        if host.contains(',') {
+            return None;
+        }
+        hosts.push(host);
+        ports.push(port.to_string());
+    }
+    out.push(format!("host={}", quote(&hosts.join(","))));
+    out.push(format!("port={}", ports.join(",")));
+    out.push(format!("load_balance_hosts={}", u.load_balance.name()));
+    out.push(format!("target_session_attrs={}", u.session_attrs.name()));
     // An empty dbname or user reads as none; written, it also keeps an
     // earlier duplicate (left in params) from being taken instead.
     out.push(format!(
