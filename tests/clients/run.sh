@@ -151,7 +151,9 @@ PGDYNO_PID=
 PG_STARTED=0
 cleanup() {
   local rc=$?
-  if [[ -n $PGDYNO_PID ]]; then kill "$PGDYNO_PID" 2>/dev/null || true; wait "$PGDYNO_PID" 2>/dev/null || true; fi
+  # SIGINT: clients are closed as their transactions end (SIGTERM would
+  # wait for them to leave).
+  if [[ -n $PGDYNO_PID ]]; then kill -INT "$PGDYNO_PID" 2>/dev/null || true; wait "$PGDYNO_PID" 2>/dev/null || true; fi
   if [[ $PG_STARTED == 1 ]]; then
     as_pg "$PG_BIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1 ||
       { [[ -f $TMP/data/postmaster.pid ]] && kill -QUIT "$(head -1 "$TMP/data/postmaster.pid")" 2>/dev/null || true; }
