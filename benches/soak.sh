@@ -91,7 +91,7 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$SAMPLER_PID" TERM
   stop_pid "$SOAK_PID" TERM
-  stop_pid "$DYN_PID" TERM
+  stop_pid "$DYN_PID" INT # SIGTERM would wait for clients to leave
   stop_pid "$PG_PID" INT
   if ((KEEP_TMP || rc != 0)); then log "logs kept in $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
