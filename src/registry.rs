@@ -103,6 +103,9 @@ impl ServerEntry {
 pub struct Registry {
     pub clients: DashMap<u64, Arc<ClientEntry>>,
     pub servers: DashMap<u64, Arc<ServerEntry>>,
+    /// Wakes those waiting for backends to close (WAIT_CLOSE) whenever one
+    /// leaves the list.
+    pub server_gone: tokio::sync::Notify,
     next_client: AtomicU64,
     /// The task that passes the shutdown on to every client is started.
     watching: OnceLock<()>,
@@ -207,6 +210,7 @@ impl Unlist for ClientEntry {
 impl Unlist for ServerEntry {
     fn unlist(registry: &Registry, entry: &Self) {
         registry.servers.remove(&entry.id);
+        registry.server_gone.notify_waiters();
     }
 }
 

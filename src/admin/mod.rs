@@ -135,9 +135,14 @@ async fn run(
             (Some("wait_close"), _) => {
                 let pools = pools_of(pooler, arg)?;
                 let stale = || pools.iter().any(|p| p.has_stale_backends());
-                while stale() {
+                loop {
+                    // Made before the check: a close in between still wakes it.
+                    let gone = pooler.registry.server_gone.notified();
+                    if !stale() {
+                        break;
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                        _ = gone => {}
                         _ = pooler.shutdown.begun.cancelled() => {
                             return Err("pgdyno is shutting down".into())
                         }
