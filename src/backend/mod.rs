@@ -2,22 +2,20 @@
 //! us (ParameterStatus values, BackendKeyData).
 //!
 //! What a backend is used for is the pool's and the relay's business.
+//! `login` holds the login exchange, `query` pgdyno's own queries.
+
+mod login;
+mod query;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use postgres_protocol::message::frontend;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::auth;
-use crate::auth::scram::{
-    ClientBinding, KeyCache, KeyExchange, KeyProof, ScramKeys, MECHANISM, MECHANISM_PLUS,
-};
+use crate::auth::scram::{KeyCache, ScramKeys};
 use crate::cancel::{BackendKey, CancelGate};
 use crate::clock::{self, Micros};
-use crate::config::tls::ChannelBinding as BindingMode;
 use crate::config::{Host, LoadBalance, SessionAttrs, TcpOptions, Upstream};
 use crate::error::{Error, Result};
 use crate::prepared::BackendStatements;
@@ -27,8 +25,8 @@ use crate::relay::Translation;
 use crate::stream::{Conn, Stream};
 use crate::tls::Connector;
 
-/// Messages during login are small; a huge one means we are not talking to
-/// PostgreSQL.
+/// Messages during login (and answers to pgdyno's own queries) are small;
+/// a huge one means we are not talking to PostgreSQL.
 const MAX_LOGIN_MESSAGE: usize = 1024 * 1024;
 
 /// Everything needed to open a backend for one pool.
@@ -293,7 +291,7 @@ impl Backend {
     ) -> Result<Backend> {
         let login = async {
             let (stream, binding) = target.open(&at.upstream).await?;
-            let mut backend = login(Conn::new(stream), target.clone(), &at, binding).await?;
+            let mut backend = login::login(Conn::new(stream), target.clone(), &at, binding).await?;
             if attrs != SessionAttrs::Any {
                 backend.check_session_attrs(attrs)?;
             }
@@ -441,325 +439,4 @@ pub(crate) fn io_err(e: std::io::Error) -> Error {
         std::io::ErrorKind::InvalidData => Error::BackendProtocol(e.to_string()),
         _ => Error::BackendIo(e),
     }
-}
-
-async fn login(
-    mut conn: Conn,
-    target: Arc<Target>,
-    at: &Endpoint,
-    binding: Option<Vec<u8>>,
-) -> Result<Backend> {
-    let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &at.dbname)];
-    for key in ["options", "application_name"] {
-        if let Some(v) = at.upstream.param(key) {
-            params.push((key, v));
-        }
-    }
-    frontend::startup_message(params, &mut conn.wbuf).map_err(Error::BackendIo)?;
-    conn.flush().await.map_err(io_err)?;
-    let mut scram: Option<KeyExchange> = None;
-    let mut backend = Backend(Box::new(Live {
-        conn,
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        params: Vec::new(),
-        synced: None,
-        statements: BackendStatements::default(),
-        process_id: 0,
-        secret_key: 0,
-        cancel_gate: Arc::default(),
-        created: clock::now(),
-        last_used: clock::now(),
-        target: target.clone(),
-        listed: None,
-        stretch: Translation::new(clock::now()),
-    }));
-    loop {
-        let msg = backend
-            .conn
-            .read_message(MAX_LOGIN_MESSAGE)
-            .await
-            .map_err(io_err)?;
-        let mut body = msg.body;
-        match msg.tag {
-            b'R' => {
-                if body.len() < 4 {
-                    return Err(Error::BackendProtocol(
-                        "short authentication request".into(),
-                    ));
-                }
-                let code = body.get_i32();
-                authenticate(
-                    &mut backend.conn,
-                    &target,
-                    &at.credential,
-                    code,
-                    &body,
-                    &mut scram,
-                    &binding,
-                )
-                .await?;
-            }
-            b'S' => {
-                if let Some((k, v)) = fields::parameter_status(&body) {
-                    set_param(&mut backend.params, k, v);
-                }
-            }
-            b'K' if body.len() == 8 => {
-                backend.process_id = body.get_i32();
-                backend.secret_key = body.get_i32();
-            }
-            b'Z' => return Ok(backend),
-            b'E' => {
-                return Err(Error::BackendRejected {
-                    code: fields::error_field(&body, b'C')
-                        .unwrap_or("08006")
-                        .to_owned(),
-                    message: fields::error_field(&body, b'M')
-                        .unwrap_or("login failed")
-                        .to_owned(),
-                })
-            }
-            // NoticeResponse, NegotiateProtocolVersion: nothing to do.
-            _ => {}
-        }
-    }
-}
-
-async fn authenticate(
-    conn: &mut Conn,
-    target: &Target,
-    credential: &Credential,
-    code: i32,
-    body: &BytesMut,
-    scram: &mut Option<KeyExchange>,
-    tls_binding: &Option<Vec<u8>>,
-) -> Result<()> {
-    let no_password = || {
-        Error::BackendConnect(format!(
-            "server asked for a password for user \"{}\" and pgdyno has none usable for this method",
-            target.user
-        ))
-    };
-    let password = match credential {
-        Credential::Password(p) => Some(p.as_str()),
-        _ => None,
-    };
-    match code {
-        // Without SCRAM no binding was made (with SCRAM, choose_binding
-        // has already insisted on it).
-        0 if scram.is_none() && target.connector().channel_binding == BindingMode::Require => {
-            return Err(Error::BackendConnect(
-                "channel_binding=require, but the server logged pgdyno in without SCRAM".into(),
-            ))
-        }
-        0 => return Ok(()),
-        3 => {
-            let p = password.ok_or_else(no_password)?;
-            frontend::password_message(p.as_bytes(), &mut conn.wbuf).map_err(Error::BackendIo)?;
-        }
-        5 => {
-            let salt: [u8; 4] = body
-                .get(..4)
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(|| Error::BackendProtocol("short md5 request".into()))?;
-            let secret = match credential {
-                Credential::Password(p) => auth::md5_secret(p, &target.user),
-                Credential::Md5(m) => m.clone(),
-                Credential::None | Credential::ScramKeys(_) => return Err(no_password()),
-            };
-            let response = auth::md5_response(&secret, salt);
-            frontend::password_message(response.as_bytes(), &mut conn.wbuf)
-                .map_err(Error::BackendIo)?;
-        }
-        10 => {
-            let binding = choose_binding(body, tls_binding, target.connector().channel_binding)?;
-            let mechanism = match binding {
-                ClientBinding::EndPoint(_) => MECHANISM_PLUS,
-                _ => MECHANISM,
-            };
-            let proof = match credential {
-                Credential::Password(password) => KeyProof::Password {
-                    password: password.clone(),
-                    cache: target.scram_cache.clone(),
-                },
-                Credential::ScramKeys(keys) => KeyProof::Keys(keys.clone()),
-                _ => return Err(no_password()),
-            };
-            let (exchange, first) = KeyExchange::start(proof, binding);
-            frontend::sasl_initial_response(mechanism, first.as_bytes(), &mut conn.wbuf)
-                .map_err(Error::BackendIo)?;
-            *scram = Some(exchange);
-        }
-        11 => {
-            let exchange = scram
-                .as_mut()
-                .ok_or_else(|| Error::BackendProtocol("unexpected SASL continue".into()))?;
-            let message = exchange
-                .update(body)
-                .map_err(|e| Error::BackendConnect(format!("SCRAM: {e:?}")))?;
-            frontend::sasl_response(message.as_bytes(), &mut conn.wbuf)
-                .map_err(Error::BackendIo)?;
-        }
-        12 => {
-            let exchange = scram
-                .as_mut()
-                .ok_or_else(|| Error::BackendProtocol("unexpected SASL final".into()))?;
-            if exchange.finish(body).is_err() {
-                return Err(Error::BackendProtocol(
-                    "invalid SCRAM server signature".into(),
-                ));
-            }
-            return Ok(());
-        }
-        other => {
-            return Err(Error::BackendConnect(format!(
-                "server asked for an authentication method pgdyno does not support ({other})"
-            )))
-        }
-    }
-    conn.flush().await.map_err(io_err)
-}
-
-/// Picks channel binding for a SCRAM login, as libpq does: bind when the
-/// connection is TLS and the server offers SCRAM-SHA-256-PLUS, unless
-/// `channel_binding=disable`; `require` refuses to log in without it.
-fn choose_binding(
-    offered: &[u8],
-    tls_binding: &Option<Vec<u8>>,
-    mode: BindingMode,
-) -> Result<ClientBinding> {
-    let offers = |m: &str| offered.split(|&b| b == 0).any(|o| o == m.as_bytes());
-    let binding = match (mode, tls_binding) {
-        (BindingMode::Disable, _) => ClientBinding::None,
-        (_, Some(data)) if offers(MECHANISM_PLUS) => ClientBinding::EndPoint(data.clone()),
-        (BindingMode::Require, _) => {
-            return Err(Error::BackendConnect(
-                "channel_binding=require, but the server did not offer SCRAM-SHA-256-PLUS \
-                 over a TLS connection"
-                    .into(),
-            ))
-        }
-        (BindingMode::Prefer, Some(_)) => ClientBinding::Unused,
-        (BindingMode::Prefer, None) => ClientBinding::None,
-    };
-    if !matches!(binding, ClientBinding::EndPoint(_)) && !offers(MECHANISM) {
-        return Err(Error::BackendConnect(
-            "server offers no SASL mechanism pgdyno supports".into(),
-        ));
-    }
-    Ok(binding)
-}
-
-impl Backend {
-    /// Runs a query with the simple protocol and discards its results: for
-    /// `server_reset_query` and checks, never for client traffic.
-    pub async fn simple_query(&mut self, query: &str) -> Result<()> {
-        frontend::query(query, &mut self.conn.wbuf).map_err(Error::BackendIo)?;
-        self.conn.flush().await.map_err(io_err)?;
-        let mut failure = None;
-        loop {
-            let msg = self
-                .conn
-                .read_message(MAX_LOGIN_MESSAGE)
-                .await
-                .map_err(io_err)?;
-            match msg.tag {
-                b'E' => failure = Some(rejected(&msg.body, "query failed")),
-                b'S' => {
-                    if let Some((k, v)) = fields::parameter_status(&msg.body) {
-                        set_param(&mut self.params, k, v);
-                        self.synced = None;
-                    }
-                }
-                b'Z' => {
-                    let idle = msg.body.first() == Some(&b'I');
-                    return match failure {
-                        Some(e) => Err(e),
-                        None if idle => Ok(()),
-                        None => Err(Error::BackendProtocol(
-                            "backend not idle after query".into(),
-                        )),
-                    };
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-impl Backend {
-    /// The first row of a simple query's result, as text: for pgdyno's own
-    /// questions to the server (auto pool sizing), never client traffic.
-    pub async fn query_row(&mut self, query: &str) -> Result<Vec<Option<String>>> {
-        frontend::query(query, &mut self.conn.wbuf).map_err(Error::BackendIo)?;
-        self.conn.flush().await.map_err(io_err)?;
-        let mut row = None;
-        let mut failure = None;
-        loop {
-            let msg = self
-                .conn
-                .read_message(MAX_LOGIN_MESSAGE)
-                .await
-                .map_err(io_err)?;
-            let mut body = &msg.body[..];
-            match msg.tag {
-                b'D' if row.is_none() => {
-                    let mut values = Vec::new();
-                    let count = take_i16(&mut body)?;
-                    for _ in 0..count {
-                        let len = take_i32(&mut body)?;
-                        if len < 0 {
-                            values.push(None);
-                            continue;
-                        }
-                        let len = len as usize;
-                        let bytes = body
-                            .get(..len)
-                            .ok_or_else(|| Error::BackendProtocol("short DataRow".into()))?;
-                        values.push(Some(String::from_utf8_lossy(bytes).into_owned()));
-                        body = &body[len..];
-                    }
-                    row = Some(values);
-                }
-                b'E' => {
-                    failure = Some(Error::BackendRejected {
-                        code: fields::error_field(body, b'C')
-                            .unwrap_or("XX000")
-                            .to_owned(),
-                        message: fields::error_field(body, b'M')
-                            .unwrap_or("query failed")
-                            .to_owned(),
-                    })
-                }
-                b'Z' => {
-                    return match (failure, row) {
-                        (Some(e), _) => Err(e),
-                        (None, Some(row)) => Ok(row),
-                        (None, None) => {
-                            Err(Error::BackendProtocol("the query returned no row".into()))
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-fn take_i16(body: &mut &[u8]) -> Result<i16> {
-    let v = body
-        .get(..2)
-        .map(|b| i16::from_be_bytes([b[0], b[1]]))
-        .ok_or_else(|| Error::BackendProtocol("short message".into()))?;
-    *body = &body[2..];
-    Ok(v)
-}
-
-fn take_i32(body: &mut &[u8]) -> Result<i32> {
-    let v = body
-        .get(..4)
-        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| Error::BackendProtocol("short message".into()))?;
-    *body = &body[4..];
-    Ok(v)
 }
