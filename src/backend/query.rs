@@ -8,18 +8,27 @@ use crate::error::{Error, Result};
 use crate::protocol::fields;
 
 impl Backend {
+    /// Sends `query` with the simple protocol.
+    async fn send_query(&mut self, query: &str) -> Result<()> {
+        frontend::query(query, &mut self.conn.wbuf).map_err(Error::BackendIo)?;
+        self.conn.flush().await.map_err(io_err)
+    }
+
+    /// The server's next message in answer.
+    async fn next_reply(&mut self) -> Result<crate::stream::Message> {
+        self.conn
+            .read_message(MAX_LOGIN_MESSAGE)
+            .await
+            .map_err(io_err)
+    }
+
     /// Runs a query with the simple protocol and discards its results: for
     /// `server_reset_query` and checks, never for client traffic.
     pub async fn simple_query(&mut self, query: &str) -> Result<()> {
-        frontend::query(query, &mut self.conn.wbuf).map_err(Error::BackendIo)?;
-        self.conn.flush().await.map_err(io_err)?;
+        self.send_query(query).await?;
         let mut failure = None;
         loop {
-            let msg = self
-                .conn
-                .read_message(MAX_LOGIN_MESSAGE)
-                .await
-                .map_err(io_err)?;
+            let msg = self.next_reply().await?;
             match msg.tag {
                 b'E' => failure = Some(rejected(&msg.body, "query failed")),
                 b'S' => {
@@ -42,22 +51,15 @@ impl Backend {
             }
         }
     }
-}
 
-impl Backend {
     /// The first row of a simple query's result, as text: for pgdyno's own
     /// questions to the server (auto pool sizing), never client traffic.
     pub async fn query_row(&mut self, query: &str) -> Result<Vec<Option<String>>> {
-        frontend::query(query, &mut self.conn.wbuf).map_err(Error::BackendIo)?;
-        self.conn.flush().await.map_err(io_err)?;
+        self.send_query(query).await?;
         let mut row = None;
         let mut failure = None;
         loop {
-            let msg = self
-                .conn
-                .read_message(MAX_LOGIN_MESSAGE)
-                .await
-                .map_err(io_err)?;
+            let msg = self.next_reply().await?;
             let mut body = &msg.body[..];
             match msg.tag {
                 b'D' if row.is_none() => {
