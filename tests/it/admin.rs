@@ -44,9 +44,9 @@ async fn console(pgdyno: &Pgdyno) -> Client {
 }
 
 /// One result set of the console: column names, then rows by column name.
-struct Table {
-    columns: Vec<String>,
-    rows: Vec<BTreeMap<String, Option<String>>>,
+pub(crate) struct Table {
+    pub(crate) columns: Vec<String>,
+    pub(crate) rows: Vec<BTreeMap<String, Option<String>>>,
 }
 
 impl Table {
@@ -92,14 +92,17 @@ async fn try_show(client: &Client, sql: &str) -> Result<Table, tokio_postgres::E
     Ok(table)
 }
 
-async fn show(client: &Client, sql: &str) -> Table {
+pub(crate) async fn show(client: &Client, sql: &str) -> Table {
     try_show(client, sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e} ({:?})", e.as_db_error()))
 }
 
 /// The row of pool (db, user) in SHOW POOLS.
-async fn pool_row(console: &Client, db: &str) -> (Table, BTreeMap<String, Option<String>>) {
+pub(crate) async fn pool_row(
+    console: &Client,
+    db: &str,
+) -> (Table, BTreeMap<String, Option<String>>) {
     let table = show(console, "SHOW POOLS").await;
     let row = table
         .rows

@@ -9,10 +9,10 @@
 //! `localhost`, told apart in SHOW SERVERS' `addr`) and a port nothing
 //! listens on.
 
+use crate::admin::{pool_row, show};
 use crate::harness::*;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::NoTls;
 
 /// The shared cluster's URL with `hosts` (`host:port,...`) in place of its
 /// one host, and `query` appended.
@@ -25,22 +25,6 @@ fn several_hosts(hosts: &str, query: &str) -> String {
 /// A port on 127.0.0.1 that refuses connections.
 fn dead_port() -> u16 {
     free_port()
-}
-
-/// Rows of a console SHOW, by column name.
-async fn show(console: &Client, sql: &str) -> Vec<BTreeMap<String, Option<String>>> {
-    let mut rows = Vec::new();
-    for message in console.simple_query(sql).await.expect(sql) {
-        if let SimpleQueryMessage::Row(row) = message {
-            let cells = row.columns().iter().enumerate();
-            rows.push(
-                cells
-                    .map(|(i, c)| (c.name().to_owned(), row.get(i).map(str::to_owned)))
-                    .collect(),
-            );
-        }
-    }
-    rows
 }
 
 /// Opens `n` backends at once (each client holds one in a transaction)
@@ -58,6 +42,7 @@ async fn open_backends(pgdyno: &Pgdyno, n: usize) -> Vec<(String, String)> {
     let console = pgdyno.connect("pgbouncer").await;
     let mut servers: Vec<(String, String)> = show(&console, "SHOW SERVERS")
         .await
+        .rows
         .into_iter()
         .map(|r| {
             let cell = |k: &str| r[k].clone().unwrap_or_default();
@@ -119,16 +104,13 @@ async fn round_robin_spreads_backends_and_goes_past_a_dead_host() {
         let console = pgdyno.connect("pgbouncer").await;
         let databases = show(&console, "SHOW DATABASES").await;
         let db = databases
+            .rows
             .iter()
             .find(|r| r["name"].as_deref() == Some(APP_DB))
             .expect("the database in SHOW DATABASES");
         assert_eq!(db["host"].as_deref(), Some("127.0.0.1,localhost,127.0.0.1"));
         assert_eq!(db["load_balance_hosts"].as_deref(), Some("round-robin"));
-        let pools = show(&console, "SHOW POOLS").await;
-        let pool = pools
-            .iter()
-            .find(|r| r["database"].as_deref() == Some(APP_DB))
-            .expect("the pool in SHOW POOLS");
+        let (_, pool) = pool_row(&console, APP_DB).await;
         assert_eq!(pool["load_balance_hosts"].as_deref(), Some("round-robin"));
     })
     .await
