@@ -11,7 +11,7 @@
 //! - `throttle`: failed logins slowed, then refused for a while.
 //!
 //! This file holds what they share: a pgdyno with `app` as admin, console
-//! sessions, and result sets read by column name.
+//! sessions, and result sets read by column name (`hosts` reads them too).
 
 mod columns;
 mod control;
