@@ -10,6 +10,11 @@
 # then for DURATION seconds, and stops the pooler again. The scenarios:
 #
 #   select-simple    pgbench -S -M simple, CLIENTS (16) clients on a pool of POOL (16)
+#   select-rate      select-simple held at RATE (5000) transactions per second
+#                    (pgbench -R), below what either pooler serves at most:
+#                    both then serve the same transactions at the same load,
+#                    and the CPU per transaction is each pooler's own cost
+#                    rather than its share of a saturated machine
 #   select-extended  the same with -M extended
 #   select-prepared  the same with -M prepared
 #   select-400       pgbench -S, CLIENTS_400 (400) clients on a pool of POOL_400 (20)
@@ -56,7 +61,7 @@
 set -Eeuo pipefail
 trap 'echo "load.sh: line $LINENO: \"$BASH_COMMAND\" failed with status $?" >&2' ERR
 
-ALL_SCENARIOS="select-simple select-extended select-prepared select-400 connect tpcb tls idle"
+ALL_SCENARIOS="select-simple select-rate select-extended select-prepared select-400 connect tpcb tls idle"
 
 usage() {
   cat <<EOF
@@ -76,6 +81,7 @@ Compares a direct connection to PostgreSQL, PgBouncer and pgdyno with pgbench
 
 Scenarios (SCENARIOS, default all):
   select-simple     pgbench -S -M simple, CLIENTS clients, pool POOL
+  select-rate       select-simple at a fixed RATE of transactions per second
   select-extended   pgbench -S -M extended, CLIENTS clients, pool POOL
   select-prepared   pgbench -S -M prepared, CLIENTS clients, pool POOL
   select-400        pgbench -S, CLIENTS_400 clients, pool POOL_400, JOBS_400 threads
@@ -98,6 +104,9 @@ Environment (defaults in brackets):
   CLIENTS            pgbench clients in the 16-client scenarios [16]
   JOBS               pgbench threads (-j) in those [2]
   POOL               pool size of both poolers in those [16]
+  RATE               transactions per second of select-rate (pgbench -R); a
+                     run that falls 5% short of it is reported behind-rate
+                     and left out of the ratios [5000]
   CLIENTS_400        clients of select-400 [400]
   POOL_400           pool size of select-400 [20]
   JOBS_400           pgbench threads of select-400 [8]
@@ -138,7 +147,7 @@ for arg in "$@"; do
 done
 
 # The knobs given in the environment, for the report's command line.
-KNOBS="SCENARIOS TARGETS REPEAT DURATION WARMUP CLIENTS JOBS POOL CLIENTS_400 POOL_400 JOBS_400
+KNOBS="SCENARIOS TARGETS REPEAT DURATION WARMUP CLIENTS JOBS POOL RATE CLIENTS_400 POOL_400 JOBS_400
   CONNECT_CLIENTS IDLE_CLIENTS SAMPLING SCALE MODES SCRIPT TLS PGDYNO_BIN PGDYNO_EXTRA_ARGS
   IDLE_WAIT NOISE_MAX NOISE_RETRIES RESULTS_DIR KEEP_TMP"
 COMMAND=""
@@ -158,6 +167,7 @@ REPEAT=${REPEAT:-1}
 CLIENTS=${CLIENTS:-16}
 JOBS=${JOBS:-2}
 POOL=${POOL:-16}
+RATE=${RATE:-5000}
 CLIENTS_400=${CLIENTS_400:-400}
 POOL_400=${POOL_400:-20}
 JOBS_400=${JOBS_400:-8}
@@ -185,7 +195,7 @@ die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- validation
 
-for v in DURATION REPEAT CLIENTS JOBS POOL CLIENTS_400 POOL_400 JOBS_400 CONNECT_CLIENTS IDLE_CLIENTS SCALE; do
+for v in DURATION REPEAT CLIENTS JOBS POOL RATE CLIENTS_400 POOL_400 JOBS_400 CONNECT_CLIENTS IDLE_CLIENTS SCALE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 for v in WARMUP IDLE_WAIT NOISE_RETRIES NOISE_MAX; do
@@ -211,7 +221,7 @@ fi
 SCENARIOS=${SCENARIOS//tpcb-simple/tpcb}
 for s in $SCENARIOS; do
   case $s in
-    select-simple | select-extended | select-prepared | select-400 | connect | tpcb | tpcb-extended | tpcb-prepared | tls | idle) ;;
+    select-simple | select-rate | select-extended | select-prepared | select-400 | connect | tpcb | tpcb-extended | tpcb-prepared | tls | idle) ;;
     *) die "unknown scenario '$s' in SCENARIOS (see --help)" ;;
   esac
 done
@@ -245,12 +255,14 @@ if has_scenario idle && { has_target pgbouncer || has_target pgdyno; }; then RUN
 ((${#UNITS[@]} > 0 || RUN_IDLE == 1)) || die "nothing to run: SCENARIOS='$SCENARIOS', TARGETS='$TARGETS'"
 
 # Sets the S_* variables of a scenario: pgbench's script arguments, query
-# mode, clients, threads, the pool size, -C or not, the log sampling rate.
+# mode, clients, threads, the pool size, -C or not, the log sampling rate,
+# the fixed rate (0: as fast as it goes).
 scenario_setup() {
-  S_NAME=$1 S_MODE=simple S_CLIENTS=$CLIENTS S_JOBS=$JOBS S_POOL=$POOL S_CONNECT=0 S_SAMPLING=0.1
+  S_NAME=$1 S_MODE=simple S_CLIENTS=$CLIENTS S_JOBS=$JOBS S_POOL=$POOL S_CONNECT=0 S_SAMPLING=0.1 S_RATE=0
   S_SCRIPT_ARGS=(-S)
   case $1 in
     select-simple | tls) ;;
+    select-rate) S_RATE=$RATE ;;
     select-extended) S_MODE=extended ;;
     select-prepared) S_MODE=prepared ;;
     select-400) S_CLIENTS=$CLIENTS_400 S_JOBS=$JOBS_400 S_POOL=$POOL_400 ;;
@@ -619,6 +631,7 @@ start_pgbench() {
   local port=$1 secs=$2 out=$3 logprefix=${4:-}
   local -a args=(-n "${S_SCRIPT_ARGS[@]}" -c "$S_CLIENTS" -j "$S_JOBS" -T "$secs" -M "$S_MODE")
   if ((S_CONNECT)); then args+=(-C); fi
+  if ((S_RATE)); then args+=(-R "$S_RATE"); fi
   if [[ -n $logprefix ]]; then
     rm -f "$logprefix".*
     args+=(--log --log-prefix="$logprefix" --sampling-rate="$S_SAMPLING")
@@ -979,7 +992,7 @@ measure() {
   for ((attempt = 1; attempt <= NOISE_RETRIES + 1; attempt++)); do
     pg_prepare_run
     if ((IDLE_WAIT > 0)); then wait_idle; fi
-    log "$label: pgbench -c $S_CLIENTS -j $S_JOBS -T $DURATION -M $S_MODE ${S_SCRIPT_ARGS[*]}$( ((S_CONNECT)) && echo " -C")$( ((SLACK)) && echo " (+${SLACK}s for the logins)")$( ((attempt == 1)) || echo " (attempt $attempt)")"
+    log "$label: pgbench -c $S_CLIENTS -j $S_JOBS -T $DURATION -M $S_MODE ${S_SCRIPT_ARGS[*]}$( ((S_CONNECT)) && echo " -C")$( ((S_RATE)) && echo " -R $S_RATE")$( ((SLACK)) && echo " (+${SLACK}s for the logins)")$( ((attempt == 1)) || echo " (attempt $attempt)")"
     # not in $(...): a subshell would hide pgbench's PID from cleanup
     measure_once "$target" "$port" "$pooler_pid" "$WORK/pgbench.out"
     if [[ -z $best ]] || ((R_OTHER_PML < best_pml)); then
@@ -1058,6 +1071,11 @@ measure_once() {
   if [[ $status == ok && $txns == 0 ]]; then
     status=no-transactions
     log "$S_NAME/$target${TLS_SUFFIX/-//}: pgbench ran no transaction"
+  fi
+  # select-rate: a run that did not keep up was not at the fixed load
+  if [[ $status == ok ]] && ((S_RATE)) && awk -v t="$tps" -v r="$S_RATE" 'BEGIN { exit !(t == "NA" || t < 0.95 * r) }'; then
+    status=behind-rate
+    log "$S_NAME/$target${TLS_SUFFIX/-//}: $tps tps, short of the $S_RATE asked for (lower RATE)"
   fi
   wall=$((w1 - w0)) busy=$((SYS_BUSY - b0))
   R_OTHER_PML=$(awk -v hz="$CLK_TCK" -v ncpu="$NCPU" -v w="$wall" -v b="$busy" -v p="$pooler_ticks" -v g="$pg_ticks" -v c="$BENCH_TICKS" \
