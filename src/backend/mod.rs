@@ -156,19 +156,6 @@ pub enum Credential {
 /// where moving the whole state copied 288 bytes each time.
 pub struct Backend(Box<Live>);
 
-/// Which backend a client last used, told apart from the others open
-/// without reading any of them: where its state lives. A backend opened
-/// where a closed one lived has the same; that is harmless where it is
-/// used, as a preference among idle backends (see `Pool::checkout_now`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendAddr(usize);
-
-impl Backend {
-    pub fn addr(&self) -> BackendAddr {
-        BackendAddr(std::ptr::from_ref::<Live>(&self.0) as usize)
-    }
-}
-
 impl std::ops::Deref for Backend {
     type Target = Live;
 

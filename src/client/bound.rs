@@ -57,7 +57,6 @@ pub(super) async fn serve_queries(client: &mut Admitted, pooler: &Pooler) -> Res
         cancel: &cancel.slot,
         me,
         pooler,
-        last: None,
     };
     loop {
         tokio::select! {
@@ -83,9 +82,6 @@ struct Bound<'a> {
     cancel: &'a crate::cancel::CancelSlot,
     me: &'a ClientEntry,
     pooler: &'a Pooler,
-    /// The backend of the last stretch, asked for again (see
-    /// [`crate::pool::AFFINITY`]).
-    last: Option<crate::backend::BackendAddr>,
 }
 
 /// Why a client's stop token fired: the shutdown, or KILL.
@@ -133,7 +129,7 @@ impl Bound<'_> {
     ) -> Result<bool> {
         let pool = self.pool;
         let now = crate::clock::now();
-        let mut backend = match pool.checkout_now(now, self.last) {
+        let mut backend = match pool.checkout_now(now) {
             Ok(backend) => backend,
             Err(due) => {
                 self.me.start_waiting(now);
@@ -147,7 +143,6 @@ impl Bound<'_> {
             }
         };
         self.cancel.bind(&backend);
-        self.last = Some(backend.addr());
         let mut relay = Relay::new(self.conn, &mut backend, self.session, &self.settings, now);
         let result = relay.run(stop).await;
         let mid_message = relay.client_mid_message();

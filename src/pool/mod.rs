@@ -25,13 +25,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, BackendAddr, Target};
+use crate::backend::{Backend, Target};
 use crate::clock::{self, Micros};
 use crate::config::PoolMode;
 use crate::error::{Error, Result};
 use crate::session::{ParamList, Params};
 use crate::stats::PoolStats;
-pub use idle::AFFINITY;
 pub use limit::Limit;
 
 /// The sizes and times a pool works by.
@@ -188,15 +187,8 @@ impl Pool {
     ///
     /// `now` is the caller's clock reading: the hot path reads the clock
     /// as seldom as it can.
-    ///
-    /// `last`: the backend this client used last. If it is idle and was
-    /// given back within [`AFFINITY`], the client gets it again.
-    pub fn checkout_now(
-        &self,
-        now: Micros,
-        last: Option<BackendAddr>,
-    ) -> std::result::Result<Backend, Due> {
-        let backend = self.take_ready(now, last)?;
+    pub fn checkout_now(&self, now: Micros) -> std::result::Result<Backend, Due> {
+        let backend = self.take_ready(now)?;
         // Lent at once: no wait, and no clock to read.
         self.stats.assigned(Duration::ZERO);
         Ok(backend)
@@ -218,24 +210,19 @@ impl Pool {
     /// A checkout without counting an assignment (pgdyno's own use).
     pub async fn lend(&self) -> Result<Backend> {
         let now = clock::now();
-        match self.take_ready(now, None) {
+        match self.take_ready(now) {
             Ok(backend) => Ok(backend),
             Err(due) => Ok(self.lend_after(due, now).await?.0),
         }
     }
 
     /// An idle backend that needs no check, unless the pool is paused.
-    fn take_ready(
-        &self,
-        now: Micros,
-        last: Option<BackendAddr>,
-    ) -> std::result::Result<Backend, Due> {
+    fn take_ready(&self, now: Micros) -> std::result::Result<Backend, Due> {
         if self.paused.load(Relaxed) {
             return Err(Due(None));
         }
         let mut s = self.state.lock().unwrap();
-        let again = last.and_then(|last| self.take_again(&mut s, last, now));
-        match again.or_else(|| self.take_idle(&mut s, now)) {
+        match self.take_idle(&mut s, now) {
             Some(b) if s.rules.needs_check(&b, now) => Err(Due(Some(b))),
             Some(b) => Ok(b),
             None => Err(Due(None)),
