@@ -624,14 +624,21 @@ connect_slack() {
   if [[ -n $ms ]]; then echo $((ms * 3 / 2000 + 1)); else echo $((S_CLIENTS * 30 / 1000 / cores + 1)); fi
 }
 
+# Sets P_ARGS to pgbench's arguments for the current scenario (S_*) run for
+# SECS seconds: what start_pgbench runs and measure logs.
+pgbench_args() {
+  P_ARGS=(-c "$S_CLIENTS" -j "$S_JOBS" -T "$1" -M "$S_MODE" "${S_SCRIPT_ARGS[@]}")
+  if ((S_CONNECT)); then P_ARGS+=(-C); fi
+  if ((S_RATE)); then P_ARGS+=(-R "$S_RATE"); fi
+}
+
 # Starts pgbench in the background for the current scenario (S_*) against
 # PORT for SECS seconds with its output in OUT and, given LOGPREFIX, a
 # sampled per-transaction log in LOGPREFIX.*. Sets BENCH_PID.
 start_pgbench() {
   local port=$1 secs=$2 out=$3 logprefix=${4:-}
-  local -a args=(-n "${S_SCRIPT_ARGS[@]}" -c "$S_CLIENTS" -j "$S_JOBS" -T "$secs" -M "$S_MODE")
-  if ((S_CONNECT)); then args+=(-C); fi
-  if ((S_RATE)); then args+=(-R "$S_RATE"); fi
+  pgbench_args "$secs"
+  local -a args=(-n "${P_ARGS[@]}")
   if [[ -n $logprefix ]]; then
     rm -f "$logprefix".*
     args+=(--log --log-prefix="$logprefix" --sampling-rate="$S_SAMPLING")
@@ -992,7 +999,8 @@ measure() {
   for ((attempt = 1; attempt <= NOISE_RETRIES + 1; attempt++)); do
     pg_prepare_run
     if ((IDLE_WAIT > 0)); then wait_idle; fi
-    log "$label: pgbench -c $S_CLIENTS -j $S_JOBS -T $DURATION -M $S_MODE ${S_SCRIPT_ARGS[*]}$( ((S_CONNECT)) && echo " -C")$( ((S_RATE)) && echo " -R $S_RATE")$( ((SLACK)) && echo " (+${SLACK}s for the logins)")$( ((attempt == 1)) || echo " (attempt $attempt)")"
+    pgbench_args "$DURATION"
+    log "$label: pgbench ${P_ARGS[*]}$( ((SLACK)) && echo " (+${SLACK}s for the logins)")$( ((attempt == 1)) || echo " (attempt $attempt)")"
     # not in $(...): a subshell would hide pgbench's PID from cleanup
     measure_once "$target" "$port" "$pooler_pid" "$WORK/pgbench.out"
     if [[ -z $best ]] || ((R_OTHER_PML < best_pml)); then
