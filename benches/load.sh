@@ -123,7 +123,10 @@ Environment (defaults in brackets):
                      pooler and from the pooler to PostgreSQL; both: each
                      scenario plain and then with TLS. Ratios compare runs of
                      the same TLS setting. [0]
-  PGDYNO_BIN         use this pgdyno binary instead of \`cargo build --release\`
+  PGDYNO_BIN         use this pgdyno binary instead of building one
+  PGO                1: build pgdyno with scripts/pgo-build.sh (profile-guided,
+                     the binary to run in production); 0: plain
+                     \`cargo build --release\` [1]
   PGDYNO_EXTRA_ARGS  extra arguments appended to pgdyno's command line
   IDLE_WAIT          seconds to wait, before each run, for other load on the
                      machine to stop (0: don't wait) [60]
@@ -148,7 +151,7 @@ done
 
 # The knobs given in the environment, for the report's command line.
 KNOBS="SCENARIOS TARGETS REPEAT DURATION WARMUP CLIENTS JOBS POOL RATE CLIENTS_400 POOL_400 JOBS_400
-  CONNECT_CLIENTS IDLE_CLIENTS SAMPLING SCALE MODES SCRIPT TLS PGDYNO_BIN PGDYNO_EXTRA_ARGS
+  CONNECT_CLIENTS IDLE_CLIENTS SAMPLING SCALE MODES SCRIPT TLS PGDYNO_BIN PGO PGDYNO_EXTRA_ARGS
   IDLE_WAIT NOISE_MAX NOISE_RETRIES RESULTS_DIR KEEP_TMP"
 COMMAND=""
 for v in $KNOBS; do
@@ -178,6 +181,7 @@ SCALE=${SCALE:-10}
 TARGETS=${TARGETS:-direct pgbouncer floor pgdyno}
 TLS=${TLS:-0}
 PGDYNO_BIN=${PGDYNO_BIN:-}
+PGO=${PGO:-1}
 PGDYNO_EXTRA_ARGS=${PGDYNO_EXTRA_ARGS:-}
 KEEP_TMP=${KEEP_TMP:-0}
 IDLE_WAIT=${IDLE_WAIT:-60}
@@ -232,6 +236,7 @@ case $TLS in
   both) TLS_RUNS="off on" ;;
   *) die "TLS must be 0, 1 or both, got '$TLS'" ;;
 esac
+[[ $PGO == 0 || $PGO == 1 ]] || die "PGO must be 0 or 1, got '$PGO'"
 
 # The pgbench runs as scenario:tls units, in order; idle is measured apart.
 UNITS=()
@@ -733,10 +738,17 @@ PGDYNO_BUILT=0
 if has_target pgdyno; then
   if [[ -z $PGDYNO_BIN ]]; then
     PGDYNO_BUILT=1
-    log "building pgdyno (cargo build --release)"
-    (cd "$REPO" && cargo build --release >&2) ||
-      die "cargo build --release failed; run without pgdyno (TARGETS=\"direct pgbouncer\") or set PGDYNO_BIN"
-    PGDYNO_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/pgdyno
+    if [[ $PGO == 1 ]]; then
+      log "building pgdyno (scripts/pgo-build.sh: a profile-guided release build)"
+      "$REPO/scripts/pgo-build.sh" >&2 ||
+        die "scripts/pgo-build.sh failed; PGO=0 builds without a profile"
+      PGDYNO_BIN=${CARGO_TARGET_DIR:-$REPO/target}/pgo/release/pgdyno
+    else
+      log "building pgdyno (cargo build --release)"
+      (cd "$REPO" && cargo build --release >&2) ||
+        die "cargo build --release failed; run without pgdyno (TARGETS=\"direct pgbouncer\") or set PGDYNO_BIN"
+      PGDYNO_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/pgdyno
+    fi
   fi
   [[ -x $PGDYNO_BIN ]] || die "pgdyno binary not found: $PGDYNO_BIN"
 fi
@@ -1241,6 +1253,7 @@ if ! has_target pgdyno; then
   PGDYNO_DESC="not run (repository at git $GIT_REV)"
 elif ((PGDYNO_BUILT)); then
   PGDYNO_DESC="$PGDYNO_BIN built from the work tree at git $GIT_REV"
+  if [[ $PGO == 1 ]]; then PGDYNO_DESC+=" (profile-guided: scripts/pgo-build.sh)"; fi
 else
   PGDYNO_DESC="$PGDYNO_BIN (given with PGDYNO_BIN; the repository is at git $GIT_REV)"
 fi
