@@ -128,6 +128,10 @@ start_pgdyno() {
 load() {
   "$PGBENCH" -h 127.0.0.1 -p "$PORT" -U app -n -j 2 "$@" postgres >"$TMP/pgbench.out" 2>&1 ||
     { cat "$TMP/pgbench.out" >&2; die "pgbench $* failed"; }
+  if grep -q '^number of failed transactions: [1-9]' "$TMP/pgbench.out"; then
+    cat "$TMP/pgbench.out" >&2
+    die "pgbench $*: transactions failed"
+  fi
   echo "    pgbench $*: $(grep -E '^tps' "$TMP/pgbench.out" | cut -d' ' -f1-3)" >&2
 }
 # Stops the last pgdyno started (SIGINT: it exits once its clients are
