@@ -16,9 +16,9 @@
 #   3. the release build again with that profile (-Cprofile-use).
 # The profile tells LLVM which branches the relay takes: the per-transaction
 # path is laid out together and inlined by measurement rather than by
-# guess. On this 2-core machine it ran a third fewer user-space instructions
-# per pgbench select and missed the instruction cache 40% less often (see
-# README.md, "How it compares with PgBouncer").
+# guess. On this 2-core machine it ran 21% fewer user-space instructions
+# per pgbench select and missed the instruction cache 28% less often (see
+# README.md, "Compared with PgBouncer").
 #
 # Cargo recompiles a dependency only when its sources or flags change, not
 # when the profile does: dependencies keep the profile of the run that first
