@@ -14,33 +14,11 @@ ONCE=0
 [[ ${1:-} == --once ]] && ONCE=1
 cd "$(dirname "$0")/.."
 
-find_pg_bin() {
-  if command -v initdb >/dev/null 2>&1; then
-    dirname "$(readlink -f "$(command -v initdb)")"
-    return
-  fi
-  local dir
-  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-  [[ -n $dir ]] || { echo "quickstart: PostgreSQL server binaries not found (apt-get install postgresql)" >&2; exit 1; }
-  echo "$dir"
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/pg.sh
 
 PG_BIN=$(find_pg_bin)
-TMP=$(mktemp -d /tmp/pgdyno-quickstart.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  # SIGINT: pgdyno closes its clients as their transactions end (SIGTERM
-  # would serve them until they leave).
-  for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  [[ -f $TMP/data/postmaster.pid ]] && kill -INT "$(head -1 "$TMP/data/postmaster.pid")" 2>/dev/null || true
-  sleep 1
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+make_tmp quickstart
 
-as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u nobody -- "$@"; else "$@"; fi; }
 PG_PORT=$(free_port)
 PGDYNO_PORT=$(free_port)
 METRICS_PORT=$(free_port)

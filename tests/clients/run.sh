@@ -131,18 +131,7 @@ if wants node-pg; then install_node; fi
 if wants pgjdbc; then install_java; fi
 
 # ---------------------------------------------------------------- PostgreSQL
-find_pg_bin() {
-  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
-    dirname "$(readlink -f "$(command -v initdb)")"
-    return
-  fi
-  local dir
-  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-  [[ -n $dir ]] || die "PostgreSQL server binaries not found (Debian: apt-get install postgresql)"
-  echo "$dir"
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-as_pg() { if is_root; then runuser -u nobody -- "$@"; else "$@"; fi; }
+. "$ROOT/scripts/pg.sh"
 
 PG_BIN=$(find_pg_bin)
 TMP=$(mktemp -d /tmp/pgdyno-clients.XXXXXX)
