@@ -1,5 +1,6 @@
-# Helpers for the scripts that start a throwaway PostgreSQL (quickstart.sh,
-# pgo-build.sh, tests/clients/run.sh); sourced, not run.
+# Helpers for the scripts that start a throwaway PostgreSQL and a pgdyno in
+# front of it (quickstart.sh, pgo-build.sh, tests/clients/run.sh); sourced,
+# not run.
 
 # The directory of PostgreSQL's server binaries (initdb, pg_ctl, postgres):
 # those on PATH, else Debian's newest under /usr/lib/postgresql.
@@ -42,4 +43,16 @@ stop_all() {
   fi
   sleep 1
   rm -rf "$TMP"
+}
+
+# Waits up to 10 s for process PID to accept connections on 127.0.0.1:PORT;
+# fails at once if it exits first.
+wait_listening() {
+  local pid=$1 port=$2 _
+  for _ in $(seq 100); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
 }

@@ -4,8 +4,8 @@
 #
 #   scripts/pgo-build.sh            -> target/pgo/release/pgdyno
 #
-# Three steps, each in its own target directory (their RUSTFLAGS differ, so
-# they do not evict the plain release build):
+# Three steps; the two builds each have a target directory of their own
+# (their RUSTFLAGS differ, so they do not evict the plain release build):
 #   1. an instrumented release build (-Cprofile-generate);
 #   2. training: that binary in front of a throwaway PostgreSQL (initdb into a
 #      temp dir, 127.0.0.1, a free port, SSL on; as the `nobody` user when
@@ -98,11 +98,7 @@ start_pgdyno() {
     --pool-mode transaction --pool-size 16 --max-client-conn 200 --log-level warn "$@" \
     2>>"$TMP/pgdyno.log" &
   PIDS+=($!)
-  for _ in $(seq 100); do
-    (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return
-    sleep 0.1
-  done
-  die "pgdyno did not start: $(tail -5 "$TMP/pgdyno.log")"
+  wait_listening "${PIDS[-1]}" "$PORT" || die "pgdyno did not start: $(tail -5 "$TMP/pgdyno.log")"
 }
 # pgbench through pgdyno; every transaction must succeed.
 load() {

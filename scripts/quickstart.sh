@@ -40,10 +40,7 @@ target/release/pgdyno --listen "127.0.0.1:$PGDYNO_PORT" --upstream "$UPSTREAM" \
   --pool-mode transaction --pool-size 5 --max-client-conn 200 --admin-users app \
   --metrics-listen "127.0.0.1:$METRICS_PORT" 2>"$TMP/pgdyno.log" &
 PIDS+=($!)
-for _ in $(seq 50); do
-  (echo >"/dev/tcp/127.0.0.1/$PGDYNO_PORT") 2>/dev/null && break
-  sleep 0.1
-done
+wait_listening "${PIDS[-1]}" "$PGDYNO_PORT" || { cat "$TMP/pgdyno.log" >&2; exit 1; }
 
 export PGPASSWORD=$PASSWORD
 echo "==> pgbench: 20 clients for 6 s through pgdyno's 5 backends"

@@ -196,12 +196,7 @@ start_pgdyno() {
     --pool-mode transaction --pool-size 5 --max-client-conn 200 \
     --log-connections false --log-disconnections false 2>"$TMP/pgdyno.log" &
   PGDYNO_PID=$!
-  local _
-  for _ in $(seq 100); do
-    (echo >"/dev/tcp/127.0.0.1/$PGDYNO_PORT") 2>/dev/null && return 0
-    kill -0 "$PGDYNO_PID" 2>/dev/null || { cat "$TMP/pgdyno.log" >&2; die "pgdyno exited at startup"; }
-    sleep 0.1
-  done
+  wait_listening "$PGDYNO_PID" "$PGDYNO_PORT" && return 0
   cat "$TMP/pgdyno.log" >&2
   die "pgdyno did not listen on 127.0.0.1:$PGDYNO_PORT"
 }
